@@ -1,0 +1,499 @@
+"""Automatic capture: every ORM write becomes a change event, atomically.
+
+``capture(engine_or_session_factory, node="local")`` hooks SQLAlchemy's
+session events once. From then on, each flush and each ORM-enabled bulk
+statement on that engine appends one :class:`~replicator.events.ChangeEvent`
+per affected row to ``replicator_outbox`` *on the session's own connection*,
+inside the transaction that makes the change: the change and its event commit
+or roll back together (spec invariant 1).
+
+What is captured, and how each row's after-image is obtained:
+
+* unit-of-work flushes (``after_flush``): new, modified and deleted objects,
+  from the session's own state; columns the database filled in (server
+  defaults, ``onupdate``) are read back with one SELECT per table;
+* ORM bulk inserts (``session.execute(insert(Model), rows)``): the statement
+  runs with ``RETURNING`` of the table's columns, so generated keys and
+  defaults are known exactly;
+* ORM ``update()`` / ``delete()`` statements (with a WHERE clause or as bulk
+  by-primary-key lists): the matching rows are read, locked where the
+  database has row locks, before the statement and read again after it.
+
+An update that changes no value produces no event. Writes to the
+replicator's own tables (``replicator_*``) and Core statements on plain
+``Table`` objects are not captured: the replication engine applies remote
+changes through Core, which is how an applied event avoids being captured
+again (no echo).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction
+from sqlalchemy.orm import sessionmaker as SessionMaker
+from sqlalchemy.orm.attributes import NO_VALUE
+from sqlalchemy.orm.base import instance_state
+from sqlalchemy.orm.exc import UnmappedColumnError
+
+from replicator import outbox, versions
+from replicator.clock import HybridLogicalClock
+from replicator.dialects import Dialect, for_connection
+from replicator.errors import CaptureError, ConfigurationError, SchemaError
+from replicator.events import ChangeEvent, Operation, new_id, row_key
+from replicator.tables import REQUIRED_FOR_CAPTURE, is_replicator_table
+from replicator.tables import outbox as outbox_table
+from replicator.tables import row_versions as row_versions_table
+
+_MISSING: Any = object()
+
+
+@dataclass(frozen=True, eq=False)
+class TablePlan:
+    """How to read one mapped table's rows out of ORM instance state."""
+
+    table: sa.Table
+    columns: tuple[tuple[str, str], ...]  # (column name, mapped attribute key)
+    key_columns: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return str(self.table.name)
+
+    def key_of(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(row[c] for c in self.key_columns)
+
+
+@dataclass
+class _Change:
+    """A row change seen by capture, before it gets its version."""
+
+    op: Operation
+    key: tuple[Any, ...]
+    row: dict[str, Any] | None
+    changed: dict[str, Any]
+
+
+@dataclass(eq=False)
+class Capture:
+    """Capture of one engine's ORM writes as the node ``node``.
+
+    Created by :func:`capture`; :meth:`stop` ends it. ``clock`` issues the
+    events' timestamps and resumes, after a restart, above the largest one
+    stored on the node.
+    """
+
+    engine: Engine
+    node: str
+    clock: HybridLogicalClock
+    dialect: Dialect
+    exclude: frozenset[str] = frozenset()
+    _plans: dict[Mapper, tuple[TablePlan, ...]] = field(default_factory=dict, repr=False)
+    _txids: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, repr=False)
+
+    def stop(self) -> None:
+        """Stop capturing this engine's writes (idempotent)."""
+        with _lock:
+            if _captures.get(self.engine) is self:
+                del _captures[self.engine]
+
+    # --- mapping -------------------------------------------------------------
+
+    def plans(self, mapper: Mapper) -> tuple[TablePlan, ...]:
+        """The captured tables a mapper writes to ((), if none are captured)."""
+        try:
+            return self._plans[mapper]
+        except KeyError:
+            plans = tuple(
+                _plan(mapper, table)
+                for table in mapper.tables
+                if not is_replicator_table(table.name) and table.name not in self.exclude
+            )
+            self._plans[mapper] = plans
+            return plans
+
+    def txid(self, session: Session) -> str:
+        """The id shared by all events of the session's current transaction."""
+        root: SessionTransaction | None = session.get_transaction()
+        txid = self._txids.get(root)
+        if txid is None:
+            txid = self._txids[root] = new_id()
+        return txid
+
+    # --- recording -----------------------------------------------------------
+
+    def record(self, conn: Connection, txid: str, changes: dict[TablePlan, list[_Change]]) -> None:
+        """Version the changes and append them: one statement per table read,
+        one outbox insert and one version upsert for the lot."""
+        batch: list[tuple[str, ChangeEvent]] = []
+        for plan, table_changes in changes.items():
+            keys = [row_key(change.key) for change in table_changes]
+            current = versions.load(conn, self.dialect, plan.name, set(keys), lock=True)
+            if current:
+                # A change made after seeing a row's last version is ordered after it.
+                self.clock.observe(max(v.hlc for v in current.values()))
+            for key, change in zip(keys, table_changes, strict=True):
+                seen = current.get(key)
+                version = versions.increment(seen.version if seen else None, self.node)
+                event = ChangeEvent(
+                    event_id=new_id(),
+                    origin=self.node,
+                    table=plan.name,
+                    key=dict(zip(plan.key_columns, change.key, strict=True)),
+                    op=change.op,
+                    row=change.row,
+                    changed=change.changed,
+                    version=version,
+                    hlc=self.clock.now(),
+                    txid=txid,
+                )
+                # A row changed twice in one batch: the second change descends
+                # from the first.
+                current[key] = versions.RowVersion(version, event.hlc, self.node, "", False)
+                batch.append((key, event))
+        if batch:
+            outbox.append(conn, self.dialect, batch)
+            versions.record(conn, self.dialect, batch)
+
+
+def _plan(mapper: Mapper, table: sa.Table) -> TablePlan:
+    if not table.primary_key.columns:
+        raise CaptureError(
+            f"table {table.name!r} (mapped by {mapper.class_.__name__}) has no primary key; "
+            "the replicator identifies rows by it. Add a primary key to the table, or leave "
+            f"the table out with capture(..., exclude={{{table.name!r}}})."
+        )
+    columns = []
+    for column in table.columns:
+        try:
+            # str(): SQLAlchemy's quoted_name would not encode.
+            columns.append((str(column.name), mapper.get_property_by_column(column).key))
+        except UnmappedColumnError:
+            continue  # a column the class does not map keeps its database value
+    return TablePlan(table, tuple(columns), tuple(str(c.name) for c in table.primary_key.columns))
+
+
+# --- the registry and SQLAlchemy hooks -----------------------------------------
+
+_lock = threading.Lock()
+_captures: weakref.WeakKeyDictionary[Engine, Capture] = weakref.WeakKeyDictionary()
+_hooks_installed = False
+
+
+def capture(
+    target: Engine | SessionMaker | Any,
+    node: str,
+    *,
+    exclude: Iterable[str] = (),
+    clock: HybridLogicalClock | None = None,
+) -> Capture:
+    """Capture every ORM write made through ``target`` as node ``node``.
+
+    ``target`` is an engine, or a session factory (``sessionmaker`` or
+    ``scoped_session``) bound to one; every session bound to that engine is
+    captured, whichever factory made it. Tables named in ``exclude`` are not
+    captured. Calling it again for the same engine and node returns the
+    existing capture.
+
+    Raises :class:`SchemaError` when the replicator's tables do not exist on
+    the engine's database (run ``replicator init`` or
+    :func:`replicator.migrate` first), :class:`CaptureError` when a mapped
+    table has no primary key, :class:`ConfigurationError` for an empty node
+    name, an unbound session factory, or an engine already captured under
+    another node name.
+    """
+    global _hooks_installed
+    if not node or not isinstance(node, str):
+        raise ConfigurationError("capture() needs a node name, e.g. capture(engine, node='local')")
+    engine = _engine_of(target)
+    dialect = for_connection(engine)
+    excluded = frozenset(exclude)
+    with engine.connect() as conn:
+        present = set(sa.inspect(conn).get_table_names())
+        missing = [name for name in REQUIRED_FOR_CAPTURE if name not in present]
+        if missing:
+            raise SchemaError(
+                f"the replicator's tables ({', '.join(missing)}) do not exist on "
+                f"{engine.url.render_as_string(hide_password=True)}: run `replicator init` "
+                "or replicator.migrate(url) before capture()"
+            )
+        last = max(
+            conn.execute(sa.select(sa.func.max(outbox_table.c.hlc))).scalar() or 0,
+            conn.execute(sa.select(sa.func.max(row_versions_table.c.hlc))).scalar() or 0,
+        )
+    if clock is None:
+        clock = HybridLogicalClock(last=last)
+    else:
+        clock.observe(last)
+    new = Capture(engine=engine, node=node, clock=clock, dialect=dialect, exclude=excluded)
+    for mapper in _all_mappers():  # fail now, not at the first write
+        new.plans(mapper)
+    with _lock:
+        existing = _captures.get(engine)
+        if existing is not None:
+            if existing.node != node:
+                raise ConfigurationError(
+                    f"this engine is already captured as node {existing.node!r}, "
+                    f"not {node!r}; one database is one node"
+                )
+            return existing
+        _captures[engine] = new
+        if not _hooks_installed:
+            sa_event.listen(Session, "after_flush", _after_flush)
+            sa_event.listen(Session, "do_orm_execute", _on_orm_execute)
+            _hooks_installed = True
+    return new
+
+
+def _engine_of(target: Any) -> Engine:
+    if isinstance(target, Engine):
+        return target
+    if isinstance(target, Connection):
+        return target.engine
+    factory = getattr(target, "session_factory", target)  # scoped_session
+    bind = getattr(factory, "kw", {}).get("bind")
+    if bind is None:
+        raise ConfigurationError(
+            "capture() needs an engine or a session factory bound to one "
+            "(sessionmaker(bind=engine)); got "
+            f"{type(target).__name__}"
+        )
+    return bind.engine
+
+
+def _all_mappers() -> list[Mapper]:
+    from sqlalchemy.orm import mapperlib
+
+    return [m for registry in mapperlib._all_registries() for m in registry.mappers]
+
+
+def _capture_for(session: Session, mapper: Mapper | None = None) -> Capture | None:
+    if not _captures:
+        return None
+    try:
+        bind = session.get_bind(mapper)
+    except sa.exc.UnboundExecutionError:
+        return None
+    return _captures.get(bind.engine)
+
+
+def _connection(session: Session, mapper: Mapper) -> Connection:
+    return session.connection(bind_arguments={"mapper": mapper})
+
+
+# --- unit of work ----------------------------------------------------------------
+
+
+def _after_flush(session: Session, flush_context: Any) -> None:
+    # Runs after the flush's statements, before the session forgets what it
+    # flushed: new/dirty/deleted and each object's committed_state (the
+    # previous values of modified attributes) are still intact here.
+    by_engine: dict[Capture, dict[TablePlan, list[_Change]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    mappers: dict[Capture, Mapper] = {}
+    refetch: dict[Capture, dict[TablePlan, list[_Change]]] = defaultdict(lambda: defaultdict(list))
+
+    for obj in session.new:
+        state = instance_state(obj)
+        capture = _capture_for(session, state.mapper)
+        if capture is None:
+            continue
+        for plan in capture.plans(state.mapper):
+            row = {name: state.dict.get(attr, _MISSING) for name, attr in plan.columns}
+            change = _Change(Operation.INSERT, plan.key_of(row), row, dict.fromkeys(row))
+            by_engine[capture][plan].append(change)
+            mappers[capture] = state.mapper
+            if _MISSING in row.values():
+                refetch[capture][plan].append(change)
+
+    for obj in session.dirty:
+        state = instance_state(obj)
+        capture = _capture_for(session, state.mapper)
+        if capture is None:
+            continue
+        committed = state.committed_state
+        for plan in capture.plans(state.mapper):
+            changed = {}
+            for name, attr in plan.columns:
+                if attr in committed:
+                    before = committed[attr]
+                    after = state.dict.get(attr, _MISSING)
+                    if before is NO_VALUE:
+                        changed[name] = None  # set without being loaded: previous unknown
+                    elif after is _MISSING or before != after:
+                        changed[name] = before
+            if not changed:
+                continue  # nothing (or only relationships) changed: no UPDATE, no event
+            row = {name: state.dict.get(attr, _MISSING) for name, attr in plan.columns}
+            old_key = tuple(
+                changed[c] if c in changed and changed[c] is not None else row[c]
+                for c in plan.key_columns
+            )
+            new_key = plan.key_of(row)
+            changes = by_engine[capture][plan]
+            mappers[capture] = state.mapper
+            if old_key != new_key:
+                # The primary key itself changed: to every other node that is
+                # the old row going away and a new one arriving.
+                before_row = {**row, **changed}
+                changes.append(_Change(Operation.DELETE, old_key, None, before_row))
+                change = _Change(Operation.INSERT, new_key, row, dict.fromkeys(row))
+            else:
+                change = _Change(Operation.UPDATE, new_key, row, changed)
+            changes.append(change)
+            if _MISSING in row.values():
+                refetch[capture][plan].append(change)
+
+    for obj in session.deleted:
+        state = instance_state(obj)
+        capture = _capture_for(session, state.mapper)
+        if capture is None:
+            continue
+        identity = dict(zip((c.name for c in state.mapper.primary_key), state.key[1], strict=True))
+        for plan in capture.plans(state.mapper):
+            before = {name: state.dict[attr] for name, attr in plan.columns if attr in state.dict}
+            key = tuple(before.get(c, identity.get(c)) for c in plan.key_columns)
+            by_engine[capture][plan].append(_Change(Operation.DELETE, key, None, before))
+            mappers[capture] = state.mapper
+
+    for capture, changes in by_engine.items():
+        conn = _connection(session, mappers[capture])
+        _fill_missing(conn, refetch.get(capture, {}))
+        capture.record(conn, capture.txid(session), changes)
+
+
+def _fill_missing(conn: Connection, refetch: dict[TablePlan, list[_Change]]) -> None:
+    """Read back the columns the database filled in, one SELECT per table."""
+    for plan, changes in refetch.items():
+        rows = {plan.key_of(r): r for r in _select_by_keys(conn, plan, [c.key for c in changes])}
+        for change in changes:
+            fresh = rows[change.key]
+            assert change.row is not None
+            for name, value in change.row.items():
+                if value is _MISSING:
+                    change.row[name] = fresh[name]
+            for name, value in change.changed.items():
+                if value is _MISSING:
+                    change.changed[name] = None
+
+
+def _select_by_keys(
+    conn: Connection, plan: TablePlan, keys: list[tuple[Any, ...]], lock: Dialect | None = None
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    table = plan.table
+    key_columns = [table.c[c] for c in plan.key_columns]
+    for start in range(0, len(keys), versions.CHUNK):
+        chunk = keys[start : start + versions.CHUNK]
+        if len(key_columns) == 1:
+            where = key_columns[0].in_([k[0] for k in chunk])
+        else:
+            where = sa.tuple_(*key_columns).in_(chunk)
+        select = sa.select(*(table.c[name] for name, _ in plan.columns)).where(where)
+        if lock is not None:
+            select = lock.lock_rows(select)
+        rows.extend(dict(r._mapping) for r in conn.execute(select))
+    return rows
+
+
+# --- ORM-enabled bulk statements ------------------------------------------------------
+
+
+def _on_orm_execute(state: ORMExecuteState) -> Any:
+    if not (state.is_insert or state.is_update or state.is_delete):
+        return None
+    mapper = state.bind_mapper
+    if mapper is None:
+        return None  # a Core statement on a plain Table: not an ORM write
+    capture = _capture_for(state.session, mapper)
+    if capture is None:
+        return None
+    plans = capture.plans(mapper)
+    if not plans:
+        return None
+    plan = plans[0] if len(plans) == 1 else _local_plan(plans, mapper)
+    conn = _connection(state.session, mapper)
+    txid = capture.txid(state.session)
+    if state.is_insert:
+        return _bulk_insert(state, capture, plan, conn, txid)
+    return _bulk_update_or_delete(state, capture, plan, conn, txid)
+
+
+def _local_plan(plans: tuple[TablePlan, ...], mapper: Mapper) -> TablePlan:
+    for plan in plans:
+        if plan.table is mapper.local_table:
+            return plan
+    raise CaptureError(
+        f"bulk statements on {mapper.class_.__name__} write to several tables; "
+        "use the unit of work (session.add / delete) for it"
+    )
+
+
+def _bulk_insert(
+    state: ORMExecuteState, capture: Capture, plan: TablePlan, conn: Connection, txid: str
+) -> Any:
+    statement = state.statement
+    user_columns = len(statement.returning_column_descriptions or ())
+    # RETURNING the table's columns gives each inserted row exactly as stored:
+    # keys the database generated, Python- and server-side defaults included.
+    ours = [plan.table.c[name] for name, _ in plan.columns]
+    result = state.invoke_statement(statement=statement.returning(*ours)).freeze()
+    rows = [
+        dict(zip((c.name for c in ours), r[user_columns:], strict=True)) for r in result().all()
+    ]
+    changes = [_Change(Operation.INSERT, plan.key_of(r), r, dict.fromkeys(r)) for r in rows]
+    capture.record(conn, txid, {plan: changes})
+    if user_columns:
+        return result().columns(*range(user_columns))
+    return sa.engine.result.IteratorResult(sa.engine.result.SimpleResultMetaData([]), iter([]))
+
+
+def _bulk_update_or_delete(
+    state: ORMExecuteState, capture: Capture, plan: TablePlan, conn: Connection, txid: str
+) -> Any:
+    statement = state.statement
+    params = state.parameters
+    table = plan.table
+    if isinstance(params, list) and params:
+        # Bulk UPDATE by primary key: one parameter set per row, keys inside.
+        attr_of = dict(plan.columns)
+        keys = [tuple(p[attr_of[c]] for c in plan.key_columns) for p in params]
+        before = _select_by_keys(conn, plan, keys, lock=capture.dialect)
+    else:
+        select = sa.select(*(table.c[name] for name, _ in plan.columns))
+        if statement.whereclause is not None:
+            select = select.where(statement.whereclause)
+        before = [dict(r._mapping) for r in conn.execute(capture.dialect.lock_rows(select))]
+    result = state.invoke_statement()
+    if not before:
+        return result
+    if state.is_delete:
+        changes = [_Change(Operation.DELETE, plan.key_of(r), None, r) for r in before]
+    else:
+        after = {
+            plan.key_of(r): r for r in _select_by_keys(conn, plan, [plan.key_of(r) for r in before])
+        }
+        changes = []
+        for old in before:
+            key = plan.key_of(old)
+            new = after.get(key)
+            if new is None:
+                raise CaptureError(
+                    f"an update() statement on {table.name!r} changed a primary key; capture "
+                    "cannot follow a row whose key changes in a bulk statement. Change keys "
+                    "through the unit of work (set the attribute and flush) instead."
+                )
+            changed = {c: old[c] for c in new if new[c] != old[c]}
+            if changed:
+                changes.append(_Change(Operation.UPDATE, key, new, changed))
+    capture.record(conn, txid, {plan: changes})
+    return result

@@ -1,0 +1,165 @@
+"""Change events: the unit of replication.
+
+One :class:`ChangeEvent` records one change to one row: which node made it,
+the row's primary key, the row after the change, the columns that changed with
+their previous values, the row's causal version and a hybrid-logical-clock
+timestamp. Events are immutable and stored msgpack-encoded in the outbox.
+
+Schema evolution follows msgspec's rules: a new field gets a default, a field's
+type never changes, and ``schema_version`` is bumped when the meaning of a
+field changes. ``schemas/change_event.json`` is generated from this module
+(``python -m replicator.schemas``) and a test fails when it is stale.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import uuid
+from typing import Any
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class Operation(enum.StrEnum):
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class ChangeEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One captured change to one row.
+
+    ``key`` maps the table's primary-key columns to their values, in key
+    order (composite and non-integer keys included). ``row`` is the full row
+    after the change, ``None`` for a delete. ``changed`` maps every column the
+    change touched to its previous value: for an update the changed columns
+    only (a previous value that was not loaded in the session is ``None``), for
+    an insert every column (previous ``None``), for a delete the whole row as
+    it was. ``version`` is the row's version vector after this change (node
+    name -> number of changes that node made to the row); comparing two
+    vectors tells sequential edits from concurrent ones exactly. ``hlc`` is
+    the hybrid-logical-clock timestamp (see :mod:`replicator.clock`), and
+    ``txid`` is shared by all events of one source transaction.
+    """
+
+    event_id: str
+    origin: str
+    table: str
+    key: dict[str, Any]
+    op: Operation
+    row: dict[str, Any] | None
+    changed: dict[str, Any]
+    version: dict[str, int]
+    hlc: int
+    txid: str
+    schema_version: int = SCHEMA_VERSION
+
+
+def new_id() -> str:
+    """A fresh, globally unique id for an event or a transaction."""
+    return uuid.uuid4().hex
+
+
+def row_key(values: tuple[Any, ...] | list[Any]) -> str:
+    """The canonical text form of a primary key: a JSON array of its values.
+
+    It is what the replicator's tables store and what ``--key`` accepts, so
+    the same key always gives the same string on every node.
+    """
+    return _JSON_ENCODER.encode(list(values)).decode()
+
+
+# --- msgpack encoding --------------------------------------------------------
+#
+# msgspec encodes dates, decimals and UUIDs as plain strings, which would come
+# back as strings and lose their type on the way to another database. Values
+# of those types are wrapped in msgpack extension types instead, so a row
+# decodes to exactly the Python values it was captured with.
+
+_EXT_DATETIME = 1
+_EXT_DATE = 2
+_EXT_TIME = 3
+_EXT_DECIMAL = 4
+_EXT_UUID = 5
+_EXT_TIMEDELTA = 6
+
+_PLAIN = frozenset({str, int, float, bool, type(None), bytes, list, dict})
+
+
+def _to_ext(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return msgspec.msgpack.Ext(_EXT_DATETIME, value.isoformat().encode())
+    if isinstance(value, dt.date):
+        return msgspec.msgpack.Ext(_EXT_DATE, value.isoformat().encode())
+    if isinstance(value, dt.time):
+        return msgspec.msgpack.Ext(_EXT_TIME, value.isoformat().encode())
+    if isinstance(value, decimal.Decimal):
+        return msgspec.msgpack.Ext(_EXT_DECIMAL, str(value).encode())
+    if isinstance(value, uuid.UUID):
+        return msgspec.msgpack.Ext(_EXT_UUID, value.bytes)
+    if isinstance(value, dt.timedelta):
+        micros = (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
+        return msgspec.msgpack.Ext(_EXT_TIMEDELTA, str(micros).encode())
+    if isinstance(value, enum.Enum):
+        # SQLAlchemy's Enum type stores the member's name.
+        return value.name
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    return value
+
+
+def _from_ext(code: int, data: memoryview) -> Any:
+    raw = bytes(data)
+    if code == _EXT_DATETIME:
+        return dt.datetime.fromisoformat(raw.decode())
+    if code == _EXT_DATE:
+        return dt.date.fromisoformat(raw.decode())
+    if code == _EXT_TIME:
+        return dt.time.fromisoformat(raw.decode())
+    if code == _EXT_DECIMAL:
+        return decimal.Decimal(raw.decode())
+    if code == _EXT_UUID:
+        return uuid.UUID(bytes=raw)
+    if code == _EXT_TIMEDELTA:
+        return dt.timedelta(microseconds=int(raw))
+    raise ValueError(f"unknown msgpack extension type {code} in a change event")
+
+
+def _wire(values: dict[str, Any] | None) -> dict[str, Any] | None:
+    if values is None:
+        return None
+    return {k: v if type(v) in _PLAIN else _to_ext(v) for k, v in values.items()}
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(ChangeEvent, ext_hook=_from_ext)
+_JSON_ENCODER = msgspec.json.Encoder()
+
+
+def encode_event(event: ChangeEvent) -> bytes:
+    """The msgpack bytes stored in the outbox's ``payload`` column."""
+    wired = msgspec.structs.replace(
+        event, key=_wire(event.key), row=_wire(event.row), changed=_wire(event.changed)
+    )
+    return _ENCODER.encode(wired)
+
+
+def decode_event(payload: bytes) -> ChangeEvent:
+    """Decode an outbox payload; raises ``msgspec.DecodeError`` if corrupt."""
+    return _DECODER.decode(payload)
+
+
+def encode_values(values: dict[str, Any] | None) -> bytes:
+    """msgpack bytes for a row (or any mapping of column values)."""
+    return _ENCODER.encode(_wire(values))
+
+
+_VALUES_DECODER = msgspec.msgpack.Decoder(dict[str, Any] | None, ext_hook=_from_ext)
+
+
+def decode_values(payload: bytes) -> dict[str, Any] | None:
+    return _VALUES_DECODER.decode(payload)

@@ -1,0 +1,69 @@
+"""Creating and upgrading the replicator's tables with alembic.
+
+The migrations keep their own version table, ``replicator_alembic_version``,
+so they never collide with an application's own alembic history in the same
+database.
+"""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Connection, Engine
+
+import replicator.dialects  # noqa: F401  (registers DuckDB's alembic implementation)
+from replicator.errors import ConfigurationError, SchemaError
+from replicator.resources import resource_dir
+
+VERSION_TABLE = "replicator_alembic_version"
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An alembic ``Config`` for the replicator's migrations.
+
+    With ``connection``, the migrations run on it (inside its transaction).
+    """
+    config = Config()
+    config.set_main_option("script_location", str(resource_dir("migrations")))
+    config.set_main_option("version_table", VERSION_TABLE)
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def migrate(target: str | Engine | Connection, revision: str = "head") -> None:
+    """Create or upgrade the replicator's tables on one database.
+
+    ``target`` is a SQLAlchemy URL, an engine or a connection (use the app's
+    own engine for a DuckDB file the app holds open: DuckDB lets one process
+    write a file at a time). Idempotent: at the target revision already, it
+    changes nothing.
+    """
+    if isinstance(target, Connection):
+        _upgrade(target, revision)
+        return
+    if isinstance(target, str):
+        try:
+            engine = create_engine(target)
+        except Exception as e:
+            raise ConfigurationError(f"cannot use database URL {target!r}: {e}") from e
+        try:
+            _run(engine, revision)
+        finally:
+            engine.dispose()
+    else:
+        _run(target, revision)
+
+
+def _run(engine: Engine, revision: str) -> None:
+    with engine.begin() as conn:
+        _upgrade(conn, revision)
+
+
+def _upgrade(conn: Connection, revision: str) -> None:
+    try:
+        command.upgrade(alembic_config(conn), revision)
+    except Exception as e:
+        url = conn.engine.url.render_as_string(hide_password=True)
+        raise SchemaError(f"migrating the replicator's tables on {url} failed: {e}") from e

@@ -1,0 +1,146 @@
+"""The replicator's own tables, defined once.
+
+Every node (server or local) holds the same five tables, created and upgraded
+by the alembic migrations in ``migrations/`` (a test checks that the
+migrations produce exactly these definitions). All names start with
+``replicator_``; capture never records changes to them.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+PREFIX = "replicator_"
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# InnoDB limits an index to 3072 bytes (768 utf8mb4 characters); the row
+# versions' primary key (table name + row key) stays below that.
+NODE = sa.String(64)
+TABLE_NAME = sa.String(128)
+ROW_KEY = sa.String(512)
+EVENT_ID = sa.String(32)
+# BLOB is 64 KiB on MariaDB; a document with its embedding can be larger.
+BLOB = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+TEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+SERIAL = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def serial_column(name: str, table: str) -> sa.Column:
+    """An auto-incrementing BIGINT primary key.
+
+    MariaDB and SQLite number rows themselves; DuckDB has no auto-increment,
+    so its dialect module gives the column a sequence default, named in
+    ``info`` (see :mod:`replicator.dialects.duckdb`).
+    """
+    return sa.Column(
+        name,
+        SERIAL,
+        primary_key=True,
+        autoincrement=True,
+        info={"sequence": f"{table}_{name}_seq"},
+    )
+
+
+outbox = sa.Table(
+    "replicator_outbox",
+    metadata,
+    # The position orders the log; readers stream events after a checkpoint.
+    serial_column("position", "replicator_outbox"),
+    sa.Column("event_id", EVENT_ID, nullable=False, unique=True),
+    sa.Column("txid", EVENT_ID, nullable=False),
+    sa.Column("origin", NODE, nullable=False),
+    sa.Column("table_name", TABLE_NAME, nullable=False),
+    sa.Column("row_key", ROW_KEY, nullable=False),
+    sa.Column("op", sa.String(6), nullable=False),
+    sa.Column("hlc", sa.BigInteger, nullable=False),
+    sa.Column("payload", BLOB, nullable=False),
+    sa.Index(None, "table_name", "row_key"),
+)
+
+row_versions = sa.Table(
+    "replicator_row_versions",
+    metadata,
+    # The causal version of every row this node holds (or held: a deleted row
+    # keeps its entry as a tombstone, so a late update to it is recognised).
+    sa.Column("table_name", TABLE_NAME, primary_key=True),
+    sa.Column("row_key", ROW_KEY, primary_key=True),
+    sa.Column("version", sa.Text, nullable=False),  # JSON object: node -> counter
+    sa.Column("hlc", sa.BigInteger, nullable=False),
+    sa.Column("origin", NODE, nullable=False),
+    sa.Column("event_id", EVENT_ID, nullable=False),
+    sa.Column("deleted", sa.Boolean, nullable=False),
+)
+
+checkpoints = sa.Table(
+    "replicator_checkpoints",
+    metadata,
+    # Stored on the target: the last source position whose effects committed
+    # here, advanced in the same transaction as those effects.
+    sa.Column("source", NODE, primary_key=True),
+    sa.Column("channel", sa.String(64), primary_key=True),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+review_items = sa.Table(
+    "replicator_review_items",
+    metadata,
+    # The manual-review queue: every version of a conflict no policy settled,
+    # or an event that could not be applied, with the reason.
+    serial_column("id", "replicator_review_items"),
+    sa.Column("table_name", TABLE_NAME, nullable=False),
+    sa.Column("row_key", ROW_KEY, nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("detail", TEXT, nullable=False, default=""),
+    sa.Column("policy", sa.String(128), nullable=False, default=""),
+    sa.Column("status", sa.String(16), nullable=False, default="open"),
+    sa.Column("base", BLOB),
+    sa.Column("local", BLOB),
+    sa.Column("remote", BLOB),
+    sa.Column("events", BLOB),
+    sa.Column("detected_at", sa.DateTime, nullable=False),
+    sa.Column("resolved_at", sa.DateTime),
+    sa.Column("resolved_by", sa.String(128)),
+    sa.Column("resolution", TEXT),
+    sa.Index(None, "status", "table_name"),
+    sa.Index(None, "table_name", "row_key"),
+)
+
+sync_runs = sa.Table(
+    "replicator_sync_runs",
+    metadata,
+    # One row per replication pass over one link and channel.
+    serial_column("id", "replicator_sync_runs"),
+    sa.Column("source", NODE, nullable=False),
+    sa.Column("target", NODE, nullable=False),
+    sa.Column("channel", sa.String(64), nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("events_read", sa.Integer, nullable=False, default=0),
+    sa.Column("events_applied", sa.Integer, nullable=False, default=0),
+    sa.Column("events_skipped", sa.Integer, nullable=False, default=0),
+    sa.Column("conflicts", sa.Integer, nullable=False, default=0),
+    sa.Column("parked", sa.Integer, nullable=False, default=0),
+    sa.Column("failed", sa.Integer, nullable=False, default=0),
+    sa.Column("seconds", sa.Float, nullable=False, default=0.0),
+    sa.Column("error", TEXT),
+    sa.Index(None, "started_at"),
+)
+
+REQUIRED_FOR_CAPTURE = (outbox.name, row_versions.name)
+
+
+def is_replicator_table(name: str) -> bool:
+    return name.startswith(PREFIX)

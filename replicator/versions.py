@@ -1,0 +1,133 @@
+"""Per-row causal versions: version vectors and the table that holds them.
+
+A row's version maps each node to the number of changes that node has made
+to the row. A node that changes a row increments its own entry of the row's
+current vector, so the new vector *descends* from everything the node had
+seen of the row. Two versions then compare exactly:
+
+* ``a`` descends from ``b`` (every entry >=, one >): ``a`` saw ``b``;
+  sequential edits, never a conflict;
+* neither descends from the other: the edits were concurrent.
+
+``replicator_row_versions`` keeps each row's current vector (deleted rows
+keep theirs as a tombstone), updated in the same transaction as the row.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Iterable, Mapping
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from replicator.dialects import Dialect
+from replicator.events import ChangeEvent, Operation
+from replicator.tables import row_versions
+
+VersionVector = dict[str, int]
+
+# Keys per IN (...) list: well below SQLite's and MariaDB's parameter limits.
+CHUNK = 500
+
+
+class Order(enum.Enum):
+    EQUAL = "equal"
+    BEFORE = "before"  # a happened before b: b descends from a
+    AFTER = "after"  # a descends from b
+    CONCURRENT = "concurrent"
+
+
+def compare(a: Mapping[str, int], b: Mapping[str, int]) -> Order:
+    """How version ``a`` relates to version ``b`` (missing entries are 0)."""
+    a_ahead = b_ahead = False
+    for node in a.keys() | b.keys():
+        x, y = a.get(node, 0), b.get(node, 0)
+        if x > y:
+            a_ahead = True
+        elif y > x:
+            b_ahead = True
+    if a_ahead and b_ahead:
+        return Order.CONCURRENT
+    if a_ahead:
+        return Order.AFTER
+    if b_ahead:
+        return Order.BEFORE
+    return Order.EQUAL
+
+
+def increment(version: Mapping[str, int] | None, node: str) -> VersionVector:
+    """The version of a change that ``node`` makes to a row at ``version``."""
+    new = dict(version) if version else {}
+    new[node] = new.get(node, 0) + 1
+    return new
+
+
+def merge(*versions: Mapping[str, int]) -> VersionVector:
+    """The least version that descends from (or equals) all of ``versions``."""
+    merged: VersionVector = {}
+    for version in versions:
+        for node, count in version.items():
+            if count > merged.get(node, 0):
+                merged[node] = count
+    return merged
+
+
+class RowVersion(msgspec.Struct, frozen=True):
+    """What a node knows about one of its rows' current version."""
+
+    version: VersionVector
+    hlc: int
+    origin: str
+    event_id: str
+    deleted: bool
+
+
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder(VersionVector).decode
+
+
+def load(
+    conn: Connection, dialect: Dialect, table: str, keys: Collection[str], *, lock: bool = False
+) -> dict[str, RowVersion]:
+    """The stored versions of ``table``'s rows with ``keys``; ``{}`` for none.
+
+    Keys without a stored version (rows never captured or replicated) are
+    absent from the result. With ``lock``, the rows are read as of the latest
+    commit and stay locked until the transaction ends (see
+    :meth:`Dialect.lock_rows`).
+    """
+    found: dict[str, RowVersion] = {}
+    keys = list(keys)
+    c = row_versions.c
+    for start in range(0, len(keys), CHUNK):
+        select = sa.select(c.row_key, c.version, c.hlc, c.origin, c.event_id, c.deleted).where(
+            c.table_name == table, c.row_key.in_(keys[start : start + CHUNK])
+        )
+        if lock:
+            select = dialect.lock_rows(select)
+        for key, version, hlc, origin, event_id, deleted in conn.execute(select):
+            found[key] = RowVersion(_json_decode(version), hlc, origin, event_id, bool(deleted))
+    return found
+
+
+def record(conn: Connection, dialect: Dialect, events: Iterable[tuple[str, ChangeEvent]]) -> None:
+    """Store each event's version as its row's current one.
+
+    ``events`` pairs each event with its row key. One upsert statement for
+    the lot; when a row appears more than once, its last event wins.
+    """
+    rows = [
+        {
+            "table_name": event.table,
+            "row_key": key,
+            "version": _json_encode(event.version).decode(),
+            "hlc": event.hlc,
+            "origin": event.origin,
+            "event_id": event.event_id,
+            "deleted": event.op is Operation.DELETE,
+        }
+        for key, event in events
+    ]
+    dialect.upsert_rows(conn, row_versions, rows)

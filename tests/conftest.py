@@ -1,0 +1,71 @@
+"""Real databases for the tests: SQLite and DuckDB in a temporary directory
+always, MariaDB when ``REPLICATOR_TEST_MARIADB_URL`` names a server (CI sets
+it; the tests then fail loudly if the server is unreachable)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+MARIADB_ENV = "REPLICATOR_TEST_MARIADB_URL"
+BACKENDS = ["sqlite", "duckdb", "mariadb"]
+
+
+def mariadb_server_url() -> str:
+    url = os.environ.get(MARIADB_ENV)
+    if not url:
+        pytest.skip(
+            f"MariaDB tests need {MARIADB_ENV} (e.g. mysql+pymysql://root@127.0.0.1:3306/test)"
+        )
+    return url
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database of the backend named by ``request.param``."""
+    yield from _fresh_database(request.param, tmp_path)
+
+
+def _fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'node.sqlite'}"
+    elif backend == "duckdb":
+        yield f"duckdb:///{tmp_path / 'node.duckdb'}"
+    elif backend == "mariadb":
+        server = make_url(mariadb_server_url())
+        name = f"replicator_test_{uuid.uuid4().hex[:12]}"
+        admin = sa.create_engine(server)
+        with admin.begin() as conn:  # fails loudly when the server is unreachable
+            conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+        try:
+            yield server.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.begin() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+            admin.dispose()
+    else:
+        raise ValueError(backend)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Contract tests ask for `database_url` (or a fixture built on it) and run
+    # once per backend; MariaDB runs are marked so `-m "not mariadb"` works.
+    if "database_url" in metafunc.fixturenames:
+        params = [
+            pytest.param(b, id=b, marks=[pytest.mark.mariadb] if b == "mariadb" else [])
+            for b in BACKENDS
+        ]
+        metafunc.parametrize("database_url", params, indirect=True)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = sa.create_engine(database_url)
+    yield engine
+    engine.dispose()
