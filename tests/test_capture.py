@@ -264,3 +264,81 @@ def test_replicator_tables_are_never_captured(app, engine):
         assert captured(engine) == []
     finally:
         Other.registry.dispose()
+
+
+def test_timestamps_increase_when_the_wall_clock_steps_back_an_hour(app, engine):
+    from freezegun import freeze_time
+
+    with freeze_time("2026-11-24 12:00:00") as frozen:
+        with app.begin() as session:
+            session.add(Tag(code="t", label="before"))
+        frozen.move_to("2026-11-24 11:00:00")
+        with app.begin() as session:
+            session.get(Tag, "t").label = "after"
+    first, second = captured(engine)
+    assert second.hlc > first.hlc
+
+
+def test_clock_resumes_above_stored_timestamps_after_a_restart(engine):
+    from freezegun import freeze_time
+
+    replicator.migrate(engine)
+    Base.metadata.create_all(engine)
+    factory = sessionmaker(bind=engine)
+    with freeze_time("2026-11-24 12:00:00"):
+        handle = replicator.capture(factory, node="local")
+        with factory.begin() as session:
+            session.add(Tag(code="t", label="1"))
+        handle.stop()
+    engine.dispose()  # the process "restarts" with its wall clock an hour behind
+    with freeze_time("2026-11-24 11:00:00"):
+        handle = replicator.capture(factory, node="local")
+        try:
+            with factory.begin() as session:
+                # Another row: its own version history cannot carry the order.
+                session.add(Tag(code="u", label="2"))
+        finally:
+            handle.stop()
+    first, second = captured(engine)
+    assert second.hlc > first.hlc
+
+
+def test_capture_before_the_replicator_tables_exist_says_what_to_do(engine):
+    Base.metadata.create_all(engine)
+    with pytest.raises(replicator.SchemaError, match=r"replicator init.*migrate"):
+        replicator.capture(engine, node="local")
+
+
+def test_capture_of_a_table_without_primary_key_fails_at_capture_time(engine):
+    import gc
+
+    from sqlalchemy.orm import DeclarativeBase
+
+    replicator.migrate(engine)
+
+    class Other(DeclarativeBase):
+        pass
+
+    keyless = sa.Table(
+        "keyless", Other.metadata, sa.Column("a", sa.Integer), sa.Column("b", sa.Integer)
+    )
+
+    class Keyless(Other):
+        __table__ = keyless
+        __mapper_args__ = {"primary_key": [keyless.c.a]}
+
+    try:
+        with pytest.raises(replicator.CaptureError, match=r"'keyless'.*no primary key.*exclude"):
+            replicator.capture(engine, node="local")
+        handle = replicator.capture(engine, node="local", exclude={"keyless"})
+        handle.stop()
+    finally:
+        Other.registry.dispose()
+        del Keyless, Other
+        gc.collect()
+
+
+def test_one_engine_is_one_node(app, engine):
+    with pytest.raises(replicator.ConfigurationError, match="already captured as node 'local'"):
+        replicator.capture(engine, node="other")
+    assert replicator.capture(engine, node="local") is replicator.capture(app, node="local")
