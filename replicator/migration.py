@@ -11,9 +11,10 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 import replicator.dialects  # noqa: F401  (registers DuckDB's alembic implementation)
-from replicator.errors import ConfigurationError, SchemaError
+from replicator.errors import ConfigurationError, ConnectivityError, SchemaError
 from replicator.resources import resource_dir
 
 VERSION_TABLE = "replicator_alembic_version"
@@ -57,7 +58,12 @@ def migrate(target: str | Engine | Connection, revision: str = "head") -> None:
 
 
 def _run(engine: Engine, revision: str) -> None:
-    with engine.begin() as conn:
+    try:
+        conn = engine.connect()
+    except DBAPIError as e:
+        url = engine.url.render_as_string(hide_password=True)
+        raise ConnectivityError(f"connecting to {url} failed: {e.orig}") from e
+    with conn, conn.begin():
         _upgrade(conn, revision)
 
 

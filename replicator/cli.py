@@ -1,0 +1,124 @@
+"""The ``replicator`` command: a thin layer over the library.
+
+Options are parsed here and configuration is read here; everything else is a
+library call. Errors map to exit codes: 2 for usage and configuration
+errors, 1 for an operation that failed (the message says why).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from replicator import config as config_module
+from replicator.clock import to_datetime
+from replicator.errors import ConfigurationError, ReplicatorError
+
+app = typer.Typer(
+    name="replicator",
+    help="Event-sourced change-log replication between local and server databases.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option("--config", "-c", help="The TOML configuration file.", show_default=True),
+]
+
+
+def _fail(error: ReplicatorError) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    return typer.Exit(2 if isinstance(error, ConfigurationError) else 1)
+
+
+@app.command()
+def demo(
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Where to put the demo database (default: a new temp dir)."),
+    ] = None,
+    store: Annotated[
+        str, typer.Option(help="The embedded store: duckdb or sqlite.")
+    ] = "duckdb",
+) -> None:
+    """Run the reference app on an embedded store and show the captured events."""
+    from replicator import demo as demo_module
+
+    if store not in demo_module.STORES:
+        errors.print(
+            f"[bold red]error:[/] --store must be one of {', '.join(demo_module.STORES)}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    directory = directory or Path(tempfile.mkdtemp(prefix="replicator-demo-"))
+    try:
+        run = demo_module.run(directory, store=store)
+    except ReplicatorError as e:
+        raise _fail(e) from e
+
+    table = Table(
+        title=f"Captured change events ({run.url})",
+        caption="one section per source transaction",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in ("pos", "op", "table", "key", "changed", "version", "time"):
+        table.add_column(column, no_wrap=column not in ("changed", "key"), overflow="fold")
+    txids: dict[str, int] = {}
+    for position, event in run.events:
+        if txids and event.txid not in txids:
+            table.add_section()
+        txids.setdefault(event.txid, len(txids) + 1)
+        changed = ", ".join(event.changed) if event.op.value == "update" else "-"
+        table.add_row(
+            str(position),
+            event.op.value,
+            event.table,
+            ", ".join(_short(v) for v in event.key.values()),
+            changed,
+            " ".join(f"{n}:{c}" for n, c in event.version.items()),
+            to_datetime(event.hlc).strftime("%H:%M:%S"),
+        )
+    console.print(table)
+    console.print(
+        f"{len(run.events)} events captured in {len(txids)} transactions, each written in the "
+        "same transaction as the change it records."
+    )
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= 10 else text[:8] + "…"
+
+
+@app.command()
+def init(config: ConfigOption = config_module.DEFAULT_PATH) -> None:
+    """Create or upgrade the replicator's tables on every configured node."""
+    from replicator.migration import migrate
+
+    try:
+        settings = config_module.load(config)
+        for name, node in settings.nodes.items():
+            migrate(node.url)
+            console.print(f"{name}: replicator tables are up to date")
+    except ReplicatorError as e:
+        raise _fail(e) from e
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

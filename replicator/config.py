@@ -1,0 +1,223 @@
+"""The TOML configuration (``replicator.toml``), decoded into typed structs.
+
+Every error names the file and the key, and says what is allowed::
+
+    replicator.toml: replication.direction: Expected `str` matching one of
+    'up', 'down', 'bidirectional', got 'sideways'
+
+Relative paths in embedded-store URLs (``duckdb:///local.duckdb``,
+``sqlite:///local.sqlite``) and sink paths are taken relative to the config
+file's directory, so a config works from whatever directory it is used.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from sqlalchemy.engine import make_url
+
+from replicator.errors import ConfigurationError
+
+DEFAULT_PATH = Path("replicator.toml")
+
+POLICIES = ("latest_timestamp", "server_wins", "local_wins", "merge_fields", "manual_review")
+_CUSTOM_POLICY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+class NodeConfig(_Section):
+    url: str
+    role: Literal["server", "local"]
+    scope: dict[str, Any] = {}
+
+
+class ReplicationConfig(_Section):
+    direction: Literal["up", "down", "bidirectional"] = "bidirectional"
+    policy: str = "latest_timestamp"
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
+    interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+
+
+class TableConfig(_Section):
+    policy: str | None = None
+    channel: str = "default"
+
+
+class ChannelConfig(_Section):
+    priority: int = 100
+
+
+class SinkConfig(_Section):
+    kind: Literal["chroma"]
+    node: str
+    path: str
+    collection: str
+    table: str
+    id_column: str
+    text_column: str
+    metadata_columns: list[str] = []
+    embedding_column: str = ""
+    embedding_function: str = ""
+
+
+class Config(_Section):
+    """A whole configuration. ``path`` is the file it came from (if any)."""
+
+    nodes: dict[str, NodeConfig]
+    replication: ReplicationConfig = ReplicationConfig()
+    tables: dict[str, TableConfig] = {}
+    channels: dict[str, ChannelConfig] = {}
+    sinks: dict[str, SinkConfig] = {}
+    path: str = ""
+
+    @property
+    def server(self) -> str:
+        """The name of the server node."""
+        return next(name for name, node in self.nodes.items() if node.role == "server")
+
+    @property
+    def locals(self) -> list[str]:
+        """The names of the local nodes, in file order."""
+        return [name for name, node in self.nodes.items() if node.role == "local"]
+
+
+def load(path: str | Path = DEFAULT_PATH) -> Config:
+    """Read and check a config file; raises :class:`ConfigurationError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"{path}: no such config file (pass --config PATH, or create {DEFAULT_PATH})"
+        ) from None
+    except OSError as e:
+        raise ConfigurationError(f"{path}: cannot read the config file: {e.strerror}") from e
+    return loads(text, source=path)
+
+
+def loads(text: str, source: str | Path = "<config>") -> Config:
+    """Parse and check config text; ``source`` names it in errors."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigurationError(f"{source}: not valid TOML: {e}") from e
+    config = _convert(raw, source)
+    base = Path(source).parent if isinstance(source, Path) else Path.cwd()
+    config = msgspec.structs.replace(config, path=str(source), nodes=_resolve(config, base))
+    _check(config, str(source))
+    return config
+
+
+_NAMED_SECTIONS = {
+    "nodes": NodeConfig,
+    "tables": TableConfig,
+    "channels": ChannelConfig,
+    "sinks": SinkConfig,
+}
+
+
+def _convert(raw: dict[str, Any], source: str | Path) -> Config:
+    # msgspec reports a path inside a table of named entries as `nodes[...]`;
+    # converting each named entry on its own keeps its name in the message.
+    for section, struct in _NAMED_SECTIONS.items():
+        entries = raw.get(section)
+        if not isinstance(entries, dict):
+            continue
+        for name, entry in entries.items():
+            try:
+                msgspec.convert(entry, struct)
+            except msgspec.ValidationError as e:
+                raise ConfigurationError(
+                    f"{source}: {_explain(str(e), prefix=f'{section}.{name}')}"
+                ) from e
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as e:
+        raise ConfigurationError(f"{source}: {_explain(str(e))}") from e
+
+
+def _explain(message: str, prefix: str = "") -> str:
+    """msgspec's "... - at `$.replication.direction`" as "replication.direction: ..."."""
+    match = re.match(r"^(.*) - at `\$\.?(.*)`$", message)
+    problem, where = match.groups() if match else (message, "")
+    where = re.sub(r"\[(\d+)\]", r".\1", where)
+    where = ".".join(part for part in (prefix, where) if part)
+    for pattern, meaning in (
+        (r"Object contains unknown field `(.+)`", "unknown key"),
+        (r"Object missing required field `(.+)`", "required key is missing"),
+    ):
+        field = re.match(pattern, problem)
+        if field:
+            return f"{where}.{field.group(1)}: {meaning}" if where else f"{field.group(1)}: {meaning}"
+    allowed = _allowed_values(where)
+    if allowed:
+        problem += f"; allowed: {', '.join(repr(v) for v in allowed)}"
+    return f"{where}: {problem}" if where else problem
+
+
+def _allowed_values(where: str) -> tuple[Any, ...] | None:
+    """The values a Literal-typed key accepts (``replication.direction``)."""
+    info = msgspec.inspect.type_info(Config)
+    for part in where.split("."):
+        if isinstance(info, msgspec.inspect.StructType):
+            info = next((f.type for f in info.fields if f.name == part), None)
+        elif isinstance(info, msgspec.inspect.DictType):
+            info = info.value_type
+        else:
+            return None
+    return info.values if isinstance(info, msgspec.inspect.LiteralType) else None
+
+
+def _resolve(config: Config, base: Path) -> dict[str, NodeConfig]:
+    nodes = {}
+    for name, node in config.nodes.items():
+        url = node.url
+        try:
+            parsed = make_url(url)
+        except Exception as e:  # noqa: BLE001 - SQLAlchemy raises ArgumentError or ValueError
+            raise ConfigurationError(
+                f"{config.path or '<config>'}: nodes.{name}.url: not a database URL: {e}"
+            ) from e
+        database = parsed.database
+        if (
+            parsed.get_backend_name() in ("sqlite", "duckdb")
+            and database
+            and database != ":memory:"
+            and not Path(database).is_absolute()
+        ):
+            url = parsed.set(database=str(base / database)).render_as_string(hide_password=False)
+        nodes[name] = msgspec.structs.replace(node, url=url)
+    return nodes
+
+
+def _check(config: Config, source: str) -> None:
+    def fail(key: str, problem: str) -> None:
+        raise ConfigurationError(f"{source}: {key}: {problem}")
+
+    if not config.nodes:
+        fail("nodes", "at least one [nodes.NAME] section is required")
+    servers = [name for name, node in config.nodes.items() if node.role == "server"]
+    if len(servers) != 1:
+        fail("nodes", f"exactly one node needs role = \"server\", found {len(servers)}")
+    _check_policy(config.replication.policy, "replication.policy", fail)
+    for table, settings in config.tables.items():
+        if settings.policy is not None:
+            _check_policy(settings.policy, f"tables.{table}.policy", fail)
+        if settings.channel != "default" and settings.channel not in config.channels:
+            known = ", ".join(sorted(config.channels)) or "none are defined"
+            fail(f"tables.{table}.channel", f"unknown channel {settings.channel!r} ({known})")
+    for sink, settings in config.sinks.items():
+        if settings.node not in config.nodes:
+            fail(f"sinks.{sink}.node", f"unknown node {settings.node!r}")
+
+
+def _check_policy(policy: str, key: str, fail: Any) -> None:
+    if policy not in POLICIES and not _CUSTOM_POLICY.match(policy):
+        fail(key, f"unknown policy {policy!r}; use one of {', '.join(POLICIES)} or 'module:function'")
