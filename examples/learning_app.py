@@ -14,7 +14,7 @@ import datetime as dt
 import uuid
 
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def new_id() -> str:
@@ -94,8 +94,11 @@ def run_session(session_factory, user_id: str, now: dt.datetime) -> None:
         session.add_all(
             [
                 Message(
-                    conversation_id=conversation.conversation_id, user_id=user_id, role=role,
-                    content=text, sent_at=now,
+                    conversation_id=conversation.conversation_id,
+                    user_id=user_id,
+                    role=role,
+                    content=text,
+                    sent_at=now,
                 )
                 for role, text in [("user", "Quisiera un café"), ("tutor", "¡Muy bien!")]
             ]
@@ -111,7 +114,9 @@ def run_session(session_factory, user_id: str, now: dt.datetime) -> None:
         session.add(LearningProgress(user_id=user_id, skill="listening"))
         session.add(
             Document(
-                user_id=user_id, language="es", filename="menu.txt",
+                user_id=user_id,
+                language="es",
+                filename="menu.txt",
                 content="Café con leche, tostadas, zumo de naranja.",
             )
         )
@@ -129,7 +134,5 @@ def run_session(session_factory, user_id: str, now: dt.datetime) -> None:
         )
 
     with session_factory.begin() as session:
-        item = session.scalars(
-            sa.select(VocabularyItem).where(VocabularyItem.word == "mesa")
-        ).one()
+        item = session.scalars(sa.select(VocabularyItem).where(VocabularyItem.word == "mesa")).one()
         session.delete(item)

@@ -48,9 +48,7 @@ def demo(
         Path | None,
         typer.Option("--dir", help="Where to put the demo database (default: a new temp dir)."),
     ] = None,
-    store: Annotated[
-        str, typer.Option(help="The embedded store: duckdb or sqlite.")
-    ] = "duckdb",
+    store: Annotated[str, typer.Option(help="The embedded store: duckdb or sqlite.")] = "duckdb",
 ) -> None:
     """Run the reference app on an embedded store and show the captured events."""
     from replicator import demo as demo_module

@@ -155,7 +155,9 @@ def _explain(message: str, prefix: str = "") -> str:
     ):
         field = re.match(pattern, problem)
         if field:
-            return f"{where}.{field.group(1)}: {meaning}" if where else f"{field.group(1)}: {meaning}"
+            return (
+                f"{where}.{field.group(1)}: {meaning}" if where else f"{field.group(1)}: {meaning}"
+            )
     allowed = _allowed_values(where)
     if allowed:
         problem += f"; allowed: {', '.join(repr(v) for v in allowed)}"
@@ -181,7 +183,7 @@ def _resolve(config: Config, base: Path) -> dict[str, NodeConfig]:
         url = node.url
         try:
             parsed = make_url(url)
-        except Exception as e:  # noqa: BLE001 - SQLAlchemy raises ArgumentError or ValueError
+        except Exception as e:
             raise ConfigurationError(
                 f"{config.path or '<config>'}: nodes.{name}.url: not a database URL: {e}"
             ) from e
@@ -205,7 +207,7 @@ def _check(config: Config, source: str) -> None:
         fail("nodes", "at least one [nodes.NAME] section is required")
     servers = [name for name, node in config.nodes.items() if node.role == "server"]
     if len(servers) != 1:
-        fail("nodes", f"exactly one node needs role = \"server\", found {len(servers)}")
+        fail("nodes", f'exactly one node needs role = "server", found {len(servers)}')
     _check_policy(config.replication.policy, "replication.policy", fail)
     for table, settings in config.tables.items():
         if settings.policy is not None:
@@ -220,4 +222,6 @@ def _check(config: Config, source: str) -> None:
 
 def _check_policy(policy: str, key: str, fail: Any) -> None:
     if policy not in POLICIES and not _CUSTOM_POLICY.match(policy):
-        fail(key, f"unknown policy {policy!r}; use one of {', '.join(POLICIES)} or 'module:function'")
+        fail(
+            key, f"unknown policy {policy!r}; use one of {', '.join(POLICIES)} or 'module:function'"
+        )

@@ -13,9 +13,7 @@ REPLICATOR = shutil.which("replicator", path=str(Path(sys.executable).parent)) o
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [REPLICATOR, *args], capture_output=True, text=True, cwd=cwd, timeout=120
-    )
+    return subprocess.run([REPLICATOR, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
 def test_demo_prints_captured_events(tmp_path):
@@ -46,7 +44,10 @@ def test_init_creates_the_tables_on_every_node_twice(tmp_path):
         result = run("init", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert "server: replicator tables are up to date" in result.stdout
-    for url in (f"sqlite:///{tmp_path / 'server.sqlite'}", f"duckdb:///{tmp_path / 'local.duckdb'}"):
+    for url in (
+        f"sqlite:///{tmp_path / 'server.sqlite'}",
+        f"duckdb:///{tmp_path / 'local.duckdb'}",
+    ):
         engine = sa.create_engine(url)
         assert "replicator_outbox" in sa.inspect(engine).get_table_names()
         engine.dispose()

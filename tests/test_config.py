@@ -68,14 +68,21 @@ def test_the_spec_example_decodes(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (('direction  = "bidirectional"', 'direction = "sideways"'),
-         r"replication\.direction: .*'sideways'; allowed: 'bidirectional', 'down', 'up'"),
+        (
+            ('direction  = "bidirectional"', 'direction = "sideways"'),
+            r"replication\.direction: .*'sideways'; allowed: 'bidirectional', 'down', 'up'",
+        ),
         (("batch_size = 1000", "batch_size = 0"), r"replication\.batch_size: .*>= 1"),
         (("batch_size = 1000", 'batch_size = "many"'), r"replication\.batch_size: Expected `int`"),
-        (('policy  = "server_wins"', 'policy = "coin_flip"'),
-         r"tables\.user_profiles\.policy: unknown policy 'coin_flip'"),
+        (
+            ('policy  = "server_wins"', 'policy = "coin_flip"'),
+            r"tables\.user_profiles\.policy: unknown policy 'coin_flip'",
+        ),
         (('role = "server"', 'role = "local"'), r"nodes: exactly one node"),
-        (("priority = 1", "priority = 1\nurgent = true"), r"channels\.essential\.urgent: unknown key"),
+        (
+            ("priority = 1", "priority = 1\nurgent = true"),
+            r"channels\.essential\.urgent: unknown key",
+        ),
         (('role  = "local"', ""), r"nodes\.local\.role: required key is missing"),
         (('channel = "essential"', 'channel = "nope"'), r"tables\.user_profiles\.channel: unknown"),
         (('node = "local"', 'node = "phone"'), r"sinks\.documents\.node: unknown node 'phone'"),
