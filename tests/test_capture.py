@@ -342,3 +342,11 @@ def test_one_engine_is_one_node(app, engine):
     with pytest.raises(replicator.ConfigurationError, match="already captured as node 'local'"):
         replicator.capture(engine, node="other")
     assert replicator.capture(engine, node="local") is replicator.capture(app, node="local")
+
+
+def test_core_statements_on_plain_tables_are_not_captured(app, engine):
+    """The replicator applies remote changes through Core: no echo."""
+    with app.begin() as session:
+        session.execute(Tag.__table__.insert(), [{"code": "applied"}])
+        session.add(Tag(code="app-write"))
+    assert [e.key for e in captured(engine)] == [{"code": "app-write"}]
