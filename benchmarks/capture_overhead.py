@@ -15,15 +15,15 @@ row, each phase committing in batches of 500. Each phase is timed with
 ``capture()``) is not timed. Baseline and captured runs alternate, and the
 tables report the median over the repetitions.
 
+Each run happens in a fresh interpreter (``multiprocessing`` "spawn"), after
+an untimed warm-up run of the same mode on a small throwaway database that
+fills SQLAlchemy's statement caches. Capture's SQLAlchemy session hooks are
+process-wide and stay installed once a ``capture()`` call installed them, so
+a separate process keeps every baseline free of them.
+
 Every captured run must leave exactly ``3 * rows`` events in the outbox (one
 per insert, update and delete); otherwise the script exits with status 1, so
 a passing run also proves that capture happened.
-
-Note: capture's SQLAlchemy session hooks are process-wide and stay installed
-once the first ``capture()`` call installed them (they return at once for an
-engine that is not captured). A short untimed warm-up run of both modes on
-each backend installs them and warms SQLAlchemy's statement caches before
-anything is measured, so every baseline run sees the same conditions.
 
 Run from the repository root::
 
@@ -34,8 +34,9 @@ Run from the repository root::
 MariaDB: the server named by ``REPLICATOR_TEST_MARIADB_URL`` (default
 ``mysql+pymysql://root@127.0.0.1:3306/test``); each run creates a database
 ``bench_<hex>`` and drops it afterwards. An unreachable server is reported
-and skipped. DuckDB executes the ORM's row-wise statements at roughly a
-thousand rows per second, so its runs take much longer than the others.
+and skipped. DuckDB executes the ORM's per-row UPDATE and DELETE statements
+at a few thousand rows per second, so its runs take much longer than the
+others.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import multiprocessing
 import os
 import platform
 import random
@@ -52,6 +54,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,14 +287,24 @@ class Result:
         return self.median("captured", phase) / self.median("baseline", phase)
 
 
-def measure(backend: str, rows: list[RowSpec], repeat: int) -> Result:
-    warmup = rows[:WARMUP_ROWS]
-    run_once(backend, warmup, captured=False)
-    run_once(backend, warmup, captured=True)
-    result = Result(backend, len(rows), repeat, [], [])
+def warm_then_run(backend: str, count: int, captured: bool) -> dict[str, float]:
+    """A warm-up run and the timed run, in the current (fresh) process."""
+    rows = make_rows(count)
+    run_once(backend, rows[:WARMUP_ROWS], captured=captured)
+    return run_once(backend, rows, captured=captured)
+
+
+def run_in_fresh_process(backend: str, count: int, *, captured: bool) -> dict[str, float]:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(warm_then_run, backend, count, captured).result()
+
+
+def measure(backend: str, count: int, repeat: int) -> Result:
+    result = Result(backend, count, repeat, [], [])
     for i in range(1, repeat + 1):
         for captured, runs in ((False, result.baseline), (True, result.captured)):
-            timings = run_once(backend, rows, captured=captured)
+            timings = run_in_fresh_process(backend, count, captured=captured)
             runs.append(timings)
             mode = "with capture" if captured else "baseline"
             progress(f"{backend} run {i}/{repeat} {mode}: {format_timings(timings)}")
@@ -416,7 +429,6 @@ def repeat_for(backend: str, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    rows = make_rows(args.rows)
     results: list[Result] = []
     skipped: dict[str, str] = {}
     started = time.perf_counter()
@@ -428,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 skipped[backend] = str(e)
                 progress(f"skipped {backend}: {e}")
                 continue
-            results.append(measure(backend, rows, repeat_for(backend, args)))
+            results.append(measure(backend, args.rows, repeat_for(backend, args)))
     except BenchmarkError as e:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
