@@ -140,9 +140,11 @@ class Capture:
             if current:
                 # A change made after seeing a row's last version is ordered after it.
                 self.clock.observe(max(v.hlc for v in current.values()))
+            latest = {key: seen.version for key, seen in current.items()}
             for key, change in zip(keys, table_changes, strict=True):
-                seen = current.get(key)
-                version = versions.increment(seen.version if seen else None, self.node)
+                # A row changed twice in one batch (a key swap): the second
+                # change descends from the first.
+                version = latest[key] = versions.increment(latest.get(key), self.node)
                 event = ChangeEvent(
                     event_id=new_id(),
                     origin=self.node,
@@ -155,9 +157,6 @@ class Capture:
                     hlc=self.clock.now(),
                     txid=txid,
                 )
-                # A row changed twice in one batch: the second change descends
-                # from the first.
-                current[key] = versions.RowVersion(version, event.hlc, self.node, "", False)
                 batch.append((key, event))
         if batch:
             outbox.append(conn, self.dialect, batch)
@@ -292,83 +291,101 @@ def _connection(session: Session, mapper: Mapper) -> Connection:
 # --- unit of work ----------------------------------------------------------------
 
 
+class _Flush:
+    """The changes of one flush, grouped by capture and table."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.targets: dict[Mapper, tuple[Capture | None, tuple[TablePlan, ...]]] = {}
+        self.changes: dict[Capture, dict[TablePlan, list[_Change]]] = {}
+        self.refetch: dict[Capture, dict[TablePlan, list[_Change]]] = {}
+        self.mapper_of: dict[Capture, Mapper] = {}
+
+    def target(self, mapper: Mapper) -> tuple[Capture | None, tuple[TablePlan, ...]]:
+        """The capture of a mapper's engine and its captured tables (cached)."""
+        found = self.targets.get(mapper)
+        if found is None:
+            capture = _capture_for(self.session, mapper)
+            found = self.targets[mapper] = (capture, capture.plans(mapper) if capture else ())
+            if capture is not None:
+                self.changes.setdefault(capture, defaultdict(list))
+                self.refetch.setdefault(capture, defaultdict(list))
+                self.mapper_of.setdefault(capture, mapper)
+        return found
+
+    def add(self, capture: Capture, plan: TablePlan, change: _Change) -> None:
+        self.changes[capture][plan].append(change)
+        if change.row is not None and _MISSING in change.row.values():
+            self.refetch[capture][plan].append(change)
+
+    def record(self) -> None:
+        for capture, changes in self.changes.items():
+            if not changes:
+                continue
+            conn = _connection(self.session, self.mapper_of[capture])
+            _fill_missing(conn, self.refetch[capture])
+            capture.record(conn, capture.txid(self.session), changes)
+
+
 def _after_flush(session: Session, flush_context: Any) -> None:
     # Runs after the flush's statements, before the session forgets what it
     # flushed: new/dirty/deleted and each object's committed_state (the
     # previous values of modified attributes) are still intact here.
-    by_engine: dict[Capture, dict[TablePlan, list[_Change]]] = defaultdict(
-        lambda: defaultdict(list)
-    )
-    mappers: dict[Capture, Mapper] = {}
-    refetch: dict[Capture, dict[TablePlan, list[_Change]]] = defaultdict(lambda: defaultdict(list))
+    if not _captures:
+        return
+    flush = _Flush(session)
 
     for obj in session.new:
         state = instance_state(obj)
-        capture = _capture_for(session, state.mapper)
-        if capture is None:
-            continue
-        for plan in capture.plans(state.mapper):
-            row = {name: state.dict.get(attr, _MISSING) for name, attr in plan.columns}
-            change = _Change(Operation.INSERT, plan.key_of(row), row, dict.fromkeys(row))
-            by_engine[capture][plan].append(change)
-            mappers[capture] = state.mapper
-            if _MISSING in row.values():
-                refetch[capture][plan].append(change)
+        capture, plans = flush.target(state.mapper)
+        values = state.dict
+        for plan in plans:
+            row = {name: values.get(attr, _MISSING) for name, attr in plan.columns}
+            flush.add(capture, plan, _Change(Operation.INSERT, plan.key_of(row), row, {}))
 
     for obj in session.dirty:
         state = instance_state(obj)
-        capture = _capture_for(session, state.mapper)
-        if capture is None:
-            continue
+        capture, plans = flush.target(state.mapper)
         committed = state.committed_state
-        for plan in capture.plans(state.mapper):
+        values = state.dict
+        for plan in plans:
             changed = {}
             for name, attr in plan.columns:
                 if attr in committed:
                     before = committed[attr]
-                    after = state.dict.get(attr, _MISSING)
                     if before is NO_VALUE:
                         changed[name] = None  # set without being loaded: previous unknown
-                    elif after is _MISSING or before != after:
+                    elif before != values.get(attr, _MISSING):
                         changed[name] = before
             if not changed:
                 continue  # nothing (or only relationships) changed: no UPDATE, no event
-            row = {name: state.dict.get(attr, _MISSING) for name, attr in plan.columns}
-            old_key = tuple(
-                changed[c] if c in changed and changed[c] is not None else row[c]
-                for c in plan.key_columns
-            )
+            row = {name: values.get(attr, _MISSING) for name, attr in plan.columns}
             new_key = plan.key_of(row)
-            changes = by_engine[capture][plan]
-            mappers[capture] = state.mapper
+            old_key = tuple(
+                changed[c] if changed.get(c) is not None else row[c] for c in plan.key_columns
+            )
             if old_key != new_key:
                 # The primary key itself changed: to every other node that is
                 # the old row going away and a new one arriving.
-                before_row = {**row, **changed}
-                changes.append(_Change(Operation.DELETE, old_key, None, before_row))
-                change = _Change(Operation.INSERT, new_key, row, dict.fromkeys(row))
+                old_row = {**row, **changed}
+                flush.add(capture, plan, _Change(Operation.DELETE, old_key, None, old_row))
+                flush.add(capture, plan, _Change(Operation.INSERT, new_key, row, {}))
             else:
-                change = _Change(Operation.UPDATE, new_key, row, changed)
-            changes.append(change)
-            if _MISSING in row.values():
-                refetch[capture][plan].append(change)
+                flush.add(capture, plan, _Change(Operation.UPDATE, new_key, row, changed))
 
     for obj in session.deleted:
         state = instance_state(obj)
-        capture = _capture_for(session, state.mapper)
-        if capture is None:
+        capture, plans = flush.target(state.mapper)
+        if not plans:
             continue
+        values = state.dict
         identity = dict(zip((c.name for c in state.mapper.primary_key), state.key[1], strict=True))
-        for plan in capture.plans(state.mapper):
-            before = {name: state.dict[attr] for name, attr in plan.columns if attr in state.dict}
-            key = tuple(before.get(c, identity.get(c)) for c in plan.key_columns)
-            by_engine[capture][plan].append(_Change(Operation.DELETE, key, None, before))
-            mappers[capture] = state.mapper
+        for plan in plans:
+            old_row = {name: values[attr] for name, attr in plan.columns if attr in values}
+            key = tuple(old_row.get(c, identity.get(c)) for c in plan.key_columns)
+            flush.add(capture, plan, _Change(Operation.DELETE, key, None, old_row))
 
-    for capture, changes in by_engine.items():
-        conn = _connection(session, mappers[capture])
-        _fill_missing(conn, refetch.get(capture, {}))
-        capture.record(conn, capture.txid(session), changes)
+    flush.record()
 
 
 def _fill_missing(conn: Connection, refetch: dict[TablePlan, list[_Change]]) -> None:
@@ -381,9 +398,6 @@ def _fill_missing(conn: Connection, refetch: dict[TablePlan, list[_Change]]) -> 
             for name, value in change.row.items():
                 if value is _MISSING:
                     change.row[name] = fresh[name]
-            for name, value in change.changed.items():
-                if value is _MISSING:
-                    change.changed[name] = None
 
 
 def _select_by_keys(
@@ -450,7 +464,7 @@ def _bulk_insert(
     rows = [
         dict(zip((c.name for c in ours), r[user_columns:], strict=True)) for r in result().all()
     ]
-    changes = [_Change(Operation.INSERT, plan.key_of(r), r, dict.fromkeys(r)) for r in rows]
+    changes = [_Change(Operation.INSERT, plan.key_of(r), r, {}) for r in rows]
     capture.record(conn, txid, {plan: changes})
     if user_columns:
         return result().columns(*range(user_columns))

@@ -5,10 +5,13 @@ the row's primary key, the row after the change, the columns that changed with
 their previous values, the row's causal version and a hybrid-logical-clock
 timestamp. Events are immutable and stored msgpack-encoded in the outbox.
 
-Schema evolution follows msgspec's rules: a new field gets a default, a field's
-type never changes, and ``schema_version`` is bumped when the meaning of a
-field changes. ``schemas/change_event.json`` is generated from this module
-(``python -m replicator.schemas``) and a test fails when it is stale.
+Events are encoded as msgpack arrays (``array_like``): field names are not
+repeated in every outbox row. Schema evolution follows msgspec's rules for
+that form: a new field is appended at the end with a default, no field is
+removed or reordered, a field's type never changes, and ``schema_version`` is
+bumped when the meaning of a field changes. ``schemas/change_event.json`` is
+generated from this module (``python -m replicator.schemas``) and a test
+fails when it is stale.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import itertools
+import os
 import uuid
 from typing import Any
 
@@ -30,16 +35,16 @@ class Operation(enum.StrEnum):
     DELETE = "delete"
 
 
-class ChangeEvent(msgspec.Struct, frozen=True, kw_only=True):
+class ChangeEvent(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     """One captured change to one row.
 
     ``key`` maps the table's primary-key columns to their values, in key
     order (composite and non-integer keys included). ``row`` is the full row
-    after the change, ``None`` for a delete. ``changed`` maps every column the
-    change touched to its previous value: for an update the changed columns
-    only (a previous value that was not loaded in the session is ``None``), for
-    an insert every column (previous ``None``), for a delete the whole row as
-    it was. ``version`` is the row's version vector after this change (node
+    after the change, ``None`` for a delete. ``changed`` maps the columns an
+    update changed to their previous values (``None`` when the session had
+    not loaded the previous value); for a delete it is the row as it was (the
+    columns the session had loaded); for an insert it is empty, since every
+    column is new. ``version`` is the row's version vector after this change (node
     name -> number of changes that node made to the row); comparing two
     vectors tells sequential edits from concurrent ones exactly. ``hlc`` is
     the hybrid-logical-clock timestamp (see :mod:`replicator.clock`), and
@@ -60,8 +65,26 @@ class ChangeEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def new_id() -> str:
-    """A fresh, globally unique id for an event or a transaction."""
-    return uuid.uuid4().hex
+    """A fresh, globally unique id for an event or a transaction (32 hex digits).
+
+    A random 64-bit prefix drawn once per process (again after a fork) and a
+    counter: as unique as a random UUID across processes and nodes, ordered
+    within a process, and about ten times cheaper than ``uuid4()``, which
+    reads the OS's random source on every call.
+    """
+    return f"{_id_prefix}{next(_id_counter):016x}"
+
+
+def _reseed_ids() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(8).hex()
+    _id_counter = itertools.count()
+
+
+_id_prefix = ""
+_id_counter = itertools.count()
+_reseed_ids()
+os.register_at_fork(after_in_child=_reseed_ids)
 
 
 def row_key(values: tuple[Any, ...] | list[Any]) -> str:
@@ -132,7 +155,10 @@ def _from_ext(code: int, data: memoryview) -> Any:
 def _wire(values: dict[str, Any] | None) -> dict[str, Any] | None:
     if values is None:
         return None
-    return {k: v if type(v) in _PLAIN else _to_ext(v) for k, v in values.items()}
+    for value in values.values():
+        if type(value) not in _PLAIN:
+            return {k: v if type(v) in _PLAIN else _to_ext(v) for k, v in values.items()}
+    return values  # the common case: nothing to wrap, no copy
 
 
 _ENCODER = msgspec.msgpack.Encoder()
@@ -142,10 +168,10 @@ _JSON_ENCODER = msgspec.json.Encoder()
 
 def encode_event(event: ChangeEvent) -> bytes:
     """The msgpack bytes stored in the outbox's ``payload`` column."""
-    wired = msgspec.structs.replace(
-        event, key=_wire(event.key), row=_wire(event.row), changed=_wire(event.changed)
-    )
-    return _ENCODER.encode(wired)
+    key, row, changed = _wire(event.key), _wire(event.row), _wire(event.changed)
+    if key is not event.key or row is not event.row or changed is not event.changed:
+        event = msgspec.structs.replace(event, key=key, row=row, changed=changed)
+    return _ENCODER.encode(event)
 
 
 def decode_event(payload: bytes) -> ChangeEvent:

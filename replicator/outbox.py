@@ -17,6 +17,8 @@ from replicator.dialects import Dialect
 from replicator.events import ChangeEvent, decode_event, encode_event
 from replicator.tables import outbox
 
+_COLUMNS = ("event_id", "txid", "origin", "table_name", "row_key", "op", "hlc", "payload")
+
 
 def append(conn: Connection, dialect: Dialect, events: Iterable[tuple[str, ChangeEvent]]) -> None:
     """Append events (each paired with its row key) in one batched statement.
@@ -24,23 +26,11 @@ def append(conn: Connection, dialect: Dialect, events: Iterable[tuple[str, Chang
     The caller's transaction decides: the events commit or roll back with it.
     Does nothing for an empty batch.
     """
-    dialect.insert_rows(
-        conn,
-        outbox,
-        [
-            {
-                "event_id": event.event_id,
-                "txid": event.txid,
-                "origin": event.origin,
-                "table_name": event.table,
-                "row_key": key,
-                "op": event.op.value,
-                "hlc": event.hlc,
-                "payload": encode_event(event),
-            }
-            for key, event in events
-        ],
-    )
+    rows = [
+        (e.event_id, e.txid, e.origin, e.table, key, e.op.value, e.hlc, encode_event(e))
+        for key, e in events
+    ]
+    dialect.insert_rows(conn, outbox, _COLUMNS, rows)
 
 
 def head(conn: Connection) -> int:

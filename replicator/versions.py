@@ -112,22 +112,26 @@ def load(
     return found
 
 
+_COLUMNS = ("table_name", "row_key", "version", "hlc", "origin", "event_id", "deleted")
+
+
 def record(conn: Connection, dialect: Dialect, events: Iterable[tuple[str, ChangeEvent]]) -> None:
     """Store each event's version as its row's current one.
 
     ``events`` pairs each event with its row key. One upsert statement for
     the lot; when a row appears more than once, its last event wins.
     """
+    delete = Operation.DELETE
     rows = [
-        {
-            "table_name": event.table,
-            "row_key": key,
-            "version": _json_encode(event.version).decode(),
-            "hlc": event.hlc,
-            "origin": event.origin,
-            "event_id": event.event_id,
-            "deleted": event.op is Operation.DELETE,
-        }
-        for key, event in events
+        (
+            e.table,
+            key,
+            _json_encode(e.version).decode(),
+            e.hlc,
+            e.origin,
+            e.event_id,
+            e.op is delete,
+        )
+        for key, e in events
     ]
-    dialect.upsert_rows(conn, row_versions, rows)
+    dialect.upsert_rows(conn, row_versions, _COLUMNS, rows)

@@ -350,3 +350,24 @@ def test_core_statements_on_plain_tables_are_not_captured(app, engine):
         session.execute(Tag.__table__.insert(), [{"code": "applied"}])
         session.add(Tag(code="app-write"))
     assert [e.key for e in captured(engine)] == [{"code": "app-write"}]
+
+
+def test_row_keys_that_differ_only_in_case_are_different_rows(engine):
+    """Version state compares keys exactly, whatever the database's collation."""
+    from replicator import versions
+    from replicator.dialects import for_connection
+    from replicator.events import ChangeEvent as Event
+
+    replicator.migrate(engine)
+
+    def event(key: str, node: str) -> tuple[str, Event]:
+        return key, Event(
+            event_id=key + node, origin=node, table="t", key={"k": key}, op=Operation.INSERT,
+            row={"k": key}, changed={}, version={node: 1}, hlc=1, txid="tx",
+        )
+
+    with engine.begin() as conn:
+        dialect = for_connection(conn)
+        versions.record(conn, dialect, [event('["abc"]', "a"), event('["ABC"]', "b")])
+        stored = versions.load(conn, dialect, "t", ['["abc"]', '["ABC"]'])
+    assert {k: v.version for k, v in stored.items()} == {'["abc"]': {"a": 1}, '["ABC"]': {"b": 1}}

@@ -17,9 +17,18 @@ branch_labels = None
 depends_on = None
 
 # Frozen copies of the types in replicator.tables as of this revision.
-NODE = sa.String(64)
-TABLE_NAME = sa.String(128)
-ROW_KEY = sa.String(512)
+
+
+def exact(length: int) -> sa.types.TypeEngine:
+    # Byte-for-byte comparison on MariaDB (its default collation ignores case).
+    return sa.String(length).with_variant(
+        mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+    )
+
+
+NODE = exact(64)
+TABLE_NAME = exact(128)
+ROW_KEY = exact(512)
 EVENT_ID = sa.String(32)
 BLOB = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 TEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
@@ -45,10 +54,6 @@ def upgrade() -> None:
         sa.Column("hlc", sa.BigInteger, nullable=False),
         sa.Column("payload", BLOB, nullable=False),
         sa.PrimaryKeyConstraint("position", name="pk_replicator_outbox"),
-        sa.UniqueConstraint("event_id", name="uq_replicator_outbox_event_id"),
-    )
-    op.create_index(
-        "ix_replicator_outbox_table_name_row_key", "replicator_outbox", ["table_name", "row_key"]
     )
 
     op.create_table(
@@ -61,6 +66,7 @@ def upgrade() -> None:
         sa.Column("event_id", EVENT_ID, nullable=False),
         sa.Column("deleted", sa.Boolean, nullable=False),
         sa.PrimaryKeyConstraint("table_name", "row_key", name="pk_replicator_row_versions"),
+        sqlite_with_rowid=False,
     )
 
     op.create_table(

@@ -9,6 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+Row = tuple[Any, ...]
+
 
 class Dialect(abc.ABC):
     """Bulk paths and locking for one database.
@@ -20,19 +22,30 @@ class Dialect(abc.ABC):
     name = "default"
 
     def insert_rows(
-        self, conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
     ) -> None:
-        """Insert ``rows`` with one (batched) statement; nothing when empty."""
+        """Insert ``rows`` (tuples of ``columns``' values) in one batched
+        statement; nothing when empty.
+
+        Values go to the driver as they are (no SQLAlchemy type processing,
+        which costs more than the insert itself on the capture path), so they
+        must be plain DB-API values: str, int, float, bool, bytes, None.
+        """
         if rows:
-            conn.execute(table.insert(), list(rows))
+            conn.exec_driver_sql(
+                f"INSERT INTO {quote(conn, table.name)} ({names(conn, columns)}) "
+                f"VALUES ({placeholders(conn, len(columns))})",
+                list(rows),
+            )
 
     @abc.abstractmethod
     def upsert_rows(
-        self, conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
     ) -> None:
         """Insert or replace ``rows`` by ``table``'s primary key, in one statement.
 
-        When a key repeats, the last row for it wins; nothing when empty.
+        ``columns`` must include the primary key. When a key repeats, the last
+        row for it wins; nothing when empty. Values as for :meth:`insert_rows`.
         """
 
     def lock_rows(self, select: sa.Select) -> sa.Select:
@@ -45,8 +58,31 @@ class Dialect(abc.ABC):
         return select
 
 
-def last_per_key(table: sa.Table, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def quote(conn: Connection, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote(name)
+
+
+def names(conn: Connection, columns: Sequence[str]) -> str:
+    return ", ".join(quote(conn, c) for c in columns)
+
+
+def placeholders(conn: Connection, count: int) -> str:
+    marker = {"qmark": "?", "format": "%s", "pyformat": "%s", "numeric_dollar": "?"}[
+        conn.dialect.paramstyle
+    ]
+    return ", ".join([marker] * count)
+
+
+def last_per_key(table: sa.Table, columns: Sequence[str], rows: Sequence[Row]) -> list[Row]:
     """``rows`` with one row per primary key, the last one given for it."""
-    key_columns = [c.name for c in table.primary_key.columns]
-    by_key = {tuple(row[c] for c in key_columns): row for row in rows}
-    return list(by_key.values())
+    at = [list(columns).index(c.name) for c in table.primary_key.columns]
+    by_key = {tuple(row[i] for i in at): row for row in rows}
+    return list(by_key.values()) if len(by_key) < len(rows) else list(rows)
+
+
+def update_list(conn: Connection, table: sa.Table, columns: Sequence[str], template: str) -> str:
+    """``a = <template>, ...`` over the non-key columns; ``{}`` is the column."""
+    key = {c.name for c in table.primary_key.columns}
+    return ", ".join(
+        f"{quote(conn, c)} = {template.format(quote(conn, c))}" for c in columns if c not in key
+    )

@@ -21,51 +21,44 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import CreateColumn, CreateSequence
 from sqlalchemy.schema import Sequence as SequenceDDL
 
-from replicator.dialects.base import Dialect, last_per_key
+from replicator.dialects.base import Dialect, Row, last_per_key, names, quote, update_list
 
 
 class DuckDBDialect(Dialect):
     name = "duckdb"
 
     def insert_rows(
-        self, conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
     ) -> None:
         if rows:
-            columns = list(rows[0])
-            sql = f"INSERT INTO {_quote(conn, table.name)} {_columnar_select(conn, columns)}"
-            conn.exec_driver_sql(sql, _columns_of(rows, columns))
+            conn.exec_driver_sql(
+                f"INSERT INTO {quote(conn, table.name)} {_columnar_select(conn, columns)}",
+                _by_column(rows),
+            )
 
     def upsert_rows(
-        self, conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
     ) -> None:
         if not rows:
             return
         # In one statement DuckDB keeps the *first* row of a repeated key; the
         # replicator needs the last write, so the batch is compacted first.
-        rows = last_per_key(table, rows)
-        columns = list(rows[0])
+        rows = last_per_key(table, columns, rows)
         key = [c.name for c in table.primary_key.columns]
-        updates = ", ".join(
-            f"{_quote(conn, c)} = excluded.{_quote(conn, c)}" for c in columns if c not in key
+        conn.exec_driver_sql(
+            f"INSERT INTO {quote(conn, table.name)} {_columnar_select(conn, columns)} "
+            f"ON CONFLICT ({names(conn, key)}) "
+            f"DO UPDATE SET {update_list(conn, table, columns, 'excluded.{}')}",
+            _by_column(rows),
         )
-        sql = (
-            f"INSERT INTO {_quote(conn, table.name)} {_columnar_select(conn, columns)} "
-            f"ON CONFLICT ({', '.join(_quote(conn, c) for c in key)}) DO UPDATE SET {updates}"
-        )
-        conn.exec_driver_sql(sql, _columns_of(rows, columns))
 
 
-def _quote(conn: Connection, name: str) -> str:
-    return conn.dialect.identifier_preparer.quote(name)
+def _columnar_select(conn: Connection, columns: Sequence[str]) -> str:
+    return f"({names(conn, columns)}) SELECT {', '.join('unnest(?)' for _ in columns)}"
 
 
-def _columnar_select(conn: Connection, columns: list[str]) -> str:
-    names = ", ".join(_quote(conn, c) for c in columns)
-    return f"({names}) SELECT {', '.join('unnest(?)' for _ in columns)}"
-
-
-def _columns_of(rows: Sequence[dict[str, Any]], columns: list[str]) -> tuple[list[Any], ...]:
-    return tuple([row[c] for row in rows] for c in columns)
+def _by_column(rows: Sequence[Row]) -> tuple[list[Any], ...]:
+    return tuple(list(column) for column in zip(*rows, strict=True))
 
 
 # --- DDL -----------------------------------------------------------------

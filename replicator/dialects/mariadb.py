@@ -9,29 +9,36 @@ round trip per batch. InnoDB reads a snapshot unless asked to lock, hence
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.mysql import insert
 from sqlalchemy.engine import Connection
 
-from replicator.dialects.base import Dialect, last_per_key
+from replicator.dialects.base import (
+    Dialect,
+    Row,
+    last_per_key,
+    names,
+    placeholders,
+    quote,
+    update_list,
+)
 
 
 class MariaDBDialect(Dialect):
     name = "mariadb"
 
     def upsert_rows(
-        self, conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
     ) -> None:
         if not rows:
             return
-        stmt = insert(table)
-        key = {c.name for c in table.primary_key.columns}
-        stmt = stmt.on_duplicate_key_update(
-            {c.name: stmt.inserted[c.name] for c in table.columns if c.name not in key}
+        # pymysql rewrites this executemany into one multi-row INSERT.
+        conn.exec_driver_sql(
+            f"INSERT INTO {quote(conn, table.name)} ({names(conn, columns)}) "
+            f"VALUES ({placeholders(conn, len(columns))}) "
+            f"ON DUPLICATE KEY UPDATE {update_list(conn, table, columns, 'VALUES({})')}",
+            last_per_key(table, columns, rows),
         )
-        conn.execute(stmt, last_per_key(table, rows))
 
     def lock_rows(self, select: sa.Select) -> sa.Select:
         # A locking read sees the latest committed row, not the transaction's

@@ -1,4 +1,4 @@
-"""SQLite: ``INSERT ... ON CONFLICT DO UPDATE`` through ``executemany``.
+"""SQLite: ``INSERT ... ON CONFLICT DO UPDATE`` through the driver's ``executemany``.
 
 SQLite has one writer at a time (the database file is locked from the first
 write until commit), so reads that decide a write need no row lock.
@@ -7,27 +7,33 @@ write until commit), so reads that decide a write need no row lock.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.engine import Connection
 
-from replicator.dialects.base import Dialect, last_per_key
+from replicator.dialects.base import (
+    Dialect,
+    Row,
+    last_per_key,
+    names,
+    placeholders,
+    quote,
+    update_list,
+)
 
 
 class SQLiteDialect(Dialect):
     name = "sqlite"
 
     def upsert_rows(
-        self, conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
     ) -> None:
         if not rows:
             return
-        stmt = insert(table)
         key = [c.name for c in table.primary_key.columns]
-        stmt = stmt.on_conflict_do_update(
-            index_elements=key,
-            set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in key},
+        conn.exec_driver_sql(
+            f"INSERT INTO {quote(conn, table.name)} ({names(conn, columns)}) "
+            f"VALUES ({placeholders(conn, len(columns))}) ON CONFLICT ({names(conn, key)}) "
+            f"DO UPDATE SET {update_list(conn, table, columns, 'excluded.{}')}",
+            last_per_key(table, columns, rows),
         )
-        conn.execute(stmt, last_per_key(table, rows))
