@@ -28,6 +28,7 @@ again (no echo).
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from collections import defaultdict
@@ -54,6 +55,7 @@ from replicator.tables import outbox as outbox_table
 from replicator.tables import row_versions as row_versions_table
 
 _MISSING: Any = object()
+NODE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,36 +133,54 @@ class Capture:
     # --- recording -----------------------------------------------------------
 
     def record(self, conn: Connection, txid: str, changes: dict[TablePlan, list[_Change]]) -> None:
-        """Version the changes and append them: one statement per table read,
-        one outbox insert and one version upsert for the lot."""
+        """Version the changes and append their events: per table, one version
+        upsert and one read; one outbox insert for the lot."""
         batch: list[tuple[str, ChangeEvent]] = []
         for plan, table_changes in changes.items():
-            keys = [row_key(change.key) for change in table_changes]
-            current = versions.load(conn, self.dialect, plan.name, set(keys), lock=True)
-            if current:
+            for round_ in _distinct_keys(table_changes):
+                keys = [row_key(change.key) for change in round_]
+                bumps = [
+                    versions.Bump(key, new_id(), self.clock.now(), change.op is Operation.DELETE)
+                    for key, change in zip(keys, round_, strict=True)
+                ]
+                advanced = versions.advance(conn, self.dialect, plan.name, self.node, bumps)
+                for key, change, bump, (version, hlc) in zip(
+                    keys, round_, bumps, advanced, strict=True
+                ):
+                    event = ChangeEvent(
+                        event_id=bump.event_id,
+                        origin=self.node,
+                        table=plan.name,
+                        key=dict(zip(plan.key_columns, change.key, strict=True)),
+                        op=change.op,
+                        row=change.row,
+                        changed=change.changed,
+                        version=version,
+                        hlc=hlc,
+                        txid=txid,
+                    )
+                    batch.append((key, event))
                 # A change made after seeing a row's last version is ordered after it.
-                self.clock.observe(max(v.hlc for v in current.values()))
-            latest = {key: seen.version for key, seen in current.items()}
-            for key, change in zip(keys, table_changes, strict=True):
-                # A row changed twice in one batch (a key swap): the second
-                # change descends from the first.
-                version = latest[key] = versions.increment(latest.get(key), self.node)
-                event = ChangeEvent(
-                    event_id=new_id(),
-                    origin=self.node,
-                    table=plan.name,
-                    key=dict(zip(plan.key_columns, change.key, strict=True)),
-                    op=change.op,
-                    row=change.row,
-                    changed=change.changed,
-                    version=version,
-                    hlc=self.clock.now(),
-                    txid=txid,
-                )
-                batch.append((key, event))
+                self.clock.observe(max(hlc for _, hlc in advanced))
         if batch:
             outbox.append(conn, self.dialect, batch)
-            versions.record(conn, self.dialect, batch)
+
+
+def _distinct_keys(changes: list[_Change]) -> list[list[_Change]]:
+    """``changes`` split, in order, into runs in which no key repeats.
+
+    A key repeats within one flush only when primary keys are swapped; the
+    second change must then descend from the first, so it is versioned after.
+    """
+    rounds: list[list[_Change]] = [[]]
+    seen: set[tuple[Any, ...]] = set()
+    for change in changes:
+        if change.key in seen:
+            rounds.append([])
+            seen.clear()
+        seen.add(change.key)
+        rounds[-1].append(change)
+    return [round_ for round_ in rounds if round_]
 
 
 def _plan(mapper: Mapper, table: sa.Table) -> TablePlan:
@@ -210,8 +230,11 @@ def capture(
     another node name.
     """
     global _hooks_installed
-    if not node or not isinstance(node, str):
-        raise ConfigurationError("capture() needs a node name, e.g. capture(engine, node='local')")
+    if not isinstance(node, str) or not NODE_NAME.match(node):
+        raise ConfigurationError(
+            f"capture() needs a node name of letters, digits and _.:- (at most 64), "
+            f"e.g. capture(engine, node='local'); got {node!r}"
+        )
     engine = _engine_of(target)
     dialect = for_connection(engine)
     excluded = frozenset(exclude)
@@ -300,6 +323,7 @@ class _Flush:
         self.changes: dict[Capture, dict[TablePlan, list[_Change]]] = {}
         self.refetch: dict[Capture, dict[TablePlan, list[_Change]]] = {}
         self.mapper_of: dict[Capture, Mapper] = {}
+        self.deletes: dict[tuple[TablePlan, tuple[Any, ...]], _Change] = {}
 
     def target(self, mapper: Mapper) -> tuple[Capture | None, tuple[TablePlan, ...]]:
         """The capture of a mapper's engine and its captured tables (cached)."""
@@ -313,7 +337,18 @@ class _Flush:
                 self.mapper_of.setdefault(capture, mapper)
         return found
 
+    def pop_delete(self, capture: Capture, plan: TablePlan, key: tuple[Any, ...]) -> _Change | None:
+        """Take back this flush's delete of ``key``, if it has one."""
+        if not self.deletes:
+            return None
+        change = self.deletes.pop((plan, key), None)
+        if change is not None:
+            self.changes[capture][plan].remove(change)
+        return change
+
     def add(self, capture: Capture, plan: TablePlan, change: _Change) -> None:
+        if change.op is Operation.DELETE:
+            self.deletes[plan, change.key] = change
         self.changes[capture][plan].append(change)
         if change.row is not None and _MISSING in change.row.values():
             self.refetch[capture][plan].append(change)
@@ -335,13 +370,33 @@ def _after_flush(session: Session, flush_context: Any) -> None:
         return
     flush = _Flush(session)
 
+    for obj in session.deleted:
+        state = instance_state(obj)
+        capture, plans = flush.target(state.mapper)
+        if not plans:
+            continue
+        values = state.dict
+        identity = dict(zip((c.name for c in state.mapper.primary_key), state.key[1], strict=True))
+        for plan in plans:
+            old_row = {name: values[attr] for name, attr in plan.columns if attr in values}
+            key = tuple(old_row.get(c, identity.get(c)) for c in plan.key_columns)
+            flush.add(capture, plan, _Change(Operation.DELETE, key, None, old_row))
+
     for obj in session.new:
         state = instance_state(obj)
         capture, plans = flush.target(state.mapper)
         values = state.dict
         for plan in plans:
             row = {name: values.get(attr, _MISSING) for name, attr in plan.columns}
-            flush.add(capture, plan, _Change(Operation.INSERT, plan.key_of(row), row, {}))
+            key = plan.key_of(row)
+            replaced = flush.pop_delete(capture, plan, key)
+            if replaced is None:
+                flush.add(capture, plan, _Change(Operation.INSERT, key, row, {}))
+            else:
+                # Deleted and re-added in one flush: SQLAlchemy turns this into
+                # an UPDATE of the row ("row switch"), and so does capture.
+                changed = {c: v for c, v in replaced.changed.items() if row.get(c) != v}
+                flush.add(capture, plan, _Change(Operation.UPDATE, key, row, changed))
 
     for obj in session.dirty:
         state = instance_state(obj)
@@ -372,18 +427,6 @@ def _after_flush(session: Session, flush_context: Any) -> None:
                 flush.add(capture, plan, _Change(Operation.INSERT, new_key, row, {}))
             else:
                 flush.add(capture, plan, _Change(Operation.UPDATE, new_key, row, changed))
-
-    for obj in session.deleted:
-        state = instance_state(obj)
-        capture, plans = flush.target(state.mapper)
-        if not plans:
-            continue
-        values = state.dict
-        identity = dict(zip((c.name for c in state.mapper.primary_key), state.key[1], strict=True))
-        for plan in plans:
-            old_row = {name: values[attr] for name, attr in plan.columns if attr in values}
-            key = tuple(old_row.get(c, identity.get(c)) for c in plan.key_columns)
-            flush.add(capture, plan, _Change(Operation.DELETE, key, None, old_row))
 
     flush.record()
 

@@ -16,7 +16,8 @@ keep theirs as a tombstone), updated in the same transaction as the row.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import msgspec
 import sqlalchemy as sa
@@ -88,15 +89,12 @@ _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder(VersionVector).decode
 
 
-def load(
-    conn: Connection, dialect: Dialect, table: str, keys: Collection[str], *, lock: bool = False
-) -> dict[str, RowVersion]:
+def load(conn: Connection, table: str, keys: Collection[str]) -> dict[str, RowVersion]:
     """The stored versions of ``table``'s rows with ``keys``; ``{}`` for none.
 
     Keys without a stored version (rows never captured or replicated) are
-    absent from the result. With ``lock``, the rows are read as of the latest
-    commit and stay locked until the transaction ends (see
-    :meth:`Dialect.lock_rows`).
+    absent from the result. A plain read: it sees this transaction's own
+    writes, and otherwise its snapshot.
     """
     found: dict[str, RowVersion] = {}
     keys = list(keys)
@@ -105,14 +103,63 @@ def load(
         select = sa.select(c.row_key, c.version, c.hlc, c.origin, c.event_id, c.deleted).where(
             c.table_name == table, c.row_key.in_(keys[start : start + CHUNK])
         )
-        if lock:
-            select = dialect.lock_rows(select)
         for key, version, hlc, origin, event_id, deleted in conn.execute(select):
             found[key] = RowVersion(_json_decode(version), hlc, origin, event_id, bool(deleted))
     return found
 
 
 _COLUMNS = ("table_name", "row_key", "version", "hlc", "origin", "event_id", "deleted")
+
+
+class Bump(NamedTuple):
+    """One change a node makes to one row, before it has its version."""
+
+    key: str
+    event_id: str
+    hlc: int  # the clock's proposal; raised above the row's previous one if needed
+    deleted: bool
+
+
+def advance(
+    conn: Connection, dialect: Dialect, table: str, node: str, bumps: Sequence[Bump]
+) -> list[tuple[VersionVector, int]]:
+    """Record that ``node`` changed each of ``table``'s rows once.
+
+    Returns each row's new version and timestamp, in the order of ``bumps``
+    (whose keys must be distinct). The version descends from the row's latest
+    committed one, whatever concurrent transactions did before, and the
+    timestamp is greater than the row's previous one.
+
+    The caller has already written the row itself, so it holds the row's
+    lock: no other writer can change the row's version until it commits.
+    What is left is to read the *latest* version, not a stale snapshot.
+    Where the database computes the increment inside its upsert (MariaDB),
+    the upsert does it and a plain read returns the result; a locking read
+    instead would take gap locks on keys that do not exist yet and deadlock
+    concurrent inserts. Single-writer databases read, then upsert.
+    """
+    keys = [bump.key for bump in bumps]
+    if dialect.advances_versions_in_sql:
+        rows = [
+            (table, b.key, _json_encode({node: 1}).decode(), b.hlc, node, b.event_id, b.deleted)
+            for b in bumps
+        ]
+        dialect.upsert_advancing_version(conn, row_versions, _COLUMNS, rows)
+        stored = load(conn, table, keys)
+        return [(stored[key].version, stored[key].hlc) for key in keys]
+    current = load(conn, table, keys)
+    results: list[tuple[VersionVector, int]] = []
+    rows = []
+    for b in bumps:
+        seen = current.get(b.key)
+        version = increment(seen.version if seen else None, node)
+        hlc = max(b.hlc, seen.hlc + 1) if seen else b.hlc
+        rows.append(
+            (table, b.key, _json_encode(version).decode(), hlc, node, b.event_id, b.deleted)
+        )
+        results.append((version, hlc))
+    dialect.upsert_rows(conn, row_versions, _COLUMNS, rows)
+    return results
 
 
 def record(conn: Connection, dialect: Dialect, events: Iterable[tuple[str, ChangeEvent]]) -> None:

@@ -57,9 +57,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Contract tests ask for `database_url` (or a fixture built on it) and run
     # once per backend; MariaDB runs are marked so `-m "not mariadb"` works.
     if "database_url" in metafunc.fixturenames:
+        only = metafunc.definition.get_closest_marker("backends")
         params = [
             pytest.param(b, id=b, marks=[pytest.mark.mariadb] if b == "mariadb" else [])
-            for b in BACKENDS
+            for b in (only.args if only else BACKENDS)
         ]
         metafunc.parametrize("database_url", params, indirect=True)
 

@@ -362,12 +362,46 @@ def test_row_keys_that_differ_only_in_case_are_different_rows(engine):
 
     def event(key: str, node: str) -> tuple[str, Event]:
         return key, Event(
-            event_id=key + node, origin=node, table="t", key={"k": key}, op=Operation.INSERT,
-            row={"k": key}, changed={}, version={node: 1}, hlc=1, txid="tx",
+            event_id=key + node,
+            origin=node,
+            table="t",
+            key={"k": key},
+            op=Operation.INSERT,
+            row={"k": key},
+            changed={},
+            version={node: 1},
+            hlc=1,
+            txid="tx",
         )
 
     with engine.begin() as conn:
         dialect = for_connection(conn)
         versions.record(conn, dialect, [event('["abc"]', "a"), event('["ABC"]', "b")])
-        stored = versions.load(conn, dialect, "t", ['["abc"]', '["ABC"]'])
+        stored = versions.load(conn, "t", ['["abc"]', '["ABC"]'])
     assert {k: v.version for k, v in stored.items()} == {'["abc"]': {"a": 1}, '["ABC"]': {"b": 1}}
+
+
+def test_deleting_and_re_adding_a_row_in_one_flush_is_one_update(app, engine):
+    with app.begin() as session:
+        session.add(Tag(code="t", label="old"))
+    with app.begin() as session:
+        session.delete(session.get(Tag, "t"))
+        session.flush()  # two flushes: a delete, then an insert
+        session.add(Tag(code="t", label="new"))
+    with app.begin() as session:
+        session.delete(session.get(Tag, "t"))
+        session.add(Tag(code="t", label="newer"))  # one flush: SQLAlchemy's row switch
+    ops = [(e.op, e.row and e.row["label"]) for e in captured(engine)]
+    assert ops == [
+        (Operation.INSERT, "old"),
+        (Operation.DELETE, None),
+        (Operation.INSERT, "new"),
+        (Operation.UPDATE, "newer"),
+    ]
+    assert [e.version for e in captured(engine)][-1] == {"local": 4}
+
+
+def test_node_names_are_checked(engine):
+    replicator.migrate(engine)
+    with pytest.raises(replicator.ConfigurationError, match="node name"):
+        replicator.capture(engine, node='bad"name')

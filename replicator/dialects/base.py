@@ -48,6 +48,23 @@ class Dialect(abc.ABC):
         row for it wins; nothing when empty. Values as for :meth:`insert_rows`.
         """
 
+    #: Whether :meth:`upsert_advancing_version` is implemented (see
+    #: :func:`replicator.versions.advance` for why a database would need it).
+    advances_versions_in_sql = False
+
+    def upsert_advancing_version(
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
+    ) -> None:
+        """Upsert version-state rows, advancing existing ones in the database.
+
+        For a new key the row is inserted as given. For an existing key, the
+        stored ``version`` vector gets its ``origin`` entry incremented, ``hlc``
+        becomes the larger of the given one and the stored one plus one, and
+        the other columns take the given values. Only for databases that set
+        :attr:`advances_versions_in_sql`.
+        """
+        raise TypeError(f"{type(self).__name__} does not advance versions in SQL")
+
     def lock_rows(self, select: sa.Select) -> sa.Select:
         """``select`` made to lock what it reads until the transaction ends.
 
