@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import uuid
 from collections import Counter, defaultdict
@@ -70,7 +71,7 @@ def test_eight_concurrent_writers_neither_deadlock_nor_lose_versions(app, engine
         history.sort(key=lambda e: e.version["server"])
         counters = [e.version["server"] for e in history]
         assert counters == list(range(1, len(history) + 1)), "each change descends from the last"
-        for earlier, later in zip(history, history[1:], strict=False):
+        for earlier, later in itertools.pairwise(history):
             assert compare(later.version, earlier.version) is Order.AFTER
             assert later.hlc > earlier.hlc
 
