@@ -140,15 +140,13 @@ class Capture:
             for round_ in _distinct_keys(table_changes):
                 keys = [row_key(change.key) for change in round_]
                 bumps = [
-                    versions.Bump(key, new_id(), self.clock.now(), change.op is Operation.DELETE)
+                    versions.Bump(key, self.clock.now(), change.op is Operation.DELETE)
                     for key, change in zip(keys, round_, strict=True)
                 ]
                 advanced = versions.advance(conn, self.dialect, plan.name, self.node, bumps)
-                for key, change, bump, (version, hlc) in zip(
-                    keys, round_, bumps, advanced, strict=True
-                ):
+                for key, change, (version, hlc) in zip(keys, round_, advanced, strict=True):
                     event = ChangeEvent(
-                        event_id=bump.event_id,
+                        event_id=new_id(),
                         origin=self.node,
                         table=plan.name,
                         key=dict(zip(plan.key_columns, change.key, strict=True)),

@@ -17,7 +17,7 @@ from replicator.dialects import Dialect
 from replicator.events import ChangeEvent, decode_event, encode_event
 from replicator.tables import outbox
 
-_COLUMNS = ("event_id", "txid", "origin", "table_name", "row_key", "op", "hlc", "payload")
+_COLUMNS = ("origin", "table_name", "row_key", "hlc", "payload")
 
 
 def append(conn: Connection, dialect: Dialect, events: Iterable[tuple[str, ChangeEvent]]) -> None:
@@ -26,10 +26,7 @@ def append(conn: Connection, dialect: Dialect, events: Iterable[tuple[str, Chang
     The caller's transaction decides: the events commit or roll back with it.
     Does nothing for an empty batch.
     """
-    rows = [
-        (e.event_id, e.txid, e.origin, e.table, key, e.op.value, e.hlc, encode_event(e))
-        for key, e in events
-    ]
+    rows = [(e.origin, e.table, key, e.hlc, encode_event(e)) for key, e in events]
     dialect.insert_rows(conn, outbox, _COLUMNS, rows)
 
 

@@ -41,7 +41,6 @@ def _exact(length: int) -> sa.types.TypeEngine:
 NODE = _exact(64)
 TABLE_NAME = _exact(128)
 ROW_KEY = _exact(512)
-EVENT_ID = sa.String(32)
 # BLOB is 64 KiB on MariaDB; a document with its embedding can be larger.
 BLOB = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 TEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
@@ -70,12 +69,12 @@ outbox = sa.Table(
     metadata,
     # The position orders the log; readers stream events after a checkpoint.
     serial_column("position", "replicator_outbox"),
-    sa.Column("event_id", EVENT_ID, nullable=False),
-    sa.Column("txid", EVENT_ID, nullable=False),
+    # Copied out of the payload: what readers filter on (whose events, which
+    # tables, which row, since when). Event id, transaction and operation
+    # stay in the payload only; each column costs on every captured write.
     sa.Column("origin", NODE, nullable=False),
     sa.Column("table_name", TABLE_NAME, nullable=False),
     sa.Column("row_key", ROW_KEY, nullable=False),
-    sa.Column("op", sa.String(6), nullable=False),
     sa.Column("hlc", sa.BigInteger, nullable=False),
     sa.Column("payload", BLOB, nullable=False),
     # Deliberately no secondary index: every event would pay for a random
@@ -92,8 +91,7 @@ row_versions = sa.Table(
     sa.Column("row_key", ROW_KEY, primary_key=True),
     sa.Column("version", sa.Text, nullable=False),  # JSON object: node -> counter
     sa.Column("hlc", sa.BigInteger, nullable=False),
-    sa.Column("origin", NODE, nullable=False),
-    sa.Column("event_id", EVENT_ID, nullable=False),
+    sa.Column("origin", NODE, nullable=False),  # who made the current version
     sa.Column("deleted", sa.Boolean, nullable=False),
     # SQLite: store rows in the primary-key B-tree itself (InnoDB always
     # does), one B-tree write per upsert instead of a rowid table plus index.

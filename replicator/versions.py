@@ -81,7 +81,6 @@ class RowVersion(msgspec.Struct, frozen=True):
     version: VersionVector
     hlc: int
     origin: str
-    event_id: str
     deleted: bool
 
 
@@ -100,22 +99,21 @@ def load(conn: Connection, table: str, keys: Collection[str]) -> dict[str, RowVe
     keys = list(keys)
     c = row_versions.c
     for start in range(0, len(keys), CHUNK):
-        select = sa.select(c.row_key, c.version, c.hlc, c.origin, c.event_id, c.deleted).where(
+        select = sa.select(c.row_key, c.version, c.hlc, c.origin, c.deleted).where(
             c.table_name == table, c.row_key.in_(keys[start : start + CHUNK])
         )
-        for key, version, hlc, origin, event_id, deleted in conn.execute(select):
-            found[key] = RowVersion(_json_decode(version), hlc, origin, event_id, bool(deleted))
+        for key, version, hlc, origin, deleted in conn.execute(select):
+            found[key] = RowVersion(_json_decode(version), hlc, origin, bool(deleted))
     return found
 
 
-_COLUMNS = ("table_name", "row_key", "version", "hlc", "origin", "event_id", "deleted")
+_COLUMNS = ("table_name", "row_key", "version", "hlc", "origin", "deleted")
 
 
 class Bump(NamedTuple):
     """One change a node makes to one row, before it has its version."""
 
     key: str
-    event_id: str
     hlc: int  # the clock's proposal; raised above the row's previous one if needed
     deleted: bool
 
@@ -140,11 +138,10 @@ def advance(
     """
     keys = [bump.key for bump in bumps]
     if dialect.advances_versions_in_sql:
-        rows = [
-            (table, b.key, _json_encode({node: 1}).decode(), b.hlc, node, b.event_id, b.deleted)
-            for b in bumps
-        ]
-        dialect.upsert_advancing_version(conn, row_versions, _COLUMNS, rows)
+        first = _json_encode({node: 1}).decode()
+        rows = [(table, b.key, first, b.hlc, node, b.deleted) for b in bumps]
+        if dialect.upsert_advancing_version(conn, row_versions, _COLUMNS, rows):
+            return [({node: 1}, b.hlc) for b in bumps]  # every key was new: stored as given
         stored = load(conn, table, keys)
         return [(stored[key].version, stored[key].hlc) for key in keys]
     current = load(conn, table, keys)
@@ -154,9 +151,7 @@ def advance(
         seen = current.get(b.key)
         version = increment(seen.version if seen else None, node)
         hlc = max(b.hlc, seen.hlc + 1) if seen else b.hlc
-        rows.append(
-            (table, b.key, _json_encode(version).decode(), hlc, node, b.event_id, b.deleted)
-        )
+        rows.append((table, b.key, _json_encode(version).decode(), hlc, node, b.deleted))
         results.append((version, hlc))
     dialect.upsert_rows(conn, row_versions, _COLUMNS, rows)
     return results
@@ -176,7 +171,6 @@ def record(conn: Connection, dialect: Dialect, events: Iterable[tuple[str, Chang
             _json_encode(e.version).decode(),
             e.hlc,
             e.origin,
-            e.event_id,
             e.op is delete,
         )
         for key, e in events

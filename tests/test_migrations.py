@@ -14,12 +14,9 @@ from replicator.tables import metadata
 EXPECTED = {
     "replicator_outbox": {
         "position",
-        "event_id",
-        "txid",
         "origin",
         "table_name",
         "row_key",
-        "op",
         "hlc",
         "payload",
     },
@@ -29,7 +26,6 @@ EXPECTED = {
         "version",
         "hlc",
         "origin",
-        "event_id",
         "deleted",
     },
     "replicator_checkpoints": {"source", "channel", "position", "updated_at"},

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from replicator import outbox
+
 README = Path(__file__).parent.parent / "README.md"
 
 
@@ -21,6 +23,6 @@ def test_capture_example_runs_and_captures(tmp_path):
     assert result.returncode == 0, result.stderr
     engine = sa.create_engine(f"duckdb:///{tmp_path / 'local.duckdb'}")
     with engine.connect() as conn:
-        rows = conn.exec_driver_sql("SELECT table_name, row_key, op FROM replicator_outbox").all()
+        events = [(e.table, e.key, e.op.value) for _, e in outbox.read(conn)]
     engine.dispose()
-    assert rows == [("notes", '["n-1"]', "insert")]
+    assert events == [("notes", {"note_id": "n-1"}, "insert")]

@@ -29,7 +29,6 @@ def exact(length: int) -> sa.types.TypeEngine:
 NODE = exact(64)
 TABLE_NAME = exact(128)
 ROW_KEY = exact(512)
-EVENT_ID = sa.String(32)
 BLOB = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 TEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 SERIAL = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -45,12 +44,9 @@ def upgrade() -> None:
     op.create_table(
         "replicator_outbox",
         serial("position", "replicator_outbox"),
-        sa.Column("event_id", EVENT_ID, nullable=False),
-        sa.Column("txid", EVENT_ID, nullable=False),
         sa.Column("origin", NODE, nullable=False),
         sa.Column("table_name", TABLE_NAME, nullable=False),
         sa.Column("row_key", ROW_KEY, nullable=False),
-        sa.Column("op", sa.String(6), nullable=False),
         sa.Column("hlc", sa.BigInteger, nullable=False),
         sa.Column("payload", BLOB, nullable=False),
         sa.PrimaryKeyConstraint("position", name="pk_replicator_outbox"),
@@ -63,7 +59,6 @@ def upgrade() -> None:
         sa.Column("version", sa.Text, nullable=False),
         sa.Column("hlc", sa.BigInteger, nullable=False),
         sa.Column("origin", NODE, nullable=False),
-        sa.Column("event_id", EVENT_ID, nullable=False),
         sa.Column("deleted", sa.Boolean, nullable=False),
         sa.PrimaryKeyConstraint("table_name", "row_key", name="pk_replicator_row_versions"),
         sqlite_with_rowid=False,

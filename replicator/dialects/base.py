@@ -54,14 +54,15 @@ class Dialect(abc.ABC):
 
     def upsert_advancing_version(
         self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
-    ) -> None:
+    ) -> bool:
         """Upsert version-state rows, advancing existing ones in the database.
 
         For a new key the row is inserted as given. For an existing key, the
         stored ``version`` vector gets its ``origin`` entry incremented, ``hlc``
         becomes the larger of the given one and the stored one plus one, and
-        the other columns take the given values. Only for databases that set
-        :attr:`advances_versions_in_sql`.
+        the other columns take the given values. Returns True when every key
+        was new (so the rows are stored exactly as given). Only for databases
+        that set :attr:`advances_versions_in_sql`.
         """
         raise TypeError(f"{type(self).__name__} does not advance versions in SQL")
 
