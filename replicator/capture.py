@@ -442,8 +442,9 @@ def _fill_missing(conn: Connection, refetch: dict[TablePlan, list[_Change]]) -> 
 
 
 def _select_by_keys(
-    conn: Connection, plan: TablePlan, keys: list[tuple[Any, ...]], lock: Dialect | None = None
+    conn: Connection, plan: TablePlan, keys: list[tuple[Any, ...]], lock_with: Dialect | None = None
 ) -> list[dict[str, Any]]:
+    """The rows of ``plan``'s table with ``keys`` (locked with ``lock_with``'s row locks)."""
     rows: list[dict[str, Any]] = []
     table = plan.table
     key_columns = [table.c[c] for c in plan.key_columns]
@@ -454,8 +455,8 @@ def _select_by_keys(
         else:
             where = sa.tuple_(*key_columns).in_(chunk)
         select = sa.select(*(table.c[name] for name, _ in plan.columns)).where(where)
-        if lock is not None:
-            select = lock.lock_rows(select)
+        if lock_with is not None:
+            select = lock_with.lock_rows(select)
         rows.extend(dict(r._mapping) for r in conn.execute(select))
     return rows
 
@@ -522,7 +523,7 @@ def _bulk_update_or_delete(
         # Bulk UPDATE by primary key: one parameter set per row, keys inside.
         attr_of = dict(plan.columns)
         keys = [tuple(p[attr_of[c]] for c in plan.key_columns) for p in params]
-        before = _select_by_keys(conn, plan, keys, lock=capture.dialect)
+        before = _select_by_keys(conn, plan, keys, lock_with=capture.dialect)
     else:
         select = sa.select(*(table.c[name] for name, _ in plan.columns))
         if statement.whereclause is not None:
