@@ -153,12 +153,16 @@ def _from_ext(code: int, data: memoryview) -> Any:
 
 
 def _wire(values: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``values`` with typed values wrapped; the same dict when none need it."""
     if values is None:
         return None
-    for value in values.values():
+    wired = None
+    for key, value in values.items():
         if type(value) not in _PLAIN:
-            return {k: v if type(v) in _PLAIN else _to_ext(v) for k, v in values.items()}
-    return values  # the common case: nothing to wrap, no copy
+            if wired is None:
+                wired = dict(values)
+            wired[key] = _to_ext(value)
+    return values if wired is None else wired
 
 
 _ENCODER = msgspec.msgpack.Encoder()

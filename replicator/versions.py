@@ -131,19 +131,24 @@ def advance(
     The caller has already written the row itself, so it holds the row's
     lock: no other writer can change the row's version until it commits.
     What is left is to read the *latest* version, not a stale snapshot.
-    Where the database computes the increment inside its upsert (MariaDB),
-    the upsert does it and a plain read returns the result; a locking read
-    instead would take gap locks on keys that do not exist yet and deadlock
-    concurrent inserts. Single-writer databases read, then upsert.
+    Where the database can (MariaDB, SQLite), one upsert computes the
+    increment from the stored row and returns the result (``RETURNING``):
+    no read before it, so no stale snapshot, and on MariaDB no locking read,
+    which would take gap locks on keys that do not exist yet and deadlock
+    concurrent inserts. DuckDB (one writing process, write-write conflicts
+    detected) reads, then upserts its columnar batch.
     """
     keys = [bump.key for bump in bumps]
     if dialect.advances_versions_in_sql:
         first = _json_encode({node: 1}).decode()
         rows = [(table, b.key, first, b.hlc, node, b.deleted) for b in bumps]
-        if dialect.upsert_advancing_version(conn, row_versions, _COLUMNS, rows):
-            return [({node: 1}, b.hlc) for b in bumps]  # every key was new: stored as given
-        stored = load(conn, table, keys)
-        return [(stored[key].version, stored[key].hlc) for key in keys]
+        stored = {
+            key: (_json_decode(version), hlc)
+            for key, version, hlc in dialect.upsert_advancing_version(
+                conn, row_versions, _COLUMNS, rows
+            )
+        }
+        return [stored[key] for key in keys]
     current = load(conn, table, keys)
     results: list[tuple[VersionVector, int]] = []
     rows = []

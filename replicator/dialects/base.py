@@ -54,15 +54,15 @@ class Dialect(abc.ABC):
 
     def upsert_advancing_version(
         self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
-    ) -> bool:
+    ) -> list[Row]:
         """Upsert version-state rows, advancing existing ones in the database.
 
         For a new key the row is inserted as given. For an existing key, the
         stored ``version`` vector gets its ``origin`` entry incremented, ``hlc``
         becomes the larger of the given one and the stored one plus one, and
-        the other columns take the given values. Returns True when every key
-        was new (so the rows are stored exactly as given). Only for databases
-        that set :attr:`advances_versions_in_sql`.
+        the other columns take the given values. Returns ``(row_key, version,
+        hlc)`` as stored, for every row (in no particular order). Keys must be
+        distinct. Only for databases that set :attr:`advances_versions_in_sql`.
         """
         raise TypeError(f"{type(self).__name__} does not advance versions in SQL")
 
@@ -89,6 +89,29 @@ def placeholders(conn: Connection, count: int) -> str:
         conn.dialect.paramstyle
     ]
     return ", ".join([marker] * count)
+
+
+def values_list(conn: Connection, columns: int, rows: int) -> str:
+    """``(?, ?), (?, ?), ...``: a multi-row VALUES list of placeholders."""
+    one = f"({placeholders(conn, columns)})"
+    return ", ".join([one] * rows)
+
+
+def returning_upsert(
+    conn: Connection, sql: str, rows: Sequence[Row], chunk: int = 500
+) -> list[Row]:
+    """Run a multi-row ``INSERT ... VALUES {values} ... RETURNING`` over ``rows``.
+
+    ``sql`` holds ``{values}`` where the VALUES list goes. One statement per
+    ``chunk`` rows (drivers cannot return rows from ``executemany``).
+    """
+    returned: list[Row] = []
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        statement = sql.format(values=values_list(conn, len(part[0]), len(part)))
+        flat = tuple(value for row in part for value in row)
+        returned.extend(tuple(r) for r in conn.exec_driver_sql(statement, flat))
+    return returned
 
 
 def last_per_key(table: sa.Table, columns: Sequence[str], rows: Sequence[Row]) -> list[Row]:

@@ -20,6 +20,7 @@ from replicator.dialects.base import (
     names,
     placeholders,
     quote,
+    returning_upsert,
     update_list,
 )
 
@@ -44,26 +45,25 @@ class MariaDBDialect(Dialect):
 
     def upsert_advancing_version(
         self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
-    ) -> bool:
+    ) -> list[Row]:
         if not rows:
-            return True
+            return []
         # For a duplicate primary key InnoDB locks just that index record, no
         # gap, so concurrent writers of different rows never wait on each
         # other here. MariaDB evaluates the assignments left to right: the
         # version and hlc expressions read the stored values before `origin`
         # is overwritten.
+        # RETURNING gives the rows as stored after the update.
         path = "CONCAT('$.\"', VALUES(origin), '\"')"
-        result = conn.exec_driver_sql(
+        return returning_upsert(
+            conn,
             f"INSERT INTO {quote(conn, table.name)} ({names(conn, columns)}) "
-            f"VALUES ({placeholders(conn, len(columns))}) ON DUPLICATE KEY UPDATE "
+            "VALUES {values} ON DUPLICATE KEY UPDATE "
             f"version = JSON_SET(version, {path}, COALESCE(JSON_VALUE(version, {path}), 0) + 1), "
             "hlc = GREATEST(VALUES(hlc), hlc + 1), origin = VALUES(origin), "
-            "deleted = VALUES(deleted)",
-            list(rows),
+            "deleted = VALUES(deleted) RETURNING row_key, version, hlc",
+            rows,
         )
-        # MariaDB counts 1 per inserted row and 2 per updated one (the version
-        # always changes, so an update is never a no-op).
-        return result.rowcount == len(rows)
 
     def lock_rows(self, select: sa.Select) -> sa.Select:
         # A locking read sees the latest committed row, not the transaction's

@@ -1,7 +1,9 @@
 """SQLite: ``INSERT ... ON CONFLICT DO UPDATE`` through the driver's ``executemany``.
 
 SQLite has one writer at a time (the database file is locked from the first
-write until commit), so reads that decide a write need no row lock.
+write until commit), so reads that decide a write need no row lock. Version
+state is still advanced inside the upsert, because with ``RETURNING`` that
+saves a read.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from replicator.dialects.base import (
     names,
     placeholders,
     quote,
+    returning_upsert,
     update_list,
 )
 
@@ -36,4 +39,25 @@ class SQLiteDialect(Dialect):
             f"VALUES ({placeholders(conn, len(columns))}) ON CONFLICT ({names(conn, key)}) "
             f"DO UPDATE SET {update_list(conn, table, columns, 'excluded.{}')}",
             last_per_key(table, columns, rows),
+        )
+
+    advances_versions_in_sql = True
+
+    def upsert_advancing_version(
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
+    ) -> list[Row]:
+        if not rows:
+            return []
+        path = """'$."' || excluded.origin || '"'"""
+        key = [c.name for c in table.primary_key.columns]
+        # In DO UPDATE, a bare column is the stored row; `excluded` the new one.
+        return returning_upsert(
+            conn,
+            f"INSERT INTO {quote(conn, table.name)} ({names(conn, columns)}) "
+            f"VALUES {{values}} ON CONFLICT ({names(conn, key)}) DO UPDATE SET "
+            f"version = json_set(version, {path}, "
+            f"coalesce(json_extract(version, {path}), 0) + 1), "
+            "hlc = max(excluded.hlc, hlc + 1), origin = excluded.origin, "
+            "deleted = excluded.deleted RETURNING row_key, version, hlc",
+            rows,
         )
