@@ -140,14 +140,19 @@ def advance(
     """
     keys = [bump.key for bump in bumps]
     if dialect.advances_versions_in_sql:
-        first = _json_encode({node: 1}).decode()
-        rows = [(table, b.key, first, b.hlc, node, b.deleted) for b in bumps]
-        stored = {
-            key: (_json_decode(version), hlc)
-            for key, version, hlc in dialect.upsert_advancing_version(
-                conn, row_versions, _COLUMNS, rows
-            )
+        constants = {
+            "table_name": table,
+            "origin": node,
+            "version": _json_encode({node: 1}).decode(),  # where the row is new
         }
+        returned = dialect.upsert_advancing_version(
+            conn,
+            row_versions,
+            ("row_key", "hlc", "deleted"),
+            [(b.key, b.hlc, b.deleted) for b in bumps],
+            constants,
+        )
+        stored = {key: (_json_decode(version), hlc) for key, version, hlc in returned}
         return [stored[key] for key in keys]
     current = load(conn, table, keys)
     results: list[tuple[VersionVector, int]] = []

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 Row = tuple[Any, ...]
+NO_CONSTANTS: Mapping[str, Any] = {}
 
 
 class Dialect(abc.ABC):
@@ -22,21 +23,30 @@ class Dialect(abc.ABC):
     name = "default"
 
     def insert_rows(
-        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        constants: Mapping[str, Any] = NO_CONSTANTS,
     ) -> None:
-        """Insert ``rows`` (tuples of ``columns``' values) in one batched
-        statement; nothing when empty.
+        """Insert ``rows`` (tuples of ``columns``' values) with one multi-row
+        statement per :data:`CHUNK` rows; nothing when empty.
 
-        Values go to the driver as they are (no SQLAlchemy type processing,
-        which costs more than the insert itself on the capture path), so they
-        must be plain DB-API values: str, int, float, bool, bytes, None.
+        ``constants`` are columns with the same value in every row: they are
+        written into the statement once instead of bound once per row
+        (pymysql escapes every bound value in Python). Values go to the
+        driver as they are (no SQLAlchemy type processing, which costs more
+        than the insert itself on the capture path), so they must be plain
+        DB-API values: str, int, float, bool, bytes, None.
         """
-        if rows:
-            conn.exec_driver_sql(
-                f"INSERT INTO {quote(conn, table.name)} ({names(conn, columns)}) "
-                f"VALUES ({placeholders(conn, len(columns))})",
-                list(rows),
-            )
+        execute_values(
+            conn,
+            f"INSERT INTO {quote(conn, table.name)} ({names(conn, [*constants, *columns])}) "
+            "VALUES {values}",
+            value_group(conn, len(columns), constants),
+            rows,
+        )
 
     @abc.abstractmethod
     def upsert_rows(
@@ -53,7 +63,12 @@ class Dialect(abc.ABC):
     advances_versions_in_sql = False
 
     def upsert_advancing_version(
-        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        constants: Mapping[str, Any] = NO_CONSTANTS,
     ) -> list[Row]:
         """Upsert version-state rows, advancing existing ones in the database.
 
@@ -62,7 +77,8 @@ class Dialect(abc.ABC):
         becomes the larger of the given one and the stored one plus one, and
         the other columns take the given values. Returns ``(row_key, version,
         hlc)`` as stored, for every row (in no particular order). Keys must be
-        distinct. Only for databases that set :attr:`advances_versions_in_sql`.
+        distinct; ``constants`` as for :meth:`insert_rows`. Only for databases
+        that set :attr:`advances_versions_in_sql`.
         """
         raise TypeError(f"{type(self).__name__} does not advance versions in SQL")
 
@@ -91,26 +107,39 @@ def placeholders(conn: Connection, count: int) -> str:
     return ", ".join([marker] * count)
 
 
-def values_list(conn: Connection, columns: int, rows: int) -> str:
-    """``(?, ?), (?, ?), ...``: a multi-row VALUES list of placeholders."""
-    one = f"({placeholders(conn, columns)})"
-    return ", ".join([one] * rows)
+# Rows per multi-row statement: at ~5 values a row, far below SQLite's and
+# MariaDB's limits on bound parameters and statement size.
+CHUNK = 1000
 
 
-def returning_upsert(
-    conn: Connection, sql: str, rows: Sequence[Row], chunk: int = 500
+def literal(conn: Connection, value: Any) -> str:
+    """``value`` as an SQL literal of this database, safely quoted."""
+    return str(
+        sa.literal(value).compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+    )
+
+
+def value_group(conn: Connection, count: int, constants: Mapping[str, Any] = NO_CONSTANTS) -> str:
+    """``('const', ?, ?)``: the constants' literals, then ``count`` placeholders."""
+    parts = [literal(conn, value) for value in constants.values()]
+    return f"({', '.join([*parts, placeholders(conn, count)])})"
+
+
+def execute_values(
+    conn: Connection, sql: str, group: str, rows: Sequence[Row], *, returning: bool = False
 ) -> list[Row]:
-    """Run a multi-row ``INSERT ... VALUES {values} ... RETURNING`` over ``rows``.
+    """Run ``sql`` with ``{values}`` replaced by ``group`` once per row.
 
-    ``sql`` holds ``{values}`` where the VALUES list goes. One statement per
-    ``chunk`` rows (drivers cannot return rows from ``executemany``).
+    One statement per :data:`CHUNK` rows. With ``returning``, the rows the
+    statements return (drivers return none from ``executemany``).
     """
     returned: list[Row] = []
-    for start in range(0, len(rows), chunk):
-        part = rows[start : start + chunk]
-        statement = sql.format(values=values_list(conn, len(part[0]), len(part)))
-        flat = tuple(value for row in part for value in row)
-        returned.extend(tuple(r) for r in conn.exec_driver_sql(statement, flat))
+    for start in range(0, len(rows), CHUNK):
+        part = rows[start : start + CHUNK]
+        statement = sql.format(values=", ".join([group] * len(part)))
+        result = conn.exec_driver_sql(statement, tuple(v for row in part for v in row))
+        if returning:
+            returned.extend(tuple(r) for r in result)
     return returned
 
 

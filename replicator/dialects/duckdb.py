@@ -11,7 +11,7 @@ write-write conflicts itself), and alembic has no implementation for it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,18 +21,33 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import CreateColumn, CreateSequence
 from sqlalchemy.schema import Sequence as SequenceDDL
 
-from replicator.dialects.base import Dialect, Row, last_per_key, names, quote, update_list
+from replicator.dialects.base import (
+    NO_CONSTANTS,
+    Dialect,
+    Row,
+    last_per_key,
+    literal,
+    names,
+    quote,
+    update_list,
+)
 
 
 class DuckDBDialect(Dialect):
     name = "duckdb"
 
     def insert_rows(
-        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        constants: Mapping[str, Any] = NO_CONSTANTS,
     ) -> None:
         if rows:
             conn.exec_driver_sql(
-                f"INSERT INTO {quote(conn, table.name)} {_columnar_select(conn, columns)}",
+                f"INSERT INTO {quote(conn, table.name)} "
+                f"{_columnar_select(conn, columns, constants)}",
                 _by_column(rows),
             )
 
@@ -53,8 +68,12 @@ class DuckDBDialect(Dialect):
         )
 
 
-def _columnar_select(conn: Connection, columns: Sequence[str]) -> str:
-    return f"({names(conn, columns)}) SELECT {', '.join('unnest(?)' for _ in columns)}"
+def _columnar_select(
+    conn: Connection, columns: Sequence[str], constants: Mapping[str, Any] = NO_CONSTANTS
+) -> str:
+    selected = [literal(conn, value) for value in constants.values()]
+    selected += ["unnest(?)"] * len(columns)
+    return f"({names(conn, [*constants, *columns])}) SELECT {', '.join(selected)}"
 
 
 def _by_column(rows: Sequence[Row]) -> tuple[list[Any], ...]:

@@ -8,20 +8,23 @@ round trip per batch. InnoDB reads a snapshot unless asked to lock, hence
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from replicator.dialects.base import (
+    NO_CONSTANTS,
     Dialect,
     Row,
+    execute_values,
     last_per_key,
     names,
     placeholders,
     quote,
-    returning_upsert,
     update_list,
+    value_group,
 )
 
 
@@ -44,7 +47,12 @@ class MariaDBDialect(Dialect):
     advances_versions_in_sql = True
 
     def upsert_advancing_version(
-        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        constants: Mapping[str, Any] = NO_CONSTANTS,
     ) -> list[Row]:
         if not rows:
             return []
@@ -55,14 +63,16 @@ class MariaDBDialect(Dialect):
         # is overwritten.
         # RETURNING gives the rows as stored after the update.
         path = "CONCAT('$.\"', VALUES(origin), '\"')"
-        return returning_upsert(
+        return execute_values(
             conn,
-            f"INSERT INTO {quote(conn, table.name)} ({names(conn, columns)}) "
+            f"INSERT INTO {quote(conn, table.name)} ({names(conn, [*constants, *columns])}) "
             "VALUES {values} ON DUPLICATE KEY UPDATE "
             f"version = JSON_SET(version, {path}, COALESCE(JSON_VALUE(version, {path}), 0) + 1), "
             "hlc = GREATEST(VALUES(hlc), hlc + 1), origin = VALUES(origin), "
             "deleted = VALUES(deleted) RETURNING row_key, version, hlc",
+            value_group(conn, len(columns), constants),
             rows,
+            returning=True,
         )
 
     def lock_rows(self, select: sa.Select) -> sa.Select:

@@ -8,20 +8,23 @@ saves a read.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from replicator.dialects.base import (
+    NO_CONSTANTS,
     Dialect,
     Row,
+    execute_values,
     last_per_key,
     names,
     placeholders,
     quote,
-    returning_upsert,
     update_list,
+    value_group,
 )
 
 
@@ -44,20 +47,27 @@ class SQLiteDialect(Dialect):
     advances_versions_in_sql = True
 
     def upsert_advancing_version(
-        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        constants: Mapping[str, Any] = NO_CONSTANTS,
     ) -> list[Row]:
         if not rows:
             return []
         path = """'$."' || excluded.origin || '"'"""
         key = [c.name for c in table.primary_key.columns]
         # In DO UPDATE, a bare column is the stored row; `excluded` the new one.
-        return returning_upsert(
+        return execute_values(
             conn,
-            f"INSERT INTO {quote(conn, table.name)} ({names(conn, columns)}) "
+            f"INSERT INTO {quote(conn, table.name)} ({names(conn, [*constants, *columns])}) "
             f"VALUES {{values}} ON CONFLICT ({names(conn, key)}) DO UPDATE SET "
             f"version = json_set(version, {path}, "
             f"coalesce(json_extract(version, {path}), 0) + 1), "
             "hlc = max(excluded.hlc, hlc + 1), origin = excluded.origin, "
             "deleted = excluded.deleted RETURNING row_key, version, hlc",
+            value_group(conn, len(columns), constants),
             rows,
+            returning=True,
         )
