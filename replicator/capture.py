@@ -476,6 +476,10 @@ def _on_orm_execute(state: ORMExecuteState) -> Any:
     plans = capture.plans(mapper)
     if not plans:
         return None
+    if state.session.autoflush:
+        # SQLAlchemy autoflushes pending objects only after this hook; the
+        # rows read below must include them, as the statement will.
+        state.session.flush()
     plan = plans[0] if len(plans) == 1 else _local_plan(plans, mapper)
     conn = _connection(state.session, mapper)
     txid = capture.txid(state.session)

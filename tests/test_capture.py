@@ -405,3 +405,16 @@ def test_node_names_are_checked(engine):
     replicator.migrate(engine)
     with pytest.raises(replicator.ConfigurationError, match="node name"):
         replicator.capture(engine, node='bad"name')
+
+
+def test_bulk_statements_see_pending_objects_as_the_statement_does(app, engine):
+    """SQLAlchemy autoflushes before a bulk statement; capture must read after that."""
+    with app.begin() as session:
+        session.add_all([Tag(code="a", label="x"), Tag(code="b", label="x")])
+        session.execute(update(Tag).where(Tag.label == "x").values(label="y"))
+        session.add(Tag(code="c", label="z"))
+        session.execute(delete(Tag).where(Tag.code == "c"))
+    events = [(e.op, e.key["code"], e.row and e.row["label"]) for e in captured(engine)]
+    assert sorted(events[:2]) == [(Operation.INSERT, "a", "x"), (Operation.INSERT, "b", "x")]
+    assert sorted(events[2:4]) == [(Operation.UPDATE, "a", "y"), (Operation.UPDATE, "b", "y")]
+    assert events[4:] == [(Operation.INSERT, "c", "z"), (Operation.DELETE, "c", None)]
