@@ -27,7 +27,7 @@ from replicator.tables import row_versions
 
 from .models import Base, Tag
 
-pytestmark = pytest.mark.backends("sqlite", "mariadb")
+pytestmark = pytest.mark.backends("sqlite", "duckdb", "mariadb")
 
 codes = st.sampled_from([f"k{i}" for i in range(8)])
 labels = st.sampled_from(["a", "b", "c", None])
