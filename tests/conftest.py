@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+import replicator
 
 MARIADB_ENV = "REPLICATOR_TEST_MARIADB_URL"
 BACKENDS = ["sqlite", "duckdb", "mariadb"]
@@ -70,6 +73,25 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine = sa.create_engine(database_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def node() -> str:
+    """The node name the `app` fixture captures as (a test module may override it)."""
+    return "local"
+
+
+@pytest.fixture
+def app(engine: Engine, node: str) -> Iterator[sessionmaker[Session]]:
+    """A session factory on a migrated database with the test models, captured."""
+    from tests.models import Base
+
+    replicator.migrate(engine)
+    Base.metadata.create_all(engine)
+    factory = sessionmaker(bind=engine)
+    handle = replicator.capture(factory, node=node)
+    yield factory
+    handle.stop()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:

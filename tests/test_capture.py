@@ -5,29 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import delete, insert, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 import replicator
 from replicator import outbox
 from replicator.events import ChangeEvent, Operation
 
 from .models import Base, Item, Membership, Tag
-
-
-@pytest.fixture
-def app(engine: Engine) -> Iterator[sessionmaker[Session]]:
-    replicator.migrate(engine)
-    Base.metadata.create_all(engine)
-    factory = sessionmaker(bind=engine)
-    handle = replicator.capture(factory, node="local")
-    yield factory
-    handle.stop()
 
 
 def captured(engine: Engine) -> list[ChangeEvent]:

@@ -6,30 +6,21 @@ import itertools
 import threading
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
-import replicator
 from replicator import outbox
 from replicator.versions import Order, compare
 
-from .models import Base, Tag
+from .models import Tag
 
 pytestmark = pytest.mark.backends("mariadb")
 
 
 @pytest.fixture
-def app(engine: Engine) -> Iterator[sessionmaker[Session]]:
-    replicator.migrate(engine)
-    Base.metadata.create_all(engine)
-    factory = sessionmaker(bind=engine)
-    handle = replicator.capture(factory, node="server")
-    yield factory
-    handle.stop()
+def node() -> str:
+    return "server"
 
 
 def test_eight_concurrent_writers_neither_deadlock_nor_lose_versions(app, engine):

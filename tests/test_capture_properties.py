@@ -10,22 +10,18 @@ up one by one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-import replicator
 from replicator import outbox
 from replicator.events import Operation
 from replicator.tables import outbox as outbox_table
 from replicator.tables import row_versions
 
-from .models import Base, Tag
+from .models import Tag
 
 pytestmark = pytest.mark.backends("sqlite", "duckdb", "mariadb")
 
@@ -43,16 +39,6 @@ transactions = st.lists(
     min_size=1,
     max_size=6,
 )
-
-
-@pytest.fixture
-def app(engine: Engine) -> Iterator[sessionmaker[Session]]:
-    replicator.migrate(engine)
-    Base.metadata.create_all(engine)
-    factory = sessionmaker(bind=engine)
-    handle = replicator.capture(factory, node="local")
-    yield factory
-    handle.stop()
 
 
 def run(session: Session, op: tuple) -> None:

@@ -1,8 +1,12 @@
-"""The interface every dialect module implements."""
+"""The interface every dialect module implements.
+
+A dialect describes how its database spells an upsert (the conflict clause,
+the incoming row, a few SQL functions); the statements themselves are built
+here once. DuckDB replaces the row-wise statements with columnar ones.
+"""
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,15 +16,34 @@ from sqlalchemy.engine import Connection
 Row = tuple[Any, ...]
 NO_CONSTANTS: Mapping[str, Any] = {}
 
+# Rows per multi-row statement: at ~5 values a row, far below SQLite's and
+# MariaDB's limits on bound parameters and statement size.
+CHUNK = 1000
 
-class Dialect(abc.ABC):
+
+class Dialect:
     """Bulk paths and locking for one database.
 
-    The defaults are plain SQLAlchemy Core and correct everywhere; a dialect
-    overrides what its database does faster or differently.
+    Subclasses set the SQL fragments below; values go to the driver as they
+    are (no SQLAlchemy type processing, which costs more than the insert
+    itself on the capture path), so they must be plain DB-API values: str,
+    int, float, bool, bytes, None.
     """
 
     name = "default"
+    #: Opens the update part of an upsert; ``{key}`` is the key column list.
+    on_conflict = "ON CONFLICT ({key}) DO UPDATE SET"
+    #: The incoming row's value of column ``{}`` inside the update part.
+    incoming = "excluded.{}"
+    #: SQL functions: set a JSON member, read one, the larger of two values.
+    json_set, json_get, greatest = "json_set", "json_extract", "max"
+    #: Whether :meth:`upsert_advancing_version` works (it needs RETURNING
+    #: from an upsert, which gives the rows as stored after the update).
+    advances_versions_in_sql = True
+
+    def json_member(self, name_sql: str) -> str:
+        """The JSON path of the object member named by SQL ``name_sql``."""
+        return f"""'$."' || {name_sql} || '"'"""
 
     def insert_rows(
         self,
@@ -35,32 +58,23 @@ class Dialect(abc.ABC):
 
         ``constants`` are columns with the same value in every row: they are
         written into the statement once instead of bound once per row
-        (pymysql escapes every bound value in Python). Values go to the
-        driver as they are (no SQLAlchemy type processing, which costs more
-        than the insert itself on the capture path), so they must be plain
-        DB-API values: str, int, float, bool, bytes, None.
+        (pymysql escapes every bound value in Python).
         """
-        execute_values(
-            conn,
-            f"INSERT INTO {quote(conn, table.name)} ({names(conn, [*constants, *columns])}) "
-            "VALUES {values}",
-            value_group(conn, len(columns), constants),
-            rows,
-        )
+        execute_values(conn, *self._insert(conn, table, columns, constants), rows)
 
-    @abc.abstractmethod
     def upsert_rows(
         self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
     ) -> None:
-        """Insert or replace ``rows`` by ``table``'s primary key, in one statement.
+        """Insert or replace ``rows`` by ``table``'s primary key.
 
         ``columns`` must include the primary key. When a key repeats, the last
-        row for it wins; nothing when empty. Values as for :meth:`insert_rows`.
+        row for it wins; nothing when empty.
         """
-
-    #: Whether :meth:`upsert_advancing_version` is implemented (see
-    #: :func:`replicator.versions.advance` for why a database would need it).
-    advances_versions_in_sql = False
+        updates = update_list(conn, table, columns, self.incoming)
+        tail = f" {self._on_conflict(conn, table)} {updates}"
+        execute_values(
+            conn, *self._insert(conn, table, columns), last_per_key(table, columns, rows), tail
+        )
 
     def upsert_advancing_version(
         self,
@@ -77,19 +91,50 @@ class Dialect(abc.ABC):
         becomes the larger of the given one and the stored one plus one, and
         the other columns take the given values. Returns ``(row_key, version,
         hlc)`` as stored, for every row (in no particular order). Keys must be
-        distinct; ``constants`` as for :meth:`insert_rows`. Only for databases
-        that set :attr:`advances_versions_in_sql`.
+        distinct; ``constants`` as for :meth:`insert_rows`.
         """
-        raise TypeError(f"{type(self).__name__} does not advance versions in SQL")
+        if not self.advances_versions_in_sql:
+            raise TypeError(f"{type(self).__name__} does not advance versions in SQL")
+        new = self.incoming.format
+        member = self.json_member(new("origin"))
+        # In the update part a bare column is the stored row. The assignments
+        # read `origin` before it is overwritten (MariaDB evaluates them left
+        # to right; SQLite reads the old row throughout).
+        tail = (
+            f" {self._on_conflict(conn, table)} "
+            f"version = {self.json_set}(version, {member}, "
+            f"COALESCE({self.json_get}(version, {member}), 0) + 1), "
+            f"hlc = {self.greatest}({new('hlc')}, hlc + 1), "
+            f"origin = {new('origin')}, deleted = {new('deleted')} "
+            "RETURNING row_key, version, hlc"
+        )
+        head, group = self._insert(conn, table, columns, constants)
+        return execute_values(conn, head, group, rows, tail, returning=True)
 
     def lock_rows(self, select: sa.Select) -> sa.Select:
         """``select`` made to lock what it reads until the transaction ends.
 
-        Used when a read decides what is written next (a row's version):
-        under concurrent writers the read must see the latest committed value,
-        not a snapshot. Databases with a single writer need no lock.
+        Used when a read decides what is written next, so that under
+        concurrent writers it sees the latest committed rows, not a snapshot.
+        Databases with a single writer need no lock.
         """
         return select
+
+    def _insert(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        constants: Mapping[str, Any] = NO_CONSTANTS,
+    ) -> tuple[str, str]:
+        """The head of an INSERT up to ``VALUES``, and one row's value group."""
+        head = (
+            f"INSERT INTO {quote(conn, table.name)} ({names(conn, [*constants, *columns])}) VALUES "
+        )
+        return head, value_group(conn, len(columns), constants)
+
+    def _on_conflict(self, conn: Connection, table: sa.Table) -> str:
+        return self.on_conflict.format(key=names(conn, [c.name for c in table.primary_key.columns]))
 
 
 def quote(conn: Connection, name: str) -> str:
@@ -107,11 +152,6 @@ def placeholders(conn: Connection, count: int) -> str:
     return ", ".join([marker] * count)
 
 
-# Rows per multi-row statement: at ~5 values a row, far below SQLite's and
-# MariaDB's limits on bound parameters and statement size.
-CHUNK = 1000
-
-
 def literal(conn: Connection, value: Any) -> str:
     """``value`` as an SQL literal of this database, safely quoted."""
     return str(
@@ -126,17 +166,24 @@ def value_group(conn: Connection, count: int, constants: Mapping[str, Any] = NO_
 
 
 def execute_values(
-    conn: Connection, sql: str, group: str, rows: Sequence[Row], *, returning: bool = False
+    conn: Connection,
+    head: str,
+    group: str,
+    rows: Sequence[Row],
+    tail: str = "",
+    *,
+    returning: bool = False,
 ) -> list[Row]:
-    """Run ``sql`` with ``{values}`` replaced by ``group`` once per row.
+    """Run ``head`` + ``group`` once per row (comma-separated) + ``tail``.
 
-    One statement per :data:`CHUNK` rows. With ``returning``, the rows the
-    statements return (drivers return none from ``executemany``).
+    One statement per :data:`CHUNK` rows; nothing when ``rows`` is empty.
+    With ``returning``, the rows the statements return (drivers return none
+    from ``executemany``, hence multi-row VALUES).
     """
     returned: list[Row] = []
     for start in range(0, len(rows), CHUNK):
         part = rows[start : start + CHUNK]
-        statement = sql.format(values=", ".join([group] * len(part)))
+        statement = f"{head}{', '.join([group] * len(part))}{tail}"
         result = conn.exec_driver_sql(statement, tuple(v for row in part for v in row))
         if returning:
             returned.extend(tuple(r) for r in result)

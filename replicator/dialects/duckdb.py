@@ -35,6 +35,10 @@ from replicator.dialects.base import (
 
 class DuckDBDialect(Dialect):
     name = "duckdb"
+    # The json extension may not be loadable offline; versions are read, then
+    # upserted in one columnar statement (DuckDB has one writing process and
+    # aborts a transaction that would overwrite a concurrent write).
+    advances_versions_in_sql = False
 
     def insert_rows(
         self,
@@ -59,11 +63,9 @@ class DuckDBDialect(Dialect):
         # In one statement DuckDB keeps the *first* row of a repeated key; the
         # replicator needs the last write, so the batch is compacted first.
         rows = last_per_key(table, columns, rows)
-        key = [c.name for c in table.primary_key.columns]
         conn.exec_driver_sql(
             f"INSERT INTO {quote(conn, table.name)} {_columnar_select(conn, columns)} "
-            f"ON CONFLICT ({names(conn, key)}) "
-            f"DO UPDATE SET {update_list(conn, table, columns, 'excluded.{}')}",
+            f"{self._on_conflict(conn, table)} {update_list(conn, table, columns, self.incoming)}",
             _by_column(rows),
         )
 
