@@ -407,3 +407,23 @@ def test_bulk_statements_see_pending_objects_as_the_statement_does(app, engine):
     assert sorted(events[:2]) == [(Operation.INSERT, "a", "x"), (Operation.INSERT, "b", "x")]
     assert sorted(events[2:4]) == [(Operation.UPDATE, "a", "y"), (Operation.UPDATE, "b", "y")]
     assert events[4:] == [(Operation.INSERT, "c", "z"), (Operation.DELETE, "c", None)]
+
+
+def test_scoped_sessions_and_sessions_bound_to_a_connection_are_captured(engine):
+    from sqlalchemy.orm import Session, scoped_session
+
+    replicator.migrate(engine)
+    Base.metadata.create_all(engine)
+    scoped = scoped_session(sessionmaker(bind=engine))
+    handle = replicator.capture(scoped, node="local")
+    try:
+        scoped.add(Tag(code="scoped"))
+        scoped.commit()
+        scoped.remove()
+        with engine.connect() as conn, Session(bind=conn) as session:
+            session.add(Tag(code="on-a-connection"))
+            session.commit()
+            conn.commit()
+    finally:
+        handle.stop()
+    assert [e.key["code"] for e in captured(engine)] == ["scoped", "on-a-connection"]
