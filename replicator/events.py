@@ -181,15 +181,3 @@ def encode_event(event: ChangeEvent) -> bytes:
 def decode_event(payload: bytes) -> ChangeEvent:
     """Decode an outbox payload; raises ``msgspec.DecodeError`` if corrupt."""
     return _DECODER.decode(payload)
-
-
-def encode_values(values: dict[str, Any] | None) -> bytes:
-    """msgpack bytes for a row (or any mapping of column values)."""
-    return _ENCODER.encode(_wire(values))
-
-
-_VALUES_DECODER = msgspec.msgpack.Decoder(dict[str, Any] | None, ext_hook=_from_ext)
-
-
-def decode_values(payload: bytes) -> dict[str, Any] | None:
-    return _VALUES_DECODER.decode(payload)

@@ -427,3 +427,13 @@ def test_scoped_sessions_and_sessions_bound_to_a_connection_are_captured(engine)
     finally:
         handle.stop()
     assert [e.key["code"] for e in captured(engine)] == ["scoped", "on-a-connection"]
+
+
+def test_outbox_head_is_zero_when_empty_then_the_last_position(app, engine):
+    with engine.connect() as conn:
+        assert outbox.head(conn) == 0
+    with app.begin() as session:
+        session.add_all([Tag(code="a"), Tag(code="b")])
+    with engine.connect() as conn:
+        positions = [position for position, _ in outbox.read(conn)]
+        assert outbox.head(conn) == positions[-1] and len(positions) == 2
