@@ -44,6 +44,7 @@ from sqlalchemy.orm import sessionmaker as SessionMaker
 from sqlalchemy.orm.attributes import NO_VALUE
 from sqlalchemy.orm.base import instance_state
 from sqlalchemy.orm.exc import UnmappedColumnError
+from sqlalchemy.sql.ddl import sort_tables
 
 from replicator import outbox, versions
 from replicator.clock import HybridLogicalClock
@@ -65,6 +66,8 @@ class TablePlan:
     table: sa.Table
     columns: tuple[tuple[str, str], ...]  # (column name, mapped attribute key)
     key_columns: tuple[str, ...]
+    selected: tuple[sa.Column, ...]  # the mapped columns, in the order of `columns`
+    on_update: frozenset[str]  # columns the flush itself sets on UPDATE (onupdate)
 
     @property
     def name(self) -> str:
@@ -72,6 +75,11 @@ class TablePlan:
 
     def key_of(self, row: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(row[c] for c in self.key_columns)
+
+    def rows(self, result: Iterable[Any]) -> list[dict[str, Any]]:
+        """Rows of a SELECT of :attr:`selected` as dicts by column name."""
+        names = [name for name, _ in self.columns]
+        return [dict(zip(names, row, strict=True)) for row in result]
 
 
 @dataclass
@@ -82,6 +90,7 @@ class _Change:
     key: tuple[Any, ...]
     row: dict[str, Any] | None
     changed: dict[str, Any]
+    key_change: bool = False  # the delete half of a primary-key change
 
 
 @dataclass(eq=False)
@@ -132,11 +141,13 @@ class Capture:
 
     # --- recording -----------------------------------------------------------
 
-    def record(self, conn: Connection, txid: str, changes: dict[TablePlan, list[_Change]]) -> None:
+    def record(
+        self, conn: Connection, txid: str, changes: list[tuple[TablePlan, list[_Change]]]
+    ) -> None:
         """Version the changes and append their events: per table, one version
         upsert and one read; one outbox insert for the lot."""
         batch: list[tuple[str, ChangeEvent]] = []
-        for plan, table_changes in changes.items():
+        for plan, table_changes in changes:
             for round_ in _distinct_keys(table_changes):
                 keys = [row_key(change.key) for change in round_]
                 bumps = [
@@ -188,14 +199,23 @@ def _plan(mapper: Mapper, table: sa.Table) -> TablePlan:
             "the replicator identifies rows by it. Add a primary key to the table, or leave "
             f"the table out with capture(..., exclude={{{table.name!r}}})."
         )
-    columns = []
+    columns, selected = [], []
     for column in table.columns:
         try:
             # str(): SQLAlchemy's quoted_name would not encode.
             columns.append((str(column.name), mapper.get_property_by_column(column).key))
         except UnmappedColumnError:
             continue  # a column the class does not map keeps its database value
-    return TablePlan(table, tuple(columns), tuple(str(c.name) for c in table.primary_key.columns))
+        selected.append(column)
+    return TablePlan(
+        table,
+        tuple(columns),
+        tuple(str(c.name) for c in table.primary_key.columns),
+        tuple(selected),
+        frozenset(
+            str(c.name) for c in selected if c.onupdate is not None or c.server_onupdate is not None
+        ),
+    )
 
 
 # --- the registry and SQLAlchemy hooks -----------------------------------------
@@ -267,8 +287,10 @@ def capture(
             return existing
         _captures[engine] = new
         if not _hooks_installed:
+            sa_event.listen(Session, "before_flush", _before_flush)
             sa_event.listen(Session, "after_flush", _after_flush)
             sa_event.listen(Session, "do_orm_execute", _on_orm_execute)
+            _install_legacy_wrappers()
             _hooks_installed = True
     return new
 
@@ -353,31 +375,98 @@ class _Flush:
 
     def record(self) -> None:
         for capture, changes in self.changes.items():
-            if not changes:
+            if not any(changes.values()):
                 continue
             conn = _connection(self.session, self.mapper_of[capture])
             _fill_missing(conn, self.refetch[capture])
-            capture.record(conn, capture.txid(self.session), changes)
+            capture.record(conn, capture.txid(self.session), _in_dependency_order(changes))
+
+
+def _in_dependency_order(
+    changes: dict[TablePlan, list[_Change]],
+) -> list[tuple[TablePlan, list[_Change]]]:
+    """Inserts and updates parents first, then deletes children first.
+
+    The order the unit of work itself uses, so that applying the events in
+    outbox order never breaks a foreign key.
+    """
+    # Mappers of one table (inheritance) have a plan each: keep them all.
+    by_table: dict[sa.Table, list[TablePlan]] = defaultdict(list)
+    for plan in changes:
+        by_table[plan.table].append(plan)
+    ordered = [plan for table in sort_tables(by_table) for plan in by_table[table]]
+
+    def removes(change: _Change) -> bool:
+        # A key change stays a delete followed by its insert, in place.
+        return change.op is Operation.DELETE and not change.key_change
+
+    saves = [(p, [c for c in changes[p] if not removes(c)]) for p in ordered]
+    deletes = [(p, [c for c in changes[p] if removes(c)]) for p in reversed(ordered)]
+    return [(plan, part) for plan, part in saves + deletes if part]
+
+
+def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
+    # An attribute set while expired has no previous value in the session;
+    # read it now, while the row still holds it, so that an update to the
+    # same value is recognised as no change.
+    if not _captures:
+        return
+    unknown: dict[TablePlan, list[Any]] = defaultdict(list)
+    for obj in session.dirty:
+        state = instance_state(obj)
+        if state.key is None or NO_VALUE not in state.committed_state.values():
+            continue
+        capture = _capture_for(session, state.mapper)
+        if capture is None:
+            continue
+        for plan in capture.plans(state.mapper):
+            unknown[plan].append(state)
+    previous: dict[Any, dict[str, Any]] = {}
+    for plan, states in unknown.items():
+        conn = _connection(session, states[0].mapper)
+        keys = [_identity_key(plan, state) for state in states]
+        rows = {plan.key_of(r): r for r in _select_by_keys(conn, plan, keys)}
+        for state, key in zip(states, keys, strict=True):
+            if key in rows:
+                previous.setdefault(state, {}).update(rows[key])
+    session.info[_PREVIOUS] = previous
+
+
+_PREVIOUS = "replicator.previous_values"
+
+
+def _identity_key(plan: TablePlan, state: Any) -> tuple[Any, ...]:
+    identity = dict(zip((c.name for c in state.mapper.primary_key), state.key[1], strict=True))
+    return tuple(identity[c] for c in plan.key_columns)
 
 
 def _after_flush(session: Session, flush_context: Any) -> None:
     # Runs after the flush's statements, before the session forgets what it
-    # flushed: new/dirty/deleted and each object's committed_state (the
+    # flushed: the flush's states and each object's committed_state (the
     # previous values of modified attributes) are still intact here.
     if not _captures:
         return
     flush = _Flush(session)
+    previous = session.info.pop(_PREVIOUS, None) or {}
 
-    for obj in session.deleted:
-        state = instance_state(obj)
-        capture, plans = flush.target(state.mapper)
-        if not plans:
+    # Deleted rows come from the flush itself, not session.deleted: a
+    # delete-orphan cascade deletes objects that were never in the latter.
+    explicitly_deleted = {instance_state(obj) for obj in session.deleted}
+    for state, (is_delete, list_only) in flush_context.states.items():
+        # "list only" deletes are not written, except in a row switch (a
+        # delete and re-add of one key, which pop_delete turns into an update).
+        if not is_delete or state.key is None:
             continue
+        if list_only and state not in explicitly_deleted:
+            continue
+        capture, plans = flush.target(state.mapper)
         values = state.dict
-        identity = dict(zip((c.name for c in state.mapper.primary_key), state.key[1], strict=True))
         for plan in plans:
             old_row = {name: values[attr] for name, attr in plan.columns if attr in values}
-            key = tuple(old_row.get(c, identity.get(c)) for c in plan.key_columns)
+            key = tuple(
+                old_row.get(c, k)
+                for c, k in zip(plan.key_columns, _identity_key(plan, state), strict=True)
+            )
             flush.add(capture, plan, _Change(Operation.DELETE, key, None, old_row))
 
     for obj in session.new:
@@ -401,17 +490,23 @@ def _after_flush(session: Session, flush_context: Any) -> None:
         capture, plans = flush.target(state.mapper)
         committed = state.committed_state
         values = state.dict
+        known = previous.get(state, {})
         for plan in plans:
             changed = {}
             for name, attr in plan.columns:
                 if attr in committed:
                     before = committed[attr]
                     if before is NO_VALUE:
-                        changed[name] = None  # set without being loaded: previous unknown
-                    elif before != values.get(attr, _MISSING):
+                        before = known.get(name, _MISSING)
+                    after = values.get(attr, _MISSING)
+                    if before is _MISSING:
+                        changed[name] = None  # previous value unknown: assume changed
+                    elif after is _MISSING or before != after:
                         changed[name] = before
             if not changed:
                 continue  # nothing (or only relationships) changed: no UPDATE, no event
+            for name in plan.on_update - changed.keys():
+                changed[name] = known.get(name)  # set by the flush; previous if read
             row = {name: values.get(attr, _MISSING) for name, attr in plan.columns}
             new_key = plan.key_of(row)
             old_key = tuple(
@@ -421,7 +516,7 @@ def _after_flush(session: Session, flush_context: Any) -> None:
                 # The primary key itself changed: to every other node that is
                 # the old row going away and a new one arriving.
                 old_row = {**row, **changed}
-                flush.add(capture, plan, _Change(Operation.DELETE, old_key, None, old_row))
+                flush.add(capture, plan, _Change(Operation.DELETE, old_key, None, old_row, True))
                 flush.add(capture, plan, _Change(Operation.INSERT, new_key, row, {}))
             else:
                 flush.add(capture, plan, _Change(Operation.UPDATE, new_key, row, changed))
@@ -446,18 +541,17 @@ def _select_by_keys(
 ) -> list[dict[str, Any]]:
     """The rows of ``plan``'s table with ``keys`` (locked with ``lock_with``'s row locks)."""
     rows: list[dict[str, Any]] = []
-    table = plan.table
-    key_columns = [table.c[c] for c in plan.key_columns]
+    key_columns = list(plan.table.primary_key.columns)
     for start in range(0, len(keys), versions.CHUNK):
         chunk = keys[start : start + versions.CHUNK]
         if len(key_columns) == 1:
             where = key_columns[0].in_([k[0] for k in chunk])
         else:
             where = sa.tuple_(*key_columns).in_(chunk)
-        select = sa.select(*(table.c[name] for name, _ in plan.columns)).where(where)
+        select = sa.select(*plan.selected).where(where)
         if lock_with is not None:
             select = lock_with.lock_rows(select)
-        rows.extend(dict(r._mapping) for r in conn.execute(select))
+        rows.extend(plan.rows(conn.execute(select)))
     return rows
 
 
@@ -476,11 +570,18 @@ def _on_orm_execute(state: ORMExecuteState) -> Any:
     plans = capture.plans(mapper)
     if not plans:
         return None
+    if len(plans) > 1:
+        # Refused before anything runs: nothing half-written.
+        raise CaptureError(
+            f"bulk statements on {mapper.class_.__name__} write to several tables "
+            f"({', '.join(p.name for p in plans)}), which capture cannot follow; use the unit "
+            "of work (session.add / attribute changes / session.delete) for this class"
+        )
     if state.session.autoflush:
         # SQLAlchemy autoflushes pending objects only after this hook; the
         # rows read below must include them, as the statement will.
         state.session.flush()
-    plan = plans[0] if len(plans) == 1 else _local_plan(plans, mapper)
+    plan = plans[0]
     conn = _connection(state.session, mapper)
     txid = capture.txid(state.session)
     if state.is_insert:
@@ -488,33 +589,67 @@ def _on_orm_execute(state: ORMExecuteState) -> Any:
     return _bulk_update_or_delete(state, capture, plan, conn, txid)
 
 
-def _local_plan(plans: tuple[TablePlan, ...], mapper: Mapper) -> TablePlan:
-    for plan in plans:
-        if plan.table is mapper.local_table:
-            return plan
-    raise CaptureError(
-        f"bulk statements on {mapper.class_.__name__} write to several tables; "
-        "use the unit of work (session.add / delete) for it"
-    )
+class _InsertResult(sa.engine.result.IteratorResult):
+    """What an ORM bulk insert without RETURNING gives back: no rows, a count."""
+
+    def __init__(self, rowcount: int) -> None:
+        super().__init__(sa.engine.result.SimpleResultMetaData([]), iter([]))
+        self.rowcount = rowcount
 
 
 def _bulk_insert(
     state: ORMExecuteState, capture: Capture, plan: TablePlan, conn: Connection, txid: str
 ) -> Any:
     statement = state.statement
+    existing: dict[tuple[Any, ...], dict[str, Any]] = {}
+    if getattr(statement, "_post_values_clause", None) is not None:
+        # An upsert (ON CONFLICT / ON DUPLICATE KEY): rows that already exist
+        # are updates. Which ones is only known from the keys given.
+        keys = _keys_in_parameters(plan, state.parameters)
+        if keys is None:
+            raise CaptureError(
+                f"an upsert into {plan.name!r} without primary keys in its rows cannot be "
+                "captured: give every row its key"
+            )
+        existing = {plan.key_of(r): r for r in _select_by_keys(conn, plan, keys, capture.dialect)}
     user_columns = len(statement.returning_column_descriptions or ())
     # RETURNING the table's columns gives each inserted row exactly as stored:
     # keys the database generated, Python- and server-side defaults included.
-    ours = [plan.table.c[name] for name, _ in plan.columns]
-    result = state.invoke_statement(statement=statement.returning(*ours)).freeze()
-    rows = [
-        dict(zip((c.name for c in ours), r[user_columns:], strict=True)) for r in result().all()
-    ]
-    changes = [_Change(Operation.INSERT, plan.key_of(r), r, {}) for r in rows]
-    capture.record(conn, txid, {plan: changes})
+    result = state.invoke_statement(statement=statement.returning(*plan.selected)).freeze()
+    rows = plan.rows(r[user_columns:] for r in result().all())
+    changes = []
+    for row in rows:
+        key = plan.key_of(row)
+        old = existing.get(key)
+        if old is None:
+            changes.append(_Change(Operation.INSERT, key, row, {}))
+        elif changed := {c: old[c] for c in row if row[c] != old[c]}:
+            changes.append(_Change(Operation.UPDATE, key, row, changed))
+    capture.record(conn, txid, [(plan, changes)])
     if user_columns:
         return result().columns(*range(user_columns))
-    return sa.engine.result.IteratorResult(sa.engine.result.SimpleResultMetaData([]), iter([]))
+    return _InsertResult(len(rows))
+
+
+def _keys_in_parameters(plan: TablePlan, parameters: Any) -> list[tuple[Any, ...]] | None:
+    """The primary keys named in a statement's parameter sets (None if any lacks one)."""
+    sets = parameters if isinstance(parameters, list) else [parameters or {}]
+    attr_of = dict(plan.columns)
+    keys = []
+    for values in sets:
+        try:
+            keys.append(tuple(values[attr_of[c]] for c in plan.key_columns))
+        except KeyError:
+            return None
+    return keys
+
+
+def _assigned(statement: Any, parameters: Any) -> set[str]:
+    """The names of the columns or attributes an UPDATE statement sets."""
+    names = {getattr(k, "key", k) for k in getattr(statement, "_values", None) or ()}
+    if isinstance(parameters, dict):
+        names |= set(parameters)
+    return {str(n) for n in names}
 
 
 def _bulk_update_or_delete(
@@ -522,38 +657,114 @@ def _bulk_update_or_delete(
 ) -> Any:
     statement = state.statement
     params = state.parameters
-    table = plan.table
-    if isinstance(params, list) and params:
+    by_primary_key = isinstance(params, list) and bool(params)
+    if state.is_update and not by_primary_key:
+        key_attrs = {attr for name, attr in plan.columns if name in plan.key_columns}
+        if _assigned(statement, params) & (key_attrs | set(plan.key_columns)):
+            raise CaptureError(
+                f"an update() statement that changes the primary key of {plan.name!r} cannot "
+                "be captured; change keys through the unit of work (set the attribute and "
+                "flush) instead"
+            )
+    if by_primary_key:
         # Bulk UPDATE by primary key: one parameter set per row, keys inside.
-        attr_of = dict(plan.columns)
-        keys = [tuple(p[attr_of[c]] for c in plan.key_columns) for p in params]
+        keys = _keys_in_parameters(plan, params) or []
         before = _select_by_keys(conn, plan, keys, lock_with=capture.dialect)
     else:
-        select = sa.select(*(table.c[name] for name, _ in plan.columns))
+        select = sa.select(*plan.selected)
         if statement.whereclause is not None:
             select = select.where(statement.whereclause)
-        before = [dict(r._mapping) for r in conn.execute(capture.dialect.lock_rows(select))]
+        # The statement's own bound parameters (bindparam() in its WHERE).
+        bound = params if isinstance(params, dict) else {}
+        before = plan.rows(conn.execute(capture.dialect.lock_rows(select), bound))
     result = state.invoke_statement()
     if not before:
         return result
-    if state.is_delete:
-        changes = [_Change(Operation.DELETE, plan.key_of(r), None, r) for r in before]
-    else:
-        after = {
-            plan.key_of(r): r for r in _select_by_keys(conn, plan, [plan.key_of(r) for r in before])
-        }
-        changes = []
-        for old in before:
-            key = plan.key_of(old)
-            new = after.get(key)
+    # Read again what the statement may have changed: rows it left alone (a
+    # LIMIT, a filter added by the ORM such as an inheritance discriminator)
+    # give no event.
+    after = {
+        plan.key_of(r): r for r in _select_by_keys(conn, plan, [plan.key_of(r) for r in before])
+    }
+    changes = []
+    for old in before:
+        key = plan.key_of(old)
+        new = after.get(key)
+        if state.is_delete:
             if new is None:
-                raise CaptureError(
-                    f"an update() statement on {table.name!r} changed a primary key; capture "
-                    "cannot follow a row whose key changes in a bulk statement. Change keys "
-                    "through the unit of work (set the attribute and flush) instead."
-                )
-            changed = {c: old[c] for c in new if new[c] != old[c]}
-            if changed:
-                changes.append(_Change(Operation.UPDATE, key, new, changed))
-    capture.record(conn, txid, {plan: changes})
+                changes.append(_Change(Operation.DELETE, key, None, old))
+        elif new is None:
+            # Unreachable after the check above, unless the database changed
+            # the key itself (a trigger, ON UPDATE CASCADE). Undo the whole
+            # transaction rather than keep a change without its event.
+            state.session.rollback()
+            raise CaptureError(
+                f"a row of {plan.name!r} changed its primary key during an update() "
+                "statement; the transaction was rolled back"
+            )
+        elif changed := {c: old[c] for c in new if new[c] != old[c]}:
+            changes.append(_Change(Operation.UPDATE, key, new, changed))
+    capture.record(conn, txid, [(plan, changes)])
     return result
+
+
+# --- the legacy bulk methods ------------------------------------------------------------
+#
+# Session.bulk_insert_mappings() and friends write without firing any session
+# event. The mapping forms have exact modern equivalents, which capture sees;
+# bulk_save_objects() has none and is refused for captured tables.
+
+_legacy: dict[str, Any] = {}
+
+
+def _bulk_insert_mappings(
+    self: Session,
+    mapper: Any,
+    mappings: Iterable[dict[str, Any]],
+    return_defaults: bool = False,
+    render_nulls: bool = False,
+) -> None:
+    target = sa.inspect(mapper)
+    if _capture_for(self, target) is None:
+        return _legacy["bulk_insert_mappings"](
+            self, mapper, mappings, return_defaults, render_nulls
+        )
+    if return_defaults or render_nulls:
+        raise CaptureError(
+            "bulk_insert_mappings(return_defaults/render_nulls) is not captured; use "
+            "session.execute(insert(Model).returning(...), rows) instead"
+        )
+    rows = list(mappings)
+    if rows:
+        self.execute(sa.insert(target), rows)
+    return None
+
+
+def _bulk_update_mappings(self: Session, mapper: Any, mappings: Iterable[dict[str, Any]]) -> None:
+    target = sa.inspect(mapper)
+    if _capture_for(self, target) is None:
+        return _legacy["bulk_update_mappings"](self, mapper, mappings)
+    rows = list(mappings)
+    if rows:
+        self.execute(sa.update(target), rows)
+    return None
+
+
+def _bulk_save_objects(self: Session, objects: Iterable[object], *args: Any, **kw: Any) -> None:
+    objects = list(objects)
+    if any(_capture_for(self, sa.inspect(o).mapper) is not None for o in objects):
+        raise CaptureError(
+            "session.bulk_save_objects() writes without any event capture could see; use "
+            "session.add_all(objects) or session.execute(insert(Model), rows) instead"
+        )
+    return _legacy["bulk_save_objects"](self, objects, *args, **kw)
+
+
+def _install_legacy_wrappers() -> None:
+    for name, wrapper in (
+        ("bulk_insert_mappings", _bulk_insert_mappings),
+        ("bulk_update_mappings", _bulk_update_mappings),
+        ("bulk_save_objects", _bulk_save_objects),
+    ):
+        _legacy[name] = getattr(Session, name)
+        setattr(Session, name, wrapper)

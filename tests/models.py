@@ -7,7 +7,7 @@ import decimal
 import uuid
 
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 class Base(DeclarativeBase):
@@ -44,3 +44,56 @@ class Membership(Base):
     user_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
     group_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     role: Mapped[str] = mapped_column(sa.String(20))
+
+
+class Parent(Base):
+    __tablename__ = "parents"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    kids: Mapped[list[Kid]] = relationship(back_populates="parent", cascade="all, delete-orphan")
+
+
+class Kid(Base):
+    __tablename__ = "kids"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    parent_id: Mapped[int] = mapped_column(sa.ForeignKey("parents.id"))
+    parent: Mapped[Parent] = relationship(back_populates="kids")
+
+
+class Employee(Base):
+    """Single-table inheritance: managers live in the employees table."""
+
+    __tablename__ = "employees"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(sa.String(10))
+    name: Mapped[str] = mapped_column(sa.String(20))
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "employee"}
+
+
+class Manager(Employee):
+    __mapper_args__ = {"polymorphic_identity": "manager"}
+
+
+class Person(Base):
+    """Joined-table inheritance: an engineer is a row in two tables."""
+
+    __tablename__ = "persons"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(sa.String(10))
+    name: Mapped[str] = mapped_column(sa.String(20))
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "person"}
+
+
+class Engineer(Person):
+    __tablename__ = "engineers"
+    id: Mapped[int] = mapped_column(sa.ForeignKey("persons.id"), primary_key=True)
+    language: Mapped[str] = mapped_column(sa.String(20))
+    __mapper_args__ = {"polymorphic_identity": "engineer"}
+
+
+class Thing(Base):
+    """A column whose name differs from its attribute, and one the flush sets."""
+
+    __tablename__ = "things"
+    tid: Mapped[int] = mapped_column("thing id", primary_key=True, autoincrement=False)
+    label: Mapped[str] = mapped_column(sa.String(20))
+    touched: Mapped[int] = mapped_column(default=0, onupdate=99)
