@@ -150,9 +150,10 @@ class Capture:
         for plan, table_changes in changes:
             for round_ in _distinct_keys(table_changes):
                 keys = [row_key(change.key) for change in round_]
+                first = self.clock.reserve(len(round_))
                 bumps = [
-                    versions.Bump(key, self.clock.now(), change.op is Operation.DELETE)
-                    for key, change in zip(keys, round_, strict=True)
+                    versions.Bump(key, first + i, change.op is Operation.DELETE)
+                    for i, (key, change) in enumerate(zip(keys, round_, strict=True))
                 ]
                 advanced = versions.advance(conn, self.dialect, plan.name, self.node, bumps)
                 for key, change, (version, hlc) in zip(keys, round_, advanced, strict=True):

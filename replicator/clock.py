@@ -49,6 +49,17 @@ class HybridLogicalClock:
             self._last = max(self._wall() << COUNTER_BITS, self._last + 1)
             return self._last
 
+    def reserve(self, count: int) -> int:
+        """The first of ``count`` consecutive timestamps for local events.
+
+        Equivalent to ``count`` calls of :meth:`now` (the results are
+        ``first, first + 1, ...``), taking the lock once.
+        """
+        with self._lock:
+            first = max(self._wall() << COUNTER_BITS, self._last + 1)
+            self._last = first + count - 1
+            return first
+
     def observe(self, remote: int) -> None:
         """Take a timestamp seen elsewhere into account.
 

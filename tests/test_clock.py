@@ -54,3 +54,11 @@ def test_datetime_conversions():
     moment = dt.datetime(2026, 11, 24, 1, 2, 3, 456000, tzinfo=dt.UTC)
     assert to_datetime(from_datetime(moment)) == moment
     assert from_datetime(moment.replace(tzinfo=None)) == from_datetime(moment)
+
+
+def test_reserving_a_block_is_the_same_as_calling_now_that_often():
+    one, block = HybridLogicalClock(wall=lambda: 7), HybridLogicalClock(wall=lambda: 7)
+    singles = [one.now() for _ in range(5)]
+    first = block.reserve(5)
+    assert [first + i for i in range(5)] == singles
+    assert block.now() == one.now()
