@@ -32,7 +32,7 @@ import re
 import threading
 import weakref
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,15 @@ class TablePlan:
     key_columns: tuple[str, ...]
     selected: tuple[sa.Column, ...]  # the mapped columns, in the order of `columns`
     on_update: frozenset[str]  # columns the flush itself sets on UPDATE (onupdate)
+    stored: tuple[tuple[str, Callable[[Any], Any]], ...] = ()  # see Dialect.stored
+
+    def normalize(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` with session values turned into stored ones (in place)."""
+        for name, as_stored in self.stored:
+            value = row.get(name, _MISSING)
+            if value is not _MISSING:
+                row[name] = as_stored(value)
+        return row
 
     @property
     def name(self) -> str:
@@ -124,7 +133,7 @@ class Capture:
             return self._plans[mapper]
         except KeyError:
             plans = tuple(
-                _plan(mapper, table)
+                _plan(mapper, table, self.dialect)
                 for table in mapper.tables
                 if not is_replicator_table(table.name) and table.name not in self.exclude
             )
@@ -193,7 +202,7 @@ def _distinct_keys(changes: list[_Change]) -> list[list[_Change]]:
     return [round_ for round_ in rounds if round_]
 
 
-def _plan(mapper: Mapper, table: sa.Table) -> TablePlan:
+def _plan(mapper: Mapper, table: sa.Table, dialect: Dialect) -> TablePlan:
     if not table.primary_key.columns:
         raise CaptureError(
             f"table {table.name!r} (mapped by {mapper.class_.__name__}) has no primary key; "
@@ -215,6 +224,11 @@ def _plan(mapper: Mapper, table: sa.Table) -> TablePlan:
         tuple(selected),
         frozenset(
             str(c.name) for c in selected if c.onupdate is not None or c.server_onupdate is not None
+        ),
+        tuple(
+            (str(c.name), as_stored)
+            for c in selected
+            if (as_stored := dialect.stored(c)) is not None
         ),
     )
 
@@ -463,11 +477,13 @@ def _after_flush(session: Session, flush_context: Any) -> None:
         capture, plans = flush.target(state.mapper)
         values = state.dict
         for plan in plans:
-            old_row = {name: values[attr] for name, attr in plan.columns if attr in values}
-            key = tuple(
-                old_row.get(c, k)
-                for c, k in zip(plan.key_columns, _identity_key(plan, state), strict=True)
+            old_row = plan.normalize(
+                {name: values[attr] for name, attr in plan.columns if attr in values}
             )
+            identity = plan.normalize(
+                dict(zip(plan.key_columns, _identity_key(plan, state), strict=True))
+            )
+            key = tuple(old_row.get(c, identity[c]) for c in plan.key_columns)
             flush.add(capture, plan, _Change(Operation.DELETE, key, None, old_row))
 
     for obj in session.new:
@@ -475,7 +491,7 @@ def _after_flush(session: Session, flush_context: Any) -> None:
         capture, plans = flush.target(state.mapper)
         values = state.dict
         for plan in plans:
-            row = {name: values.get(attr, _MISSING) for name, attr in plan.columns}
+            row = plan.normalize({name: values.get(attr, _MISSING) for name, attr in plan.columns})
             key = plan.key_of(row)
             replaced = flush.pop_delete(capture, plan, key)
             if replaced is None:
@@ -508,7 +524,7 @@ def _after_flush(session: Session, flush_context: Any) -> None:
                 continue  # nothing (or only relationships) changed: no UPDATE, no event
             for name in plan.on_update - changed.keys():
                 changed[name] = known.get(name)  # set by the flush; previous if read
-            row = {name: values.get(attr, _MISSING) for name, attr in plan.columns}
+            row = plan.normalize({name: values.get(attr, _MISSING) for name, attr in plan.columns})
             new_key = plan.key_of(row)
             old_key = tuple(
                 changed[c] if changed.get(c) is not None else row[c] for c in plan.key_columns

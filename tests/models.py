@@ -97,3 +97,12 @@ class Thing(Base):
     tid: Mapped[int] = mapped_column("thing id", primary_key=True, autoincrement=False)
     label: Mapped[str] = mapped_column(sa.String(20))
     touched: Mapped[int] = mapped_column(default=0, onupdate=99)
+
+
+class Price(Base):
+    """A decimal primary key, and a timestamp MariaDB keeps to the second."""
+
+    __tablename__ = "prices"
+    amount: Mapped[decimal.Decimal] = mapped_column(sa.Numeric(10, 2), primary_key=True)
+    label: Mapped[str] = mapped_column(sa.String(20))
+    priced_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import bindparam, delete, insert, update
@@ -165,3 +167,29 @@ def test_bulk_insert_result_counts_rows(app, engine):
     with app.begin() as session:
         result = session.execute(insert(Tag), [{"code": "a"}, {"code": "b"}])
         assert result.rowcount == 2
+
+
+def test_events_carry_values_as_stored_and_one_key_per_row(app, engine):
+    from decimal import Decimal
+
+    from .models import Price
+
+    moment = dt.datetime(2026, 1, 2, 3, 4, 5, 654321)
+    with app() as session:
+        price = Price(amount=Decimal("1.5"), label="a", priced_at=moment)
+        session.add(price)
+        session.commit()
+        price.label = "b"  # the session still holds Decimal("1.5") here
+        session.commit()
+        session.delete(price)
+        session.commit()
+    with engine.connect() as conn:
+        # What the database made of the values, read back the way the app would.
+        conn.execute(
+            sa.insert(Price.__table__).values(amount=Decimal("1.5"), label="x", priced_at=moment)
+        )
+        stored_amount, stored_at = conn.execute(sa.select(Price.amount, Price.priced_at)).one()
+    events = captured(engine)
+    assert [e.key for e in events] == [{"amount": stored_amount}] * 3
+    assert [e.version for e in events] == [{"local": 1}, {"local": 2}, {"local": 3}]
+    assert events[0].row == {"amount": stored_amount, "label": "a", "priced_at": stored_at}

@@ -7,7 +7,8 @@ here once. DuckDB replaces the row-wise statements with columnar ones.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import decimal
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -40,6 +41,25 @@ class Dialect:
     #: Whether :meth:`upsert_advancing_version` works (it needs RETURNING
     #: from an upsert, which gives the rows as stored after the update).
     advances_versions_in_sql = True
+
+    def stored(self, column: sa.Column) -> Callable[[Any], Any] | None:
+        """How a value written to ``column`` reads back, where that can differ
+        from the value written; None where it reads back as written.
+
+        Capture records rows as the database stores them, so every replica
+        receives the same values (and a row's key stays one string).
+        """
+        scale = _decimal_scale(column)
+        if scale is None:
+            return None
+        quantum = decimal.Decimal(1).scaleb(-scale)
+
+        def rounded(value: Any) -> Any:
+            if value is None or isinstance(value, bool):
+                return value
+            return _decimal(value).quantize(quantum, decimal.ROUND_HALF_UP)
+
+        return rounded
 
     def json_member(self, name_sql: str) -> str:
         """The JSON path of the object member named by SQL ``name_sql``."""
@@ -135,6 +155,19 @@ class Dialect:
 
     def _on_conflict(self, conn: Connection, table: sa.Table) -> str:
         return self.on_conflict.format(key=names(conn, [c.name for c in table.primary_key.columns]))
+
+
+def _decimal_scale(column: sa.Column) -> int | None:
+    kind = column.type
+    if isinstance(kind, sa.Numeric) and not isinstance(kind, sa.Float) and kind.asdecimal:
+        return kind.scale
+    return None
+
+
+def _decimal(value: Any) -> decimal.Decimal:
+    if isinstance(value, decimal.Decimal):
+        return value
+    return decimal.Decimal(repr(value) if isinstance(value, float) else value)
 
 
 def quote(conn: Connection, name: str) -> str:

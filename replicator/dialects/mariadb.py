@@ -10,6 +10,10 @@ read of absent keys would take gap locks and deadlock concurrent inserts).
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
 import sqlalchemy as sa
 
 from replicator.dialects.base import Dialect
@@ -20,6 +24,22 @@ class MariaDBDialect(Dialect):
     on_conflict = "ON DUPLICATE KEY UPDATE"
     incoming = "VALUES({})"
     json_set, json_get, greatest = "JSON_SET", "JSON_VALUE", "GREATEST"
+
+    def stored(self, column: sa.Column) -> Callable[[Any], Any] | None:
+        # DATETIME and TIME keep `fsp` fractional digits (none by default)
+        # and truncate the rest.
+        if isinstance(column.type, sa.DateTime | sa.Time):
+            unit = 10 ** (6 - (getattr(column.type, "fsp", None) or 0))
+            if unit == 1:
+                return None
+
+            def truncated(value: Any) -> Any:
+                if isinstance(value, dt.datetime | dt.time):
+                    return value.replace(microsecond=value.microsecond // unit * unit)
+                return value
+
+            return truncated
+        return super().stored(column)
 
     def json_member(self, name_sql: str) -> str:
         return f"""CONCAT('$."', {name_sql}, '"')"""

@@ -8,8 +8,21 @@ statements themselves are the base dialect's.
 
 from __future__ import annotations
 
-from replicator.dialects.base import Dialect
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from replicator.dialects.base import Dialect, _decimal_scale
 
 
 class SQLiteDialect(Dialect):
     name = "sqlite"
+
+    def stored(self, column: sa.Column) -> Callable[[Any], Any] | None:
+        # NUMERIC is stored as a float; SQLAlchemy formats it to the scale.
+        scale = _decimal_scale(column)
+        if scale is None:
+            return None
+        return lambda value: None if value is None else Decimal(f"{float(value):.{scale}f}")
