@@ -26,14 +26,9 @@ def append(conn: Connection, dialect: Dialect, events: Iterable[tuple[str, Chang
     The caller's transaction decides: the events commit or roll back with it.
     Does nothing for an empty batch.
     """
-    events = list(events)
-    origins = {e.origin for _, e in events}
-    if len(origins) == 1:  # as from capture: one node's own changes
-        rows = [(e.table, key, e.hlc, encode_event(e)) for key, e in events]
-        dialect.insert_rows(conn, outbox, _COLUMNS[1:], rows, {"origin": origins.pop()})
-    else:
-        rows = [(e.origin, e.table, key, e.hlc, encode_event(e)) for key, e in events]
-        dialect.insert_rows(conn, outbox, _COLUMNS, rows)
+    rows = [(e.origin, e.table, key, e.hlc, encode_event(e)) for key, e in events]
+    # Capture appends one node's changes, often to one table.
+    dialect.insert_rows(conn, outbox, _COLUMNS, rows, hoist=("origin", "table_name"))
 
 
 def head(conn: Connection) -> int:

@@ -151,6 +151,7 @@ def advance(
             ("row_key", "hlc", "deleted"),
             [(b.key, b.hlc, b.deleted) for b in bumps],
             constants,
+            hoist=("deleted",),
         )
         stored = {key: (_json_decode(version), hlc) for key, version, hlc in returned}
         return [stored[key] for key in keys]

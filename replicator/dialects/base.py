@@ -72,14 +72,17 @@ class Dialect:
         columns: Sequence[str],
         rows: Sequence[Row],
         constants: Mapping[str, Any] = NO_CONSTANTS,
+        hoist: Sequence[str] = (),
     ) -> None:
         """Insert ``rows`` (tuples of ``columns``' values) with one multi-row
         statement per :data:`CHUNK` rows; nothing when empty.
 
         ``constants`` are columns with the same value in every row: they are
         written into the statement once instead of bound once per row
-        (pymysql escapes every bound value in Python).
+        (pymysql escapes every bound value in Python). Columns named in
+        ``hoist`` become constants when their value is the same in every row.
         """
+        columns, rows, constants = hoisted(columns, rows, constants, hoist)
         execute_values(conn, *self._insert(conn, table, columns, constants), rows)
 
     def upsert_rows(
@@ -103,6 +106,7 @@ class Dialect:
         columns: Sequence[str],
         rows: Sequence[Row],
         constants: Mapping[str, Any] = NO_CONSTANTS,
+        hoist: Sequence[str] = (),
     ) -> list[Row]:
         """Upsert version-state rows, advancing existing ones in the database.
 
@@ -111,10 +115,11 @@ class Dialect:
         becomes the larger of the given one and the stored one plus one, and
         the other columns take the given values. Returns ``(row_key, version,
         hlc)`` as stored, for every row (in no particular order). Keys must be
-        distinct; ``constants`` as for :meth:`insert_rows`.
+        distinct; ``constants`` and ``hoist`` as for :meth:`insert_rows`.
         """
         if not self.advances_versions_in_sql:
             raise TypeError(f"{type(self).__name__} does not advance versions in SQL")
+        columns, rows, constants = hoisted(columns, rows, constants, hoist)
         new = self.incoming.format
         member = self.json_member(new("origin"))
         # In the update part a bare column is the stored row. The assignments
@@ -196,6 +201,26 @@ def value_group(conn: Connection, count: int, constants: Mapping[str, Any] = NO_
     """``('const', ?, ?)``: the constants' literals, then ``count`` placeholders."""
     parts = [literal(conn, value) for value in constants.values()]
     return f"({', '.join([*parts, placeholders(conn, count)])})"
+
+
+def hoisted(
+    columns: Sequence[str],
+    rows: Sequence[Row],
+    constants: Mapping[str, Any],
+    candidates: Sequence[str],
+) -> tuple[Sequence[str], Sequence[Row], Mapping[str, Any]]:
+    """Move the ``candidates`` whose value is the same in every row into the constants."""
+    uniform = [
+        i for i, c in enumerate(columns) if c in candidates and len({r[i] for r in rows}) == 1
+    ]
+    if not uniform or not rows:
+        return columns, rows, constants
+    keep = [i for i in range(len(columns)) if i not in uniform]
+    return (
+        [columns[i] for i in keep],
+        [tuple(row[i] for i in keep) for row in rows],
+        {**constants, **{columns[i]: rows[0][i] for i in uniform}},
+    )
 
 
 def execute_values(

@@ -47,8 +47,10 @@ class DuckDBDialect(Dialect):
         columns: Sequence[str],
         rows: Sequence[Row],
         constants: Mapping[str, Any] = NO_CONSTANTS,
+        hoist: Sequence[str] = (),
     ) -> None:
         if rows:
+            # Columnar: a list per column costs the same uniform or not.
             conn.exec_driver_sql(
                 f"INSERT INTO {quote(conn, table.name)} "
                 f"{_columnar_select(conn, columns, constants)}",
