@@ -16,7 +16,7 @@ keep theirs as a tombstone), updated in the same transaction as the row.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import NamedTuple
 
 import msgspec
@@ -24,7 +24,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from replicator.dialects import Dialect
-from replicator.events import ChangeEvent, Operation
 from replicator.tables import row_versions
 
 VersionVector = dict[str, int]
@@ -166,24 +165,3 @@ def advance(
         results.append((version, hlc))
     dialect.upsert_rows(conn, row_versions, _COLUMNS, rows)
     return results
-
-
-def record(conn: Connection, dialect: Dialect, events: Iterable[tuple[str, ChangeEvent]]) -> None:
-    """Store each event's version as its row's current one.
-
-    ``events`` pairs each event with its row key. One upsert statement for
-    the lot; when a row appears more than once, its last event wins.
-    """
-    delete = Operation.DELETE
-    rows = [
-        (
-            e.table,
-            key,
-            _json_encode(e.version).decode(),
-            e.hlc,
-            e.origin,
-            e.op is delete,
-        )
-        for key, e in events
-    ]
-    dialect.upsert_rows(conn, row_versions, _COLUMNS, rows)

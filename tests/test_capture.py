@@ -345,27 +345,12 @@ def test_row_keys_that_differ_only_in_case_are_different_rows(engine):
     """Version state compares keys exactly, whatever the database's collation."""
     from replicator import versions
     from replicator.dialects import for_connection
-    from replicator.events import ChangeEvent as Event
 
     replicator.migrate(engine)
-
-    def event(key: str, node: str) -> tuple[str, Event]:
-        return key, Event(
-            event_id=key + node,
-            origin=node,
-            table="t",
-            key={"k": key},
-            op=Operation.INSERT,
-            row={"k": key},
-            changed={},
-            version={node: 1},
-            hlc=1,
-            txid="tx",
-        )
-
     with engine.begin() as conn:
         dialect = for_connection(conn)
-        versions.record(conn, dialect, [event('["abc"]', "a"), event('["ABC"]', "b")])
+        versions.advance(conn, dialect, "t", "a", [versions.Bump('["abc"]', 1, False)])
+        versions.advance(conn, dialect, "t", "b", [versions.Bump('["ABC"]', 1, False)])
         stored = versions.load(conn, "t", ['["abc"]', '["ABC"]'])
     assert {k: v.version for k, v in stored.items()} == {'["abc"]': {"a": 1}, '["ABC"]': {"b": 1}}
 
