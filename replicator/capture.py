@@ -116,6 +116,7 @@ class Capture:
     clock: HybridLogicalClock
     dialect: Dialect
     exclude: frozenset[str] = frozenset()
+    scope: dict[str, Any] = field(default_factory=dict)
     _plans: dict[Mapper, tuple[TablePlan, ...]] = field(default_factory=dict, repr=False)
     _txids: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, repr=False)
 
@@ -157,6 +158,8 @@ class Capture:
         upsert and one read; one outbox insert for the lot."""
         batch: list[tuple[str, ChangeEvent]] = []
         for plan, table_changes in changes:
+            if self.scope:
+                self._check_scope(plan, table_changes)
             for round_ in _distinct_keys(table_changes):
                 keys = [row_key(change.key) for change in round_]
                 first = self.clock.reserve(len(round_))
@@ -183,6 +186,25 @@ class Capture:
                 self.clock.observe(max(hlc for _, hlc in advanced))
         if batch:
             outbox.append(conn, self.dialect, batch)
+
+
+    def _check_scope(self, plan: TablePlan, changes: list[_Change]) -> None:
+        """Refuse a row this node's scope excludes: the server would never
+        send it back, and other nodes' scopes would not expect it here."""
+        columns = [c for c in self.scope if any(name == c for name, _ in plan.columns)]
+        if len(columns) < len(self.scope):
+            return  # an unscoped table: the config decides whether it replicates
+        for change in changes:
+            if change.row is None:
+                continue
+            for column in columns:
+                value = change.row.get(column, _MISSING)
+                if value is not _MISSING and value != self.scope[column]:
+                    raise CaptureError(
+                        f"{plan.name} {change.key!r}: {column} = {value!r} is outside node "
+                        f"{self.node!r}'s scope ({column} = {self.scope[column]!r}); a scoped "
+                        "local may only write its own rows"
+                    )
 
 
 def _distinct_keys(changes: list[_Change]) -> list[list[_Change]]:
@@ -246,13 +268,16 @@ def capture(
     *,
     exclude: Iterable[str] = (),
     clock: HybridLogicalClock | None = None,
+    scope: dict[str, Any] | None = None,
 ) -> Capture:
     """Capture every ORM write made through ``target`` as node ``node``.
 
     ``target`` is an engine, or a session factory (``sessionmaker`` or
     ``scoped_session``) bound to one; every session bound to that engine is
     captured, whichever factory made it. Tables named in ``exclude`` are not
-    captured. Calling it again for the same engine and node returns the
+    captured. With ``scope`` (a local node's ``{column: value}``), a write of
+    a row outside it is refused with :class:`CaptureError` and the flush
+    fails (nothing is written). Calling it again for the same engine and node returns the
     existing capture.
 
     Raises :class:`SchemaError` when the replicator's tables do not exist on
@@ -288,7 +313,14 @@ def capture(
         clock = HybridLogicalClock(last=last)
     else:
         clock.observe(last)
-    new = Capture(engine=engine, node=node, clock=clock, dialect=dialect, exclude=excluded)
+    new = Capture(
+        engine=engine,
+        node=node,
+        clock=clock,
+        dialect=dialect,
+        exclude=excluded,
+        scope=dict(scope or {}),
+    )
     for mapper in _all_mappers():  # fail now, not at the first write
         new.plans(mapper)
     with _lock:

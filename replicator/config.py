@@ -48,10 +48,14 @@ class ReplicationConfig(_Section):
 class TableConfig(_Section):
     policy: str | None = None
     channel: str = "default"
+    # For a table without a scoped local's scope column(s): replicated to and
+    # from that local whole ("all"), or not at all ("none").
+    unscoped: Literal["all", "none"] = "all"
 
 
 class ChannelConfig(_Section):
     priority: int = 100
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
 
 
 class SinkConfig(_Section):

@@ -8,7 +8,9 @@ an auto-incrementing ``position``; the event travels msgpack-encoded in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import itertools
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -26,7 +28,21 @@ def append(conn: Connection, dialect: Dialect, events: Iterable[tuple[str, Chang
     The caller's transaction decides: the events commit or roll back with it.
     Does nothing for an empty batch.
     """
-    rows = [(e.origin, e.table, key, e.hlc, encode_event(e)) for key, e in events]
+    append_encoded(
+        conn, dialect, [(e.origin, e.table, key, e.hlc, encode_event(e)) for key, e in events]
+    )
+
+
+def append_encoded(
+    conn: Connection, dialect: Dialect, rows: Sequence[tuple[str, str, str, int, bytes]]
+) -> None:
+    """Append already encoded events: ``(origin, table, row key, hlc, payload)``.
+
+    The replication engine forwards events it applied this way, unchanged.
+    """
+    if not rows:
+        return
+    dialect.guard_append(conn)
     # Capture appends one node's changes, often to one table.
     dialect.insert_rows(conn, outbox, _COLUMNS, rows, hoist=("origin", "table_name"))
 
@@ -59,3 +75,62 @@ def read(
         select = select.limit(limit)
     for position, payload in conn.execute(select):
         yield position, decode_event(payload)
+
+
+class Entry(NamedTuple):
+    """One event as read for replication: where it is, and the event."""
+
+    position: int
+    row_key: str
+    payload: bytes
+    event: ChangeEvent
+
+
+def read_batch(
+    conn: Connection,
+    *,
+    after: int,
+    upto: int,
+    limit: int,
+    exclude_origin: str | None = None,
+    tables: Collection[str] | None = None,
+    exclude_tables: Collection[str] = (),
+) -> tuple[list[Entry], int]:
+    """The next batch for a replication pass, and how far it reaches.
+
+    Events with ``after < position <= upto`` (``upto`` a horizon, see
+    :meth:`Dialect.horizon`), in position order: at most ``limit``, except
+    that a batch never ends inside a source transaction (it takes the rest
+    of the last event's transaction). Events made by ``exclude_origin``
+    (the target itself), and those of tables not in ``tables`` or in
+    ``exclude_tables``, are left out. The second value is the position the
+    reader has now seen everything up to: ``upto`` when the batch is short,
+    else the last event's position. ``([], upto)`` when nothing is left.
+    """
+    c = outbox.c
+    select = sa.select(c.position, c.row_key, c.payload).order_by(c.position)
+    if exclude_origin is not None:
+        select = select.where(c.origin != exclude_origin)
+    if tables is not None:
+        select = select.where(c.table_name.in_(sorted(tables)))
+    if exclude_tables:
+        select = select.where(c.table_name.not_in(sorted(exclude_tables)))
+
+    def fetch(start: int, count: int) -> list[Entry]:
+        rows = conn.execute(select.where(c.position > start, c.position <= upto).limit(count)).all()
+        return [Entry(p, key, payload, decode_event(payload)) for p, key, payload in rows]
+
+    entries = fetch(after, limit)
+    if len(entries) < limit:
+        return entries, upto
+    txid = entries[-1].event.txid
+    while True:  # the rest of the last transaction
+        more = fetch(entries[-1].position, _TAIL)
+        same = list(itertools.takewhile(lambda e: e.event.txid == txid, more))
+        entries += same
+        if len(same) < len(more) or len(more) < _TAIL:
+            return entries, entries[-1].position
+
+
+# Events read at a time when completing a batch's last transaction.
+_TAIL = 200

@@ -1,6 +1,6 @@
 """The replicator's own tables, defined once.
 
-Every node (server or local) holds the same five tables, created and upgraded
+Every node (server or local) holds the same six tables, created and upgraded
 by the alembic migrations in ``migrations/`` (a test checks that the
 migrations produce exactly these definitions). All names start with
 ``replicator_``; capture never records changes to them.
@@ -80,6 +80,16 @@ outbox = sa.Table(
     # Deliberately no secondary index: every event would pay for a random
     # B-tree insert on the app's write path (the capture benchmark measured
     # it). Appends by position are sequential; a row's history is a scan.
+)
+
+outbox_writers = sa.Table(
+    "replicator_outbox_writers",
+    metadata,
+    # One row (id = 1). On databases with concurrent writers (MariaDB), every
+    # transaction that appends to the outbox holds a shared lock on it until
+    # it ends, and a reader takes it exclusively for an instant to learn a
+    # position below which every event has committed (see outbox.horizon).
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
 )
 
 row_versions = sa.Table(

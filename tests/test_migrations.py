@@ -29,6 +29,7 @@ EXPECTED = {
         "deleted",
     },
     "replicator_checkpoints": {"source", "channel", "position", "updated_at"},
+    "replicator_outbox_writers": {"id"},
     "replicator_review_items": {
         "id",
         "table_name",
@@ -79,7 +80,7 @@ def test_migrate_twice_creates_the_tables_once(database_url):
         assert primary_key_of(engine, "replicator_row_versions") == ["table_name", "row_key"]
         with engine.connect() as conn:
             assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [
-                ("0001",)
+                ("0002",)
             ]
     finally:
         engine.dispose()

@@ -9,12 +9,30 @@ from __future__ import annotations
 
 import decimal
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 Row = tuple[Any, ...]
+
+
+class TableShape(NamedTuple):
+    """An app table as a target database has it."""
+
+    name: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+
+    def table(self) -> sa.Table:
+        """A bare :class:`sa.Table` of this shape, for the bulk statements."""
+        return sa.Table(
+            self.name,
+            sa.MetaData(),
+            *(sa.Column(c, primary_key=c in self.key) for c in self.columns),
+        )
+
+
 NO_CONSTANTS: Mapping[str, Any] = {}
 
 # Rows per multi-row statement: at ~5 values a row, far below SQLite's and
@@ -136,6 +154,51 @@ class Dialect:
         head, group = self._insert(conn, table, columns, constants)
         return execute_values(conn, head, group, rows, tail, returning=True)
 
+    def delete_rows(
+        self, conn: Connection, table: sa.Table, key_columns: Sequence[str], keys: Sequence[Row]
+    ) -> None:
+        """Delete the rows of ``table`` whose ``key_columns`` equal one of
+        ``keys`` (tuples of key values); keys that match nothing are ignored,
+        nothing happens for none."""
+        columns = names(conn, key_columns)
+        group = f"({placeholders(conn, len(key_columns))})"
+        head = f"DELETE FROM {quote(conn, table.name)} WHERE ({columns}) IN ("
+        for start in range(0, len(keys), CHUNK):
+            part = keys[start : start + CHUNK]
+            statement = f"{head}{', '.join([group] * len(part))})"
+            conn.exec_driver_sql(statement, tuple(v for key in part for v in key))
+
+    def describe(self, conn: Connection, name: str) -> TableShape | None:
+        """The columns and primary key of the app table ``name`` (None if absent)."""
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(name):
+            return None
+        columns = tuple(c["name"] for c in inspector.get_columns(name))
+        key = tuple(inspector.get_pk_constraint(name)["constrained_columns"])
+        return TableShape(name, columns, key)
+
+    # --- reading the outbox in commit order ------------------------------
+
+    def guard_append(self, conn: Connection) -> None:
+        """Called before a transaction appends to the outbox.
+
+        Where transactions append concurrently (MariaDB), a position can be
+        taken by one transaction and committed after a larger one; see
+        :meth:`horizon`. Databases with one writer at a time need nothing:
+        positions are taken in commit order.
+        """
+
+    def horizon(self, conn: Connection) -> int | None:
+        """A position at or below which every outbox event has committed:
+        no transaction will ever commit an event with a smaller position.
+
+        ``conn`` is not in a transaction; the horizon is read in one of its
+        own. With one writer at a time (SQLite), the largest position is
+        such a horizon. Returns None when none can be established now
+        (writers held the outbox too long); 0 for an empty outbox.
+        """
+        return last_position(conn)
+
     def lock_rows(self, select: sa.Select) -> sa.Select:
         """``select`` made to lock what it reads until the transaction ends.
 
@@ -160,6 +223,13 @@ class Dialect:
 
     def _on_conflict(self, conn: Connection, table: sa.Table) -> str:
         return self.on_conflict.format(key=names(conn, [c.name for c in table.primary_key.columns]))
+
+
+def last_position(conn: Connection) -> int:
+    """The largest position in the outbox as ``conn`` sees it; 0 when empty."""
+    return conn.exec_driver_sql(
+        "SELECT COALESCE(MAX(position), 0) FROM replicator_outbox"
+    ).scalar_one()
 
 
 def _decimal_scale(column: sa.Column) -> int | None:

@@ -25,6 +25,7 @@ from replicator.dialects.base import (
     NO_CONSTANTS,
     Dialect,
     Row,
+    TableShape,
     last_per_key,
     literal,
     names,
@@ -70,6 +71,39 @@ class DuckDBDialect(Dialect):
             f"{self._on_conflict(conn, table)} {update_list(conn, table, columns, self.incoming)}",
             _by_column(rows),
         )
+
+    def delete_rows(
+        self, conn: Connection, table: sa.Table, key_columns: Sequence[str], keys: Sequence[Row]
+    ) -> None:
+        if keys:
+            unnested = ", ".join(["unnest(?)"] * len(key_columns))
+            conn.exec_driver_sql(
+                f"DELETE FROM {quote(conn, table.name)} WHERE ({names(conn, key_columns)}) "
+                f"IN (SELECT {unnested})",
+                _by_column(keys),
+            )
+
+    def describe(self, conn: Connection, name: str) -> TableShape | None:
+        # duckdb-engine's reflection queries pg_catalog tables DuckDB lacks.
+        columns = (
+            conn.exec_driver_sql(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = ? AND table_schema = current_schema() "
+                "ORDER BY ordinal_position",
+                (name,),
+            )
+            .scalars()
+            .all()
+        )
+        if not columns:
+            return None
+        key = conn.exec_driver_sql(
+            "SELECT constraint_column_names FROM duckdb_constraints() "
+            "WHERE table_name = ? AND schema_name = current_schema() "
+            "AND constraint_type = 'PRIMARY KEY'",
+            (name,),
+        ).scalar()
+        return TableShape(name, tuple(columns), tuple(key or ()))
 
 
 def _columnar_select(

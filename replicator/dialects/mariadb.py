@@ -15,8 +15,17 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 
-from replicator.dialects.base import Dialect
+from replicator.dialects.base import Dialect, last_position
+from replicator.errors import SchemaError
+
+# How long a reader waits for the outbox's writers before it settles for
+# the horizon it already has (seconds).
+HORIZON_WAIT = 2
+_LOCK_WAIT_TIMEOUT, _DEADLOCK = 1205, 1213
+_GUARDED = "replicator_outbox_guarded"
 
 
 class MariaDBDialect(Dialect):
@@ -43,6 +52,51 @@ class MariaDBDialect(Dialect):
 
     def json_member(self, name_sql: str) -> str:
         return f"""CONCAT('$."', {name_sql}, '"')"""
+
+    # Reading in commit order. InnoDB hands out auto-increment positions when
+    # rows are inserted, not when they commit: a transaction can take
+    # position 7, another take 8 and commit, and a reader that then reads
+    # "after 6" sees 8 and moves its checkpoint past 7, which commits later
+    # and is never read. Serialising writers (one outbox lock held from
+    # insert to commit, as eventsourcing does on PostgreSQL) would make
+    # positions follow commit order, but every app transaction on the server
+    # would wait for every other. Instead writers share one lock and a reader
+    # briefly excludes them: each appending transaction holds a *shared* row
+    # lock on replicator_outbox_writers until it ends (writers never wait for
+    # each other); the reader takes the same row *exclusively*, which InnoDB
+    # grants once every transaction that took a position before has
+    # committed or rolled back, and which holds new writers back until the
+    # reader has read the largest position. Every position at or below that
+    # horizon is final, so reading up to it skips nothing. The exclusive
+    # lock lives for two statements; queued writers wait only that long.
+
+    def guard_append(self, conn: Connection) -> None:
+        transaction = conn.get_transaction()
+        if transaction is not None and conn.info.get(_GUARDED) is transaction:
+            return  # this transaction already holds the shared lock
+        held = conn.exec_driver_sql(
+            "SELECT id FROM replicator_outbox_writers WHERE id = 1 LOCK IN SHARE MODE"
+        ).first()
+        if held is None:
+            raise SchemaError(
+                "replicator_outbox_writers has lost its row: run `replicator init` "
+                "(or replicator.migrate) on this database"
+            )
+        conn.info[_GUARDED] = transaction
+
+    def horizon(self, conn: Connection) -> int | None:
+        committed = conn.execution_options(isolation_level="READ COMMITTED")
+        with committed.begin():
+            try:
+                committed.exec_driver_sql(
+                    "SELECT id FROM replicator_outbox_writers WHERE id = 1 "
+                    f"FOR UPDATE WAIT {HORIZON_WAIT}"
+                )
+            except OperationalError as e:
+                if e.orig.args[0] in (_LOCK_WAIT_TIMEOUT, _DEADLOCK):
+                    return None  # a long writer: read up to the last horizon for now
+                raise
+            return last_position(committed)
 
     def lock_rows(self, select: sa.Select) -> sa.Select:
         # A locking read sees the latest committed row, not the transaction's

@@ -1,0 +1,116 @@
+"""A node: one database that takes part in replication, by name.
+
+A node's name is its identity: it is the ``origin`` of every event captured
+on it, and the ``source`` of every checkpoint a target keeps for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from replicator.capture import NODE_NAME
+from replicator.config import NodeConfig
+from replicator.dialects import Dialect, for_connection
+from replicator.dialects.base import TableShape
+from replicator.errors import ConfigurationError, ConnectivityError
+
+Role = Literal["server", "local"]
+
+
+@dataclass(eq=False)
+class Node:
+    """A database taking part in replication.
+
+    ``engine`` is optional: without one, the node makes its own from ``url``
+    when first used. Pass the app's engine for a DuckDB file the app holds
+    open (DuckDB lets one process at a time write a file). ``scope`` limits
+    what a local node holds: only rows whose columns have these values.
+    """
+
+    name: str
+    url: str = ""
+    role: Role = "local"
+    scope: Mapping[str, Any] = field(default_factory=dict)
+    engine: Engine | None = None
+    _own_engine: bool = field(default=False, repr=False)
+    _shapes: dict[str, TableShape | None] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not NODE_NAME.match(self.name):
+            raise ConfigurationError(
+                f"node name {self.name!r}: use letters, digits and _.:- (at most 64)"
+            )
+        if self.role not in ("server", "local"):
+            raise ConfigurationError(f"node {self.name}: role must be server or local")
+        if self.engine is None and not self.url:
+            raise ConfigurationError(f"node {self.name}: needs a url or an engine")
+        if self.engine is not None and not self.url:
+            self.url = self.engine.url.render_as_string(hide_password=False)
+
+    @classmethod
+    def from_config(cls, name: str, settings: NodeConfig, engine: Engine | None = None) -> Node:
+        return cls(
+            name=name, url=settings.url, role=settings.role, scope=settings.scope, engine=engine
+        )
+
+    @property
+    def masked_url(self) -> str:
+        """The URL with any password hidden, for messages and logs."""
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    def get_engine(self) -> Engine:
+        if self.engine is None:
+            try:
+                self.engine = sa.create_engine(self.url)
+            except Exception as e:
+                raise ConfigurationError(
+                    f"node {self.name}: cannot use {self.masked_url}: {e}"
+                ) from e
+            self._own_engine = True
+        return self.engine
+
+    @property
+    def dialect(self) -> Dialect:
+        return for_connection(self.get_engine())
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection; :class:`ConnectivityError` when the node cannot be reached."""
+        try:
+            conn = self.get_engine().connect()
+        except DBAPIError as e:
+            raise ConnectivityError(
+                f"node {self.name} ({self.masked_url}) cannot be reached: {e.orig}"
+            ) from e
+        with conn:
+            yield conn
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A connection in a transaction that commits when the block ends."""
+        with self.connect() as conn, conn.begin():
+            yield conn
+
+    def shape(self, conn: Connection, table: str) -> TableShape | None:
+        """The columns and key of one of the node's app tables (cached)."""
+        if table not in self._shapes:
+            self._shapes[table] = self.dialect.describe(conn, table)
+        return self._shapes[table]
+
+    def forget_shapes(self) -> None:
+        """Drop cached table shapes (after the node's schema changed)."""
+        self._shapes.clear()
+
+    def dispose(self) -> None:
+        """Close the connections of an engine the node made itself."""
+        if self._own_engine and self.engine is not None:
+            self.engine.dispose()
+            self.engine = None
+            self._own_engine = False

@@ -1,0 +1,361 @@
+"""Replication passes: stream a source's outbox after the target's checkpoint
+and apply it to the target, batch by batch.
+
+A pass over one *link* (source node -> target node) and one *channel* (a
+group of tables with its own checkpoint) runs::
+
+    horizon = the source's commit-order horizon         (Dialect.horizon)
+    repeat, one target transaction per batch:
+        after  = the target's checkpoint for (source, channel)
+        batch  = source events after it, up to the horizon (outbox.read_batch)
+        apply the batch; advance the checkpoint; commit  (invariant 3)
+
+so a crash at any point leaves the checkpoint and the applied effects
+consistent, and the next pass resumes exactly where the last commit ended.
+Each pass is recorded in the target's ``replicator_sync_runs``.
+
+:class:`Replicator` runs every configured link and channel: local -> server
+for every local first, then server -> local, so one ``sync`` carries a
+change from one local through the server to every other local.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any, Literal
+
+import msgspec
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from replicator import checkpoints, outbox
+from replicator.apply import Counts, apply_batch
+from replicator.config import Config
+from replicator.errors import ConfigurationError, ConnectivityError, ReplicatorError
+from replicator.events import Operation
+from replicator.node import Node
+from replicator.outbox import Entry
+from replicator.tables import sync_runs
+
+Direction = Literal["up", "down", "bidirectional"]
+DEFAULT_CHANNEL = "default"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class PassResult(msgspec.Struct, kw_only=True):
+    """What one pass over one link and channel did.
+
+    ``status`` is ``ok`` or ``failed`` (then ``error`` says why; the batches
+    committed before the failure stay committed). ``failed`` counts the
+    events of the batch that could not be applied.
+    """
+
+    source: str
+    target: str
+    channel: str
+    read: int = 0
+    applied: int = 0
+    skipped: int = 0
+    conflicts: int = 0
+    parked: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    status: str = "ok"
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class SyncResult(msgspec.Struct, kw_only=True):
+    """The passes of one ``sync``, in the order they ran."""
+
+    passes: list[PassResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(p.ok for p in self.passes)
+
+    def to_json(self) -> bytes:
+        return msgspec.json.encode(self)
+
+
+class SyncPass:
+    """One pass over one link and channel. :meth:`run` it (again and again).
+
+    ``tables`` limits the pass to those tables (None: all), less
+    ``exclude_tables``. ``unscoped`` maps a table that has none of a scoped
+    local's scope columns to ``"all"`` (replicated whole, the default) or
+    ``"none"`` (not replicated to or from that local).
+    """
+
+    def __init__(
+        self,
+        source: Node,
+        target: Node,
+        *,
+        channel: str = DEFAULT_CHANNEL,
+        tables: Collection[str] | None = None,
+        exclude_tables: Collection[str] = (),
+        batch_size: int = 1000,
+        unscoped: Mapping[str, str] | None = None,
+        now: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigurationError(f"batch_size must be at least 1, got {batch_size}")
+        self.source, self.target, self.channel = source, target, channel
+        self.tables = None if tables is None else frozenset(tables)
+        self.exclude_tables = frozenset(exclude_tables)
+        self.batch_size = batch_size
+        self.unscoped = dict(unscoped or {})
+        self.now = now
+
+    def run(self) -> PassResult:
+        """Apply everything the source has committed after the checkpoint.
+
+        Never raises for a database problem: the result says ``failed`` and
+        why (a configuration error is raised).
+        """
+        result = PassResult(source=self.source.name, target=self.target.name, channel=self.channel)
+        started, clock = self.now(), time.perf_counter()
+        counts = Counts()
+        batch: list[Entry] = []
+        try:
+            with self.source.connect() as conn:
+                horizon = self.source.dialect.horizon(conn)
+            while horizon is not None:
+                batch = []
+                with self.target.begin() as tconn:
+                    after = checkpoints.get(tconn, self.source.name, self.channel)
+                    if after >= horizon:
+                        break
+                    with self.source.connect() as sconn:
+                        batch, reached = outbox.read_batch(
+                            sconn,
+                            after=after,
+                            upto=horizon,
+                            limit=self.batch_size,
+                            exclude_origin=self.target.name,
+                            tables=self.tables,
+                            exclude_tables=self.exclude_tables,
+                        )
+                    entries = self._in_scope(tconn, batch)
+                    counts.add(
+                        apply_batch(
+                            tconn,
+                            self.target.dialect,
+                            entries,
+                            shape_of=lambda table: self.target.shape(tconn, table),
+                            forward=self.target.role == "server",
+                        )
+                    )
+                    counts.read += len(batch) - len(entries)
+                    counts.skipped += len(batch) - len(entries)
+                    checkpoints.advance(
+                        tconn, self.target.dialect, self.source.name, self.channel, reached, started
+                    )
+        except ConfigurationError:
+            raise
+        except (ReplicatorError, SQLAlchemyError) as e:
+            result.status = "failed"
+            result.error = _describe(e)
+            counts.failed += len(batch)
+        for name in ("read", "applied", "skipped", "conflicts", "parked", "failed"):
+            setattr(result, name, getattr(counts, name))
+        result.seconds = round(time.perf_counter() - clock, 6)
+        self._record(result, started)
+        return result
+
+    # --- scopes ------------------------------------------------------------
+
+    def _in_scope(self, tconn: Any, entries: list[Entry]) -> list[Entry]:
+        """The entries a scoped local may receive or send, rows that leave its
+        scope turned into deletes."""
+        if self.target.scope:
+            scope, shape_node = self.target.scope, self.target
+        elif self.source.scope:
+            scope, shape_node = self.source.scope, None
+        else:
+            return entries
+        kept = []
+        for entry in entries:
+            event = entry.event
+            has_scope = _has_columns(event, scope)
+            if shape_node is not None and not has_scope:
+                shape = shape_node.shape(tconn, event.table)
+                has_scope = shape is not None and all(c in shape.columns for c in scope)
+            if not has_scope:
+                if self.unscoped.get(event.table, "all") == "all":
+                    kept.append(entry)
+                continue
+            if shape_node is None:
+                kept.append(entry)  # capture refused writes outside the source's scope
+                continue
+            scoped = _scoped(entry, scope)
+            if scoped is not None:
+                kept.append(scoped)
+        return kept
+
+    # --- recording -------------------------------------------------------------
+
+    def _record(self, result: PassResult, started: dt.datetime) -> None:
+        row = {
+            "source": result.source,
+            "target": result.target,
+            "channel": result.channel,
+            "started_at": _naive(started),
+            "finished_at": _naive(self.now()),
+            "status": result.status,
+            "events_read": result.read,
+            "events_applied": result.applied,
+            "events_skipped": result.skipped,
+            "conflicts": result.conflicts,
+            "parked": result.parked,
+            "failed": result.failed,
+            "seconds": result.seconds,
+            "error": result.error,
+        }
+        # On the target; on the source when the target cannot be reached.
+        for node in (self.target, self.source):
+            try:
+                with node.begin() as conn:
+                    conn.execute(sync_runs.insert(), row)
+                return
+            except (ReplicatorError, SQLAlchemyError):
+                continue
+
+
+def _has_columns(event: Any, scope: Mapping[str, Any]) -> bool:
+    row = event.row if event.row is not None else event.changed
+    return all(c in row for c in scope)
+
+
+def _scoped(entry: Entry, scope: Mapping[str, Any]) -> Entry | None:
+    """``entry`` as a local with ``scope`` should see it, or None to skip it."""
+    event = entry.event
+    after = event.row is not None and all(event.row.get(c) == v for c, v in scope.items())
+    if event.op is Operation.INSERT:
+        return entry if after else None
+    if event.op is Operation.DELETE:
+        # A deleted row's scope columns may not have been loaded: a delete
+        # of a row the local never had is harmless, so unknown counts as in.
+        old = event.changed
+        before = all(old.get(c, v) == v for c, v in scope.items())
+        return entry if before else None
+    before = all(event.changed.get(c, event.row.get(c)) == v for c, v in scope.items())
+    if after:
+        return entry  # stays in scope, or enters it (the upsert inserts it)
+    if before:  # the row left the scope: gone from this local
+        gone = msgspec.structs.replace(event, op=Operation.DELETE, row=None, changed=event.row)
+        return entry._replace(event=gone)
+    return None
+
+
+def _naive(moment: dt.datetime) -> dt.datetime:
+    return moment.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, ReplicatorError):
+        return str(error)
+    orig = getattr(error, "orig", None)
+    return f"{type(orig or error).__name__}: {orig or error}".splitlines()[0]
+
+
+def replicate(source: Node, target: Node, **options: Any) -> PassResult:
+    """One pass from ``source`` to ``target``; ``options`` as for :class:`SyncPass`."""
+    return SyncPass(source, target, **options).run()
+
+
+class Replicator:
+    """Every link and channel of a configuration.
+
+    ``engines`` maps node names to engines to use instead of making new ones
+    (an app's own engine for its DuckDB file).
+    """
+
+    def __init__(self, config: Config, engines: Mapping[str, Engine] | None = None) -> None:
+        engines = engines or {}
+        self.config = config
+        self.nodes = {
+            name: Node.from_config(name, settings, engines.get(name))
+            for name, settings in config.nodes.items()
+        }
+
+    @property
+    def server(self) -> Node:
+        return self.nodes[self.config.server]
+
+    @property
+    def locals(self) -> list[Node]:
+        return [self.nodes[name] for name in self.config.locals]
+
+    def channels(self) -> list[tuple[str, frozenset[str] | None, frozenset[str], int]]:
+        """``(name, tables, excluded tables, batch size)`` per channel, by priority."""
+        assigned: dict[str, set[str]] = {}
+        for table, settings in self.config.tables.items():
+            assigned.setdefault(settings.channel, set()).add(table)
+        elsewhere = frozenset(
+            t for name, tables in assigned.items() if name != DEFAULT_CHANNEL for t in tables
+        )
+        default_size = self.config.replication.batch_size
+        found = [(DEFAULT_CHANNEL, None, elsewhere, default_size, 100)]
+        for name, settings in self.config.channels.items():
+            size = settings.batch_size or default_size
+            if name == DEFAULT_CHANNEL:
+                found[0] = (name, None, elsewhere, size, settings.priority)
+            else:
+                found.append(
+                    (name, frozenset(assigned.get(name, ())), frozenset(), size, settings.priority)
+                )
+        found.sort(key=lambda c: (c[4], c[0]))
+        return [c[:4] for c in found]
+
+    def links(self, direction: Direction | None = None) -> list[tuple[Node, Node]]:
+        """The (source, target) pairs of a sync, in the order they run."""
+        direction = direction or self.config.replication.direction
+        if direction not in ("up", "down", "bidirectional"):
+            raise ConfigurationError(
+                f"direction must be up, down or bidirectional, not {direction!r}"
+            )
+        up = [(node, self.server) for node in self.locals]
+        down = [(self.server, node) for node in self.locals]
+        return {"up": up, "down": down, "bidirectional": up + down}[direction]
+
+    def passes(self, direction: Direction | None = None) -> Iterable[SyncPass]:
+        unscoped = {t: s.unscoped for t, s in self.config.tables.items()}
+        for source, target in self.links(direction):
+            for channel, tables, excluded, size in self.channels():
+                yield SyncPass(
+                    source,
+                    target,
+                    channel=channel,
+                    tables=tables,
+                    exclude_tables=excluded,
+                    batch_size=size,
+                    unscoped=unscoped,
+                )
+
+    def sync(self, direction: Direction | None = None) -> SyncResult:
+        """One pass per link and channel; a failing channel does not stop
+        the others (its result says why)."""
+        return SyncResult(passes=[p.run() for p in self.passes(direction)])
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            node.dispose()
+
+    def __enter__(self) -> Replicator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["ConnectivityError", "PassResult", "Replicator", "SyncPass", "SyncResult", "replicate"]

@@ -1,0 +1,75 @@
+"""Nodes of the reference app for replication tests: a migrated database
+with the example tables, captured under the node's name."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+import replicator
+from replicator import outbox
+from replicator.capture import Capture
+from replicator.events import ChangeEvent
+from replicator.node import Node
+from replicator.resources import load_example
+
+app = load_example("learning_app")
+NOW = dt.datetime(2026, 11, 24, 9, 30)
+
+
+@dataclass
+class Member:
+    node: Node
+    engine: Engine
+    sessions: sessionmaker[Session]
+    capture: Capture
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    def events(self) -> list[ChangeEvent]:
+        with self.engine.connect() as conn:
+            return [event for _, event in outbox.read(conn)]
+
+    def rows(self, table: str) -> list[tuple[Any, ...]]:
+        """A table's rows in key order, as typed values."""
+        model = app.Base.metadata.tables[table]
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(sa.select(model).order_by(*model.primary_key))]
+
+    def state(self) -> dict[str, list[tuple[Any, ...]]]:
+        return {t: self.rows(t) for t in app.Base.metadata.tables}
+
+    def close(self) -> None:
+        self.capture.stop()
+        self.engine.dispose()
+
+
+def member(name: str, url: str, role: str = "local", scope: dict | None = None) -> Member:
+    engine = sa.create_engine(url)
+    replicator.migrate(engine)
+    app.Base.metadata.create_all(engine)
+    sessions = sessionmaker(bind=engine)
+    handle = replicator.capture(sessions, node=name, scope=scope)
+    node = Node(name, role=role, engine=engine, scope=scope or {})
+    return Member(node, engine, sessions, handle)
+
+
+def add_vocabulary(m: Member, item_id: str, word: str, user_id: str = "u-42") -> None:
+    with m.sessions.begin() as session:
+        session.add(
+            app.VocabularyItem(item_id=item_id, user_id=user_id, word=word, translation="?")
+        )
+
+
+def edit_vocabulary(m: Member, item_id: str, **values: Any) -> None:
+    with m.sessions.begin() as session:
+        item = session.get(app.VocabularyItem, item_id)
+        for column, value in values.items():
+            setattr(item, column, value)

@@ -1,0 +1,147 @@
+"""A replication pass, local to server and back, with the server on every
+backend: exactly-once effect, no echo, re-delivery skipped, concurrent edits
+detected, batches that keep source transactions whole."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from replicator import checkpoints
+from replicator.sync import SyncPass, replicate
+from replicator.tables import sync_runs
+
+from .cluster import NOW, add_vocabulary, app, edit_vocabulary, member
+
+
+@pytest.fixture
+def pair(database_url, tmp_path):
+    server = member("server", database_url, role="server")
+    local = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    yield server, local
+    local.close()
+    server.close()
+
+
+def test_a_pass_copies_every_captured_change_and_a_second_pass_applies_nothing(pair):
+    server, local = pair
+    app.run_session(local.sessions, user_id="u-42", now=NOW)
+
+    first = replicate(local.node, server.node)
+    second = replicate(local.node, server.node)
+
+    assert first.ok, first.error
+    assert first.read == first.applied == len(local.events()) == 15
+    assert (second.read, second.applied) == (0, 0)
+    assert server.state() == local.state()
+    # Nothing applied at the server was captured as a server change.
+    assert {e.origin for e in server.events()} == {"phone"}
+
+
+def test_redelivered_events_are_skipped(pair):
+    server, local = pair
+    app.run_session(local.sessions, user_id="u-42", now=NOW)
+    replicate(local.node, server.node)
+    before = server.state()
+    with server.engine.begin() as conn:  # as if the checkpoint had been lost
+        checkpoints.advance(conn, server.node.dialect, "phone", "default", 0, NOW)
+
+    again = replicate(local.node, server.node)
+
+    assert (again.read, again.applied, again.skipped) == (15, 0, 15)
+    assert server.state() == before
+    assert len(server.events()) == 15  # nothing forwarded twice
+
+
+def test_updates_and_deletes_flow_both_ways_without_echo(pair):
+    server, local = pair
+    add_vocabulary(local, "v-1", "mesa")
+    add_vocabulary(local, "v-2", "silla")
+    replicate(local.node, server.node)
+    edit_vocabulary(server, "v-1", translation="table")
+    with server.sessions.begin() as session:
+        session.delete(session.get(app.VocabularyItem, "v-2"))
+
+    down = replicate(server.node, local.node)
+    up = replicate(local.node, server.node)
+
+    assert (down.applied, down.conflicts) == (2, 0)
+    assert (up.read, up.applied) == (0, 0)  # the local captured nothing while applying
+    assert local.rows("vocabulary_items") == server.rows("vocabulary_items")
+    assert [r[3] for r in local.rows("vocabulary_items")] == ["table"]
+    assert [e.origin for e in local.events()] == ["phone", "phone"]
+
+
+def test_a_concurrent_edit_is_detected_and_both_sides_pick_the_same_row(pair):
+    server, local = pair
+    add_vocabulary(local, "v-1", "mesa")
+    replicate(local.node, server.node)
+    edit_vocabulary(local, "v-1", translation="desk")
+    edit_vocabulary(server, "v-1", translation="table")  # later: wins by timestamp
+
+    up = replicate(local.node, server.node)
+    down = replicate(server.node, local.node)
+
+    assert (up.conflicts, down.conflicts) == (1, 1)
+    assert local.rows("vocabulary_items") == server.rows("vocabulary_items")
+    assert local.rows("vocabulary_items")[0][3] == "table"
+    # Settled: the next edit on either side is sequential, not a conflict.
+    edit_vocabulary(local, "v-1", strength=0.5)
+    assert replicate(local.node, server.node).conflicts == 0
+    assert server.rows("vocabulary_items") == local.rows("vocabulary_items")
+
+
+def test_a_batch_never_splits_a_source_transaction(pair):
+    server, local = pair
+    with local.sessions.begin() as session:  # one transaction, three events
+        for i in range(3):
+            session.add(
+                app.VocabularyItem(item_id=f"v-{i}", user_id="u-42", word="w", translation="t")
+            )
+    add_vocabulary(local, "v-9", "later")
+    seen = []
+
+    class Watching(SyncPass):
+        def _in_scope(self, tconn, entries):
+            seen.append(len(entries))
+            return super()._in_scope(tconn, entries)
+
+    result = Watching(local.node, server.node, batch_size=1).run()
+
+    assert result.applied == 4
+    assert seen == [3, 1]
+
+
+def test_a_missing_target_table_fails_that_channel_only(pair):
+    server, local = pair
+    app.run_session(local.sessions, user_id="u-42", now=NOW)
+    with server.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE documents")
+    server.node.forget_shapes()
+
+    failing = SyncPass(local.node, server.node, channel="docs", tables={"documents"}).run()
+    others = SyncPass(local.node, server.node, exclude_tables={"documents"}).run()
+
+    assert failing.status == "failed" and "documents" in failing.error
+    assert failing.failed == 1
+    assert others.ok and others.applied == 14
+    with server.engine.connect() as conn:
+        runs = conn.execute(sa.select(sync_runs.c.channel, sync_runs.c.status)).all()
+    assert sorted(runs) == [("default", "ok"), ("docs", "failed")]
+
+
+@pytest.mark.backends("sqlite", "mariadb")
+def test_a_duckdb_local_receives_the_servers_changes(database_url, tmp_path):
+    server = member("server", database_url, role="server")
+    local = member("laptop", f"duckdb:///{tmp_path / 'laptop.duckdb'}")
+    try:
+        app.run_session(server.sessions, user_id="u-42", now=NOW)
+        edit_vocabulary(server, server.rows("vocabulary_items")[0][0], translation="x")
+
+        result = replicate(server.node, local.node)
+
+        assert result.ok and result.applied == len(server.events())
+        assert local.state() == server.state()
+    finally:
+        local.close()
+        server.close()
