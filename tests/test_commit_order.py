@@ -1,0 +1,124 @@
+"""Spec invariant 2 on MariaDB: a reader tailing the outbox never skips an
+event whose transaction took a smaller position and committed later.
+
+Eight writer threads each take outbox positions at flush time, then wait a
+random moment before committing, so commits land out of position order.
+Two readers tail the outbox meanwhile: one up to the dialect's horizon (the
+mechanism), one up to the largest position it can see (what a naive reader
+does). The naive reader must lose events (the scenario really is the gap
+problem) and the real one must see every event exactly once.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from replicator import outbox
+from replicator.dialects.base import last_position
+
+from .cluster import app, member
+
+WRITERS = 8
+TRANSACTIONS = 25  # per writer
+
+
+class Tail:
+    """A reader that follows the outbox in batches, as a sync pass does."""
+
+    def __init__(self, engine: sa.Engine, horizon) -> None:
+        self.engine, self.horizon = engine, horizon
+        self.checkpoint = 0
+        self.seen: list[str] = []
+
+    def step(self) -> None:
+        with self.engine.connect() as conn:
+            upto = self.horizon(conn)
+            if upto is None:
+                return
+            entries, reached = outbox.read_batch(conn, after=self.checkpoint, upto=upto, limit=20)
+        self.seen += [e.event.event_id for e in entries]
+        self.checkpoint = reached
+
+
+def naive_horizon(conn: sa.Connection) -> int:
+    with conn.begin():
+        return last_position(conn)
+
+
+@pytest.mark.backends("mariadb")
+def test_tailing_readers_see_every_event_despite_out_of_order_commits(database_url):
+    server = member("server", database_url, role="server")
+    dialect = server.node.dialect
+    commits: list[int] = []  # positions, in the order their transactions committed
+    commits_lock = threading.Lock()
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def write(writer: int) -> None:
+        rng = random.Random(writer)
+        try:
+            for i in range(TRANSACTIONS):
+                with server.sessions() as session:
+                    item_id = f"w{writer}-{i}"
+                    session.add(
+                        app.VocabularyItem(
+                            item_id=item_id, user_id="u-1", word="w", translation="t"
+                        )
+                    )
+                    session.flush()  # takes the outbox position now
+                    position = session.execute(
+                        sa.text("SELECT position FROM replicator_outbox WHERE row_key = :k"),
+                        {"k": f'["{item_id}"]'},
+                    ).scalar_one()
+                    time.sleep(rng.uniform(0, 0.02))
+                    session.commit()
+                with commits_lock:
+                    commits.append(position)
+        except BaseException as e:  # reported by the main thread
+            failures.append(e)
+
+    real = Tail(server.engine, dialect.horizon)
+    naive = Tail(server.engine, naive_horizon)
+
+    def tail(reader: Tail) -> None:
+        try:
+            while not done.is_set():
+                reader.step()
+        except BaseException as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(WRITERS)]
+    readers = [threading.Thread(target=tail, args=(r,)) for r in (real, naive)]
+    try:
+        for t in readers + threads:
+            t.start()
+        for t in threads:
+            t.join()
+        done.set()
+        for t in readers:
+            t.join()
+        assert not failures, failures
+        real.step()  # the tail end, after the last commit
+        naive.step()
+
+        with server.engine.connect() as conn:
+            everything = [e.event_id for _, e in outbox.read(conn)]
+        assert len(everything) == WRITERS * TRANSACTIONS
+        out_of_order = sum(1 for a, b in zip(commits, commits[1:]) if a > b)
+        assert out_of_order > 0, "the writers never committed out of position order"
+        missed_by_naive = set(everything) - set(naive.seen)
+        assert missed_by_naive, "a plain reader lost nothing: the scenario tests nothing"
+        assert len(real.seen) == len(set(real.seen)), "an event was read twice"
+        missing = set(everything) - set(real.seen)
+        assert not missing, (
+            f"the horizon reader skipped {len(missing)} events "
+            f"(a plain reader skipped {len(missed_by_naive)})"
+        )
+    finally:
+        done.set()
+        server.close()
