@@ -187,7 +187,6 @@ class Capture:
         if batch:
             outbox.append(conn, self.dialect, batch)
 
-
     def _check_scope(self, plan: TablePlan, changes: list[_Change]) -> None:
         """Refuse a row this node's scope excludes: the server would never
         send it back, and other nodes' scopes would not expect it here."""
