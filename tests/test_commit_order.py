@@ -11,6 +11,7 @@ problem) and the real one must see every event exactly once.
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -109,7 +110,7 @@ def test_tailing_readers_see_every_event_despite_out_of_order_commits(database_u
         with server.engine.connect() as conn:
             everything = [e.event_id for _, e in outbox.read(conn)]
         assert len(everything) == WRITERS * TRANSACTIONS
-        out_of_order = sum(1 for a, b in zip(commits, commits[1:]) if a > b)
+        out_of_order = sum(1 for a, b in itertools.pairwise(commits) if a > b)
         assert out_of_order > 0, "the writers never committed out of position order"
         missed_by_naive = set(everything) - set(naive.seen)
         assert missed_by_naive, "a plain reader lost nothing: the scenario tests nothing"
