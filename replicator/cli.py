@@ -28,7 +28,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Piped output is not wrapped to the 80 columns rich assumes without a terminal.
+console = Console() if sys.stdout.isatty() else Console(width=160)
 errors = Console(stderr=True)
 
 ConfigOption = Annotated[
@@ -112,6 +113,75 @@ def init(config: ConfigOption = config_module.DEFAULT_PATH) -> None:
             console.print(f"{name}: replicator tables are up to date")
     except ReplicatorError as e:
         raise _fail(e) from e
+
+
+Direction = Annotated[
+    str | None,
+    typer.Option(
+        "--direction", "-d", help="up, down or bidirectional (default: from the config)."
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+
+
+@app.command()
+def sync(
+    config: ConfigOption = config_module.DEFAULT_PATH,
+    direction: Direction = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run one replication pass per configured link and channel."""
+    from replicator.sync import Replicator
+
+    if direction is not None and direction not in ("up", "down", "bidirectional"):
+        errors.print(
+            f"[bold red]error:[/] --direction must be up, down or bidirectional, not {direction!r}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    try:
+        settings = config_module.load(config)
+        with Replicator(settings) as replicator:
+            result = replicator.sync(direction)  # type: ignore[arg-type]
+    except ReplicatorError as e:
+        raise _fail(e) from e
+    if as_json:
+        sys.stdout.write(result.to_json().decode() + "\n")
+    else:
+        console.print(pass_table(result.passes))
+        for p in result.passes:
+            if not p.ok:
+                errors.print(
+                    f"[bold red]failed:[/] {p.source} -> {p.target} [{p.channel}]: {p.error}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def pass_table(passes) -> Table:
+    """The passes of a sync as a table: one row per link and channel."""
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title="Replication passes",
+        title_justify="left",
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    table.add_column("link", no_wrap=True)
+    table.add_column("channel", no_wrap=True)
+    for name in ("read", "applied", "skipped", "conflicts", "parked", "failed", "seconds"):
+        table.add_column(name, justify="right")
+    for p in passes:
+        table.add_row(
+            f"{p.source} -> {p.target}",
+            p.channel,
+            *(str(getattr(p, n)) for n in ("read", "applied", "skipped", "conflicts", "parked")),
+            f"[red]{p.failed}[/]" if p.failed or not p.ok else "0",
+            f"{p.seconds:.3f}",
+        )
+    return table
 
 
 def main() -> None:

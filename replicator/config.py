@@ -114,7 +114,8 @@ def loads(text: str, source: str | Path = "<config>") -> Config:
         raise ConfigurationError(f"{source}: not valid TOML: {e}") from e
     config = _convert(raw, source)
     base = Path(source).parent if isinstance(source, Path) else Path.cwd()
-    config = msgspec.structs.replace(config, path=str(source), nodes=_resolve(config, base))
+    config = msgspec.structs.replace(config, path=str(source))
+    config = msgspec.structs.replace(config, nodes=_resolve(config, base))
     _check(config, str(source))
     return config
 
@@ -187,9 +188,11 @@ def _resolve(config: Config, base: Path) -> dict[str, NodeConfig]:
         url = node.url
         try:
             parsed = make_url(url)
+            parsed.get_dialect()  # an unknown database or driver fails here
         except Exception as e:
             raise ConfigurationError(
-                f"{config.path or '<config>'}: nodes.{name}.url: not a database URL: {e}"
+                f"{config.path or '<config>'}: nodes.{name}.url: not a usable database URL "
+                f"({mask_password(url)!r}): {e}"
             ) from e
         database = parsed.database
         if (
@@ -201,6 +204,11 @@ def _resolve(config: Config, base: Path) -> dict[str, NodeConfig]:
             url = parsed.set(database=str(base / database)).render_as_string(hide_password=False)
         nodes[name] = msgspec.structs.replace(node, url=url)
     return nodes
+
+
+def mask_password(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, even unparsable."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def _check(config: Config, source: str) -> None:

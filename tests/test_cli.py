@@ -77,3 +77,79 @@ def test_unreachable_node_exits_1(tmp_path):
 def test_usage_error_exits_2():
     assert run("demo", "--store", "oracle").returncode == 2
     assert run("no-such-command").returncode == 2
+
+
+def sync_config(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "replicator.toml"
+    path.write_text(
+        '[nodes.server]\nurl = "sqlite:///server.sqlite"\nrole = "server"\n'
+        '[nodes.phone]\nurl = "sqlite:///phone.sqlite"\nrole = "local"\n' + extra
+    )
+    return path
+
+
+def test_sync_applies_once_then_reports_nothing_to_apply(tmp_path):
+    import json
+
+    from .cluster import NOW, app, member
+
+    sync_config(tmp_path)
+    for name, role in (("server", "server"), ("phone", "local")):
+        m = member(name, f"sqlite:///{tmp_path / name}.sqlite", role=role)
+        if name == "phone":
+            app.run_session(m.sessions, user_id="u-42", now=NOW)
+        m.close()
+
+    first = run("sync", "--json", cwd=tmp_path)
+    again = run("sync", "--json", cwd=tmp_path)
+    text = run("sync", cwd=tmp_path)
+
+    assert first.returncode == 0, first.stderr
+    passes = json.loads(first.stdout)["passes"]
+    fields = {"source", "target", "channel", "read", "applied", "skipped", "conflicts"}
+    assert fields | {"parked", "failed", "seconds"} <= set(passes[0])
+    assert [(p["source"], p["target"], p["applied"]) for p in passes] == [
+        ("phone", "server", 15),
+        ("server", "phone", 0),
+    ]
+    assert [p["applied"] for p in json.loads(again.stdout)["passes"]] == [0, 0]
+    assert text.returncode == 0 and "phone -> server" in text.stdout
+    for target, source in (("server", "phone"), ("phone", "server")):
+        engine = sa.create_engine(f"sqlite:///{tmp_path / target}.sqlite")
+        with engine.connect() as conn:
+            runs = conn.exec_driver_sql(
+                "SELECT source, count(*) FROM replicator_sync_runs GROUP BY source"
+            ).all()
+        engine.dispose()
+        assert runs == [(source, 3)]  # every pass is recorded on its target
+
+
+def test_sync_config_mistakes_exit_2_and_name_the_key(tmp_path):
+    cases = [
+        ("[replication]\nbatch_sise = 10\n", "replication.batch_sise: unknown key"),
+        ('[replication]\npolicy = "coin_flip"\n', "replication.policy: unknown policy"),
+    ]
+    for extra, message in cases:
+        sync_config(tmp_path, extra)
+        result = run("sync", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr
+    (tmp_path / "replicator.toml").write_text(
+        '[nodes.server]\nurl = "postgresqlx://u:secret@h/db"\nrole = "server"\n'
+    )
+    result = run("sync", "--config", str(tmp_path / "replicator.toml"))
+    assert result.returncode == 2
+    assert "nodes.server.url" in result.stderr and "secret" not in result.stderr
+
+
+def test_sync_exits_1_when_a_node_cannot_be_reached(tmp_path):
+    sync_config(tmp_path)
+    (tmp_path / "replicator.toml").write_text(
+        '[nodes.server]\nurl = "mysql+pymysql://root:hunter2@127.0.0.1:1/none"\n'
+        'role = "server"\n[nodes.phone]\nurl = "sqlite:///phone.sqlite"\nrole = "local"\n'
+    )
+    result = run("init", cwd=tmp_path)
+    assert result.returncode == 1
+    result = run("sync", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "cannot be reached" in result.stderr and "hunter2" not in result.stderr

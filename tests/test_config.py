@@ -86,6 +86,13 @@ def test_the_spec_example_decodes(tmp_path):
         (('role  = "local"', ""), r"nodes\.local\.role: required key is missing"),
         (('channel = "essential"', 'channel = "nope"'), r"tables\.user_profiles\.channel: unknown"),
         (('node = "local"', 'node = "phone"'), r"sinks\.documents\.node: unknown node 'phone'"),
+        (('url  = "mysql+pymysql', 'url = "mysqlx+nodriver'), r"nodes\.server\.url: not a usable"),
+        (('url  = "mysql+pymysql', 'url = "no url at all'), r"nodes\.server\.url: not a usable"),
+        (("priority = 1", "priority = 1\nbatch_size = -5"), r"channels\.essential\.batch_size"),
+        (
+            ('channel = "essential"', 'channel = "essential"\nunscoped = "some"'),
+            r"unscoped: .*'all', 'none'",
+        ),
     ],
 )
 def test_mistakes_name_the_file_and_the_key(tmp_path, edit, message):
