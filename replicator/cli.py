@@ -51,7 +51,7 @@ def demo(
     ] = None,
     store: Annotated[str, typer.Option(help="The embedded store: duckdb or sqlite.")] = "duckdb",
 ) -> None:
-    """Run the reference app on an embedded store and show the captured events."""
+    """Run the reference app on two embedded nodes, sync them, and show both sides."""
     from replicator import demo as demo_module
 
     if store not in demo_module.STORES:
@@ -94,6 +94,28 @@ def demo(
         f"{len(run.events)} events captured in {len(txids)} transactions, each written in the "
         "same transaction as the change it records."
     )
+    console.print(
+        f"\nMeanwhile the server ({run.server_url}) captured {len(run.server_events)} events "
+        "of its own: a tutor's additions (one for another user)."
+    )
+    console.print(pass_table(run.passes))
+    result = Table(
+        title="Both nodes after the sync (rows of user u-42)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in ("table", "server rows", "local rows", "same"):
+        result.add_column(column, justify="left" if column == "table" else "right")
+    for state in run.tables:
+        result.add_row(
+            state.table,
+            str(len(state.server)),
+            str(len(state.local)),
+            "[green]yes[/]" if state.equal else "[red]no[/]",
+        )
+    console.print(result)
+    if not all(state.equal for state in run.tables):
+        raise typer.Exit(1)
 
 
 def _short(value: object) -> str:

@@ -23,9 +23,14 @@ def test_demo_prints_captured_events(tmp_path):
     assert "15 events captured in 3 transactions" in result.stdout
     for table in ("user_profiles", "messages", "vocabulary_items", "learning_progress"):
         assert table in result.stdout
+    assert "local -> server" in result.stdout and "server -> local" in result.stdout
+    assert " no " not in result.stdout.split("Both nodes after the sync")[1]
     engine = sa.create_engine(f"duckdb:///{tmp_path / 'local.duckdb'}")
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM replicator_outbox").scalar() == 15
+        # The tutor's addition for this user arrived; the one for another user did not.
+        words = conn.exec_driver_sql("SELECT word FROM vocabulary_items ORDER BY word").scalars()
+        assert list(words) == ["café", "cuenta", "pan"]
     engine.dispose()
 
 
