@@ -5,6 +5,10 @@
     import replicator
     replicator.migrate(engine)                 # the replicator's tables, via alembic
     replicator.capture(engine, node="local")   # every ORM write -> replicator_outbox
+
+    config = replicator.load_config("replicator.toml")
+    with replicator.Replicator(config) as r:   # every link and channel
+        result = r.sync()                      # one pass each: a SyncResult
 """
 
 from __future__ import annotations
@@ -20,19 +24,31 @@ from replicator.errors import (
     SchemaError,
 )
 from replicator.events import ChangeEvent, Operation
+from replicator.config import Config
+from replicator.config import load as load_config
 from replicator.migration import migrate
+from replicator.node import Node
+from replicator.sync import PassResult, Replicator, SyncPass, SyncResult, replicate
 
 __all__ = [
     "ApplyError",
     "Capture",
     "CaptureError",
     "ChangeEvent",
+    "Config",
     "ConfigurationError",
     "ConnectivityError",
     "HybridLogicalClock",
+    "Node",
     "Operation",
+    "PassResult",
+    "Replicator",
     "ReplicatorError",
     "SchemaError",
+    "SyncPass",
+    "SyncResult",
     "capture",
+    "load_config",
     "migrate",
+    "replicate",
 ]
