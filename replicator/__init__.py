@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from replicator.capture import Capture, capture
 from replicator.clock import HybridLogicalClock
+from replicator.config import Config
+from replicator.config import load as load_config
 from replicator.errors import (
     ApplyError,
     CaptureError,
@@ -24,8 +26,6 @@ from replicator.errors import (
     SchemaError,
 )
 from replicator.events import ChangeEvent, Operation
-from replicator.config import Config
-from replicator.config import load as load_config
 from replicator.migration import migrate
 from replicator.node import Node
 from replicator.sync import PassResult, Replicator, SyncPass, SyncResult, replicate

@@ -76,12 +76,32 @@ def apply_batch(
     by_table: dict[str, list[int]] = {}
     for i, entry in enumerate(entries):
         by_table.setdefault(entry.event.table, []).append(i)
-    kept = [False] * len(entries)
-    for table, indexes in by_table.items():
-        shape = shape_of(table)
-        if shape is None:
+    shapes = {}
+    for table in by_table:
+        shapes[table] = shape_of(table)
+        if shapes[table] is None:
             raise ApplyError(f"table {table!r} does not exist on the target")
-        _apply_table(conn, dialect, shape, [entries[i] for i in indexes], counts, kept, indexes)
+    current = versions.load_many(
+        conn, dialect, {t: {entries[i].row_key for i in ix} for t, ix in by_table.items()}
+    )
+    kept = [False] * len(entries)
+    changed_versions: dict[tuple[str, str], RowVersion] = {}
+    for table, indexes in by_table.items():
+        decided = _decide(
+            [entries[i] for i in indexes], current.get(table, {}), counts, kept, indexes
+        )
+        _write_rows(conn, dialect, shapes[table], *decided[:2])
+        changed_versions.update(((table, key), v) for key, v in decided[2].items())
+    dialect.upsert_rows(
+        conn,
+        row_versions,
+        _VERSION_COLUMNS,
+        [
+            (table, key, _encode_json(v.version).decode(), v.hlc, v.origin, v.deleted)
+            for (table, key), v in changed_versions.items()
+        ],
+        hoist=("table_name", "origin", "deleted"),
+    )
     if forward:
         outbox.append_encoded(
             conn,
@@ -95,19 +115,18 @@ def apply_batch(
     return counts
 
 
-def _apply_table(
-    conn: Connection,
-    dialect: Dialect,
-    shape: TableShape,
+def _decide(
     entries: list[Entry],
+    current: dict[str, RowVersion],
     counts: Counts,
     kept: list[bool],
     indexes: list[int],
-) -> None:
-    current = versions.load(conn, shape.name, {e.row_key for e in entries})
+) -> tuple[dict[str, dict], dict[str, dict], dict[str, RowVersion]]:
+    """One table's events against its rows' versions: the rows to upsert and
+    to delete (the last effect per key), and the versions that changed."""
     upserts: dict[str, dict] = {}
-    deletes: dict[str, tuple] = {}
-    changed_versions: dict[str, RowVersion] = {}
+    deletes: dict[str, dict] = {}
+    changed: dict[str, RowVersion] = {}
     for entry, index in zip(entries, indexes, strict=True):
         event, key = entry.event, entry.row_key
         seen = current.get(key)
@@ -122,25 +141,34 @@ def _apply_table(
             version = versions.merge(seen.version, event.version)
             if not conflicts.latest_timestamp((event.hlc, event.origin), (seen.hlc, seen.origin)):
                 # The target's row stays; its version now covers both sides.
-                current[key] = changed_versions[key] = RowVersion(
+                current[key] = changed[key] = RowVersion(
                     version, seen.hlc, seen.origin, seen.deleted
                 )
                 continue
         deleted = event.op is Operation.DELETE
         if deleted:
-            deletes[key] = tuple(event.key.values())
+            deletes[key] = event.key
             upserts.pop(key, None)
         else:
             upserts[key] = event.row
             deletes.pop(key, None)
-        current[key] = changed_versions[key] = RowVersion(version, event.hlc, event.origin, deleted)
+        current[key] = changed[key] = RowVersion(version, event.hlc, event.origin, deleted)
         counts.applied += 1
+    return upserts, deletes, changed
 
+
+def _write_rows(
+    conn: Connection,
+    dialect: Dialect,
+    shape: TableShape,
+    upserts: dict[str, dict],
+    deletes: dict[str, dict],
+) -> None:
     table = shape.table()
     if deletes:
-        first = next(iter(entries)).event
-        _check_key(shape, tuple(first.key))
-        dialect.delete_rows(conn, table, shape.key, list(deletes.values()))
+        keys = list(deletes.values())
+        _check_key(shape, tuple(keys[0]))
+        dialect.delete_rows(conn, table, shape.key, [tuple(k.values()) for k in keys])
     by_columns: dict[tuple[str, ...], list[tuple]] = {}
     for row in upserts.values():
         columns = tuple(row)
@@ -148,15 +176,6 @@ def _apply_table(
     for columns, rows in by_columns.items():
         _check_columns(shape, columns)
         dialect.upsert_rows(conn, table, columns, rows)
-    dialect.upsert_rows(
-        conn,
-        row_versions,
-        _VERSION_COLUMNS,
-        [
-            (shape.name, key, _encode_json(v.version).decode(), v.hlc, v.origin, v.deleted)
-            for key, v in changed_versions.items()
-        ],
-    )
 
 
 def _plain(value: object) -> object:

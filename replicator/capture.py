@@ -584,14 +584,18 @@ def _fill_missing(conn: Connection, refetch: dict[TablePlan, list[_Change]]) -> 
                     change.row[name] = fresh[name]
 
 
+# Keys per IN (...) list: well below SQLite's and MariaDB's parameter limits.
+_KEYS_PER_SELECT = 500
+
+
 def _select_by_keys(
     conn: Connection, plan: TablePlan, keys: list[tuple[Any, ...]], lock_with: Dialect | None = None
 ) -> list[dict[str, Any]]:
     """The rows of ``plan``'s table with ``keys`` (locked with ``lock_with``'s row locks)."""
     rows: list[dict[str, Any]] = []
     key_columns = list(plan.table.primary_key.columns)
-    for start in range(0, len(keys), versions.CHUNK):
-        chunk = keys[start : start + versions.CHUNK]
+    for start in range(0, len(keys), _KEYS_PER_SELECT):
+        chunk = keys[start : start + _KEYS_PER_SELECT]
         if len(key_columns) == 1:
             where = key_columns[0].in_([k[0] for k in chunk])
         else:

@@ -139,9 +139,7 @@ def init(config: ConfigOption = config_module.DEFAULT_PATH) -> None:
 
 Direction = Annotated[
     str | None,
-    typer.Option(
-        "--direction", "-d", help="up, down or bidirectional (default: from the config)."
-    ),
+    typer.Option("--direction", "-d", help="up, down or bidirectional (default: from the config)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import msgspec
@@ -126,6 +127,13 @@ class SyncPass:
         started, clock = self.now(), time.perf_counter()
         counts = Counts()
         batch: list[Entry] = []
+        # The next batch is read (and decoded) in a second thread while this
+        # one applies the current batch: the source's reading and the
+        # target's writing overlap. The checkpoint stays the authority: a
+        # batch read ahead is used only if it starts at the checkpoint that
+        # the target transaction reads.
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replicator-read")
+        pending: tuple[int, Future] | None = None
         try:
             with self.source.connect() as conn:
                 horizon = self.source.dialect.horizon(conn)
@@ -135,16 +143,13 @@ class SyncPass:
                     after = checkpoints.get(tconn, self.source.name, self.channel)
                     if after >= horizon:
                         break
-                    with self.source.connect() as sconn:
-                        batch, reached = outbox.read_batch(
-                            sconn,
-                            after=after,
-                            upto=horizon,
-                            limit=self.batch_size,
-                            exclude_origin=self.target.name,
-                            tables=self.tables,
-                            exclude_tables=self.exclude_tables,
-                        )
+                    if pending is not None and pending[0] == after:
+                        batch, reached = pending[1].result()
+                    else:
+                        batch, reached = self._read(after, horizon)
+                    pending = None
+                    if reached < horizon:
+                        pending = (reached, ahead.submit(self._read, reached, horizon))
                     entries = self._in_scope(tconn, batch)
                     counts.add(
                         apply_batch(
@@ -166,11 +171,25 @@ class SyncPass:
             result.status = "failed"
             result.error = _describe(e)
             counts.failed += len(batch)
+        finally:
+            ahead.shutdown(wait=True, cancel_futures=True)
         for name in ("read", "applied", "skipped", "conflicts", "parked", "failed"):
             setattr(result, name, getattr(counts, name))
         result.seconds = round(time.perf_counter() - clock, 6)
         self._record(result, started)
         return result
+
+    def _read(self, after: int, horizon: int) -> tuple[list[Entry], int]:
+        with self.source.connect() as conn:
+            return outbox.read_batch(
+                conn,
+                after=after,
+                upto=horizon,
+                limit=self.batch_size,
+                exclude_origin=self.target.name,
+                tables=self.tables,
+                exclude_tables=self.exclude_tables,
+            )
 
     # --- scopes ------------------------------------------------------------
 

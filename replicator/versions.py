@@ -20,16 +20,13 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import NamedTuple
 
 import msgspec
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from replicator.dialects import Dialect
+from replicator.dialects import Dialect, for_connection
+from replicator.dialects.base import placeholders
 from replicator.tables import row_versions
 
 VersionVector = dict[str, int]
-
-# Keys per IN (...) list: well below SQLite's and MariaDB's parameter limits.
-CHUNK = 500
 
 
 class Order(enum.Enum):
@@ -87,22 +84,54 @@ _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder(VersionVector).decode
 
 
-def load(conn: Connection, table: str, keys: Collection[str]) -> dict[str, RowVersion]:
+def load(
+    conn: Connection, table: str, keys: Collection[str], dialect: Dialect | None = None
+) -> dict[str, RowVersion]:
     """The stored versions of ``table``'s rows with ``keys``; ``{}`` for none.
 
     Keys without a stored version (rows never captured or replicated) are
     absent from the result. A plain read: it sees this transaction's own
     writes, and otherwise its snapshot.
     """
+    dialect = dialect or for_connection(conn)
     found: dict[str, RowVersion] = {}
     keys = list(keys)
-    c = row_versions.c
-    for start in range(0, len(keys), CHUNK):
-        select = sa.select(c.row_key, c.version, c.hlc, c.origin, c.deleted).where(
-            c.table_name == table, c.row_key.in_(keys[start : start + CHUNK])
+    head = (
+        "SELECT row_key, version, hlc, origin, deleted FROM replicator_row_versions "
+        f"WHERE table_name = {placeholders(conn, 1)} AND "
+    )
+    for start in range(0, len(keys), dialect.in_chunk):
+        condition, params = dialect.where_in(
+            conn, ("row_key",), [(k,) for k in keys[start : start + dialect.in_chunk]]
         )
-        for key, version, hlc, origin, deleted in conn.execute(select):
+        for key, version, hlc, origin, deleted in conn.exec_driver_sql(
+            head + condition, (table, *params)
+        ):
             found[key] = RowVersion(_json_decode(version), hlc, origin, bool(deleted))
+    return found
+
+
+def load_many(
+    conn: Connection, dialect: Dialect, keys: Mapping[str, Collection[str]]
+) -> dict[str, dict[str, RowVersion]]:
+    """:func:`load` for several tables at once: table -> key -> version.
+
+    Columnar databases (DuckDB) look everything up in one statement, since
+    each statement costs them milliseconds; the others per table.
+    """
+    if not dialect.columnar:
+        return {table: load(conn, table, table_keys, dialect) for table, table_keys in keys.items()}
+    pairs = [(table, key) for table, table_keys in keys.items() for key in table_keys]
+    found: dict[str, dict[str, RowVersion]] = {table: {} for table in keys}
+    if not pairs:
+        return found
+    condition, params = dialect.where_in(conn, ("table_name", "row_key"), pairs)
+    for table, key, version, hlc, origin, deleted in conn.exec_driver_sql(
+        "SELECT table_name, row_key, version, hlc, origin, deleted "
+        f"FROM replicator_row_versions WHERE {condition}",
+        params,
+    ):
+        found[table][key] = RowVersion(_json_decode(version), hlc, origin, bool(deleted))
     return found
 
 
@@ -154,7 +183,7 @@ def advance(
         )
         stored = {key: (_json_decode(version), hlc) for key, version, hlc in returned}
         return [stored[key] for key in keys]
-    current = load(conn, table, keys)
+    current = load(conn, table, keys, dialect)
     results: list[tuple[VersionVector, int]] = []
     rows = []
     for b in bumps:

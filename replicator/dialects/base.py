@@ -104,17 +104,40 @@ class Dialect:
         execute_values(conn, *self._insert(conn, table, columns, constants), rows)
 
     def upsert_rows(
-        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        hoist: Sequence[str] = (),
     ) -> None:
         """Insert or replace ``rows`` by ``table``'s primary key.
 
         ``columns`` must include the primary key. When a key repeats, the last
-        row for it wins; nothing when empty.
+        row for it wins; nothing when empty. ``hoist`` as for :meth:`insert_rows`.
         """
-        updates = update_list(conn, table, columns, self.incoming)
+        rows = last_per_key(table, columns, rows)
+        columns, rows, constants = hoisted(columns, rows, NO_CONSTANTS, hoist)
+        updates = update_list(conn, table, [*constants, *columns], self.incoming)
         tail = f" {self._on_conflict(conn, table)} {updates}"
-        execute_values(
-            conn, *self._insert(conn, table, columns), last_per_key(table, columns, rows), tail
+        execute_values(conn, *self._insert(conn, table, columns, constants), rows, tail)
+
+    #: Keys per ``IN (...)`` list: well below SQLite's and MariaDB's limits
+    #: on bound parameters.
+    in_chunk = 500
+    #: Whether bulk statements take one list per column (and each statement
+    #: costs enough that fewer, larger ones pay).
+    columnar = False
+
+    def where_in(
+        self, conn: Connection, columns: Sequence[str], values: Sequence[Row]
+    ) -> tuple[str, tuple]:
+        """``(columns) IN (...)`` for at most :attr:`in_chunk` ``values`` (tuples
+        of the columns' values), and its parameters."""
+        group = f"({placeholders(conn, len(columns))})"
+        return (
+            f"({names(conn, columns)}) IN ({', '.join([group] * len(values))})",
+            tuple(v for value in values for v in value),
         )
 
     def upsert_advancing_version(
