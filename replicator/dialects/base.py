@@ -134,6 +134,11 @@ class Dialect:
     ) -> tuple[str, tuple]:
         """``(columns) IN (...)`` for at most :attr:`in_chunk` ``values`` (tuples
         of the columns' values), and its parameters."""
+        if len(columns) == 1:  # a plain IN list: what index range scans expect
+            return (
+                f"{quote(conn, columns[0])} IN ({placeholders(conn, len(values))})",
+                tuple(value[0] for value in values),
+            )
         group = f"({placeholders(conn, len(columns))})"
         return (
             f"({names(conn, columns)}) IN ({', '.join([group] * len(values))})",
