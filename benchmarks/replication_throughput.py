@@ -1,0 +1,994 @@
+"""How fast does one replication pass move captured events to another database?
+
+Two directions, each measured against what the target database can take at
+most, and both against a peer library:
+
+* **SQLite -> MariaDB** and **MariaDB -> DuckDB**: ``--events`` change events
+  (default 100,000: about 70% inserts and 30% updates of the reference app's
+  tables, mostly messages and vocabulary items) are written with capture on,
+  through the ORM (bulk ``insert(Model)`` and by-primary-key ``update(Model)``
+  statements, 500 events per transaction), on a fresh source database. The
+  target gets the replicator's tables and empty app tables, and one
+  ``replicator.sync.replicate(source, target, batch_size=1000)`` pass is
+  timed: events/s = applied events / wall seconds. Afterwards every app table
+  on the target must hold exactly the source's rows.
+* **Raw limit**: the row image of every one of those events (the full row
+  after the insert or update, in event order) is written into fresh, empty
+  copies of the app tables on the same kind of target, with the fastest
+  batched upsert its driver offers, 1,000 row images per batch:
+  MariaDB: pymysql ``executemany`` of ``INSERT ... ON DUPLICATE KEY UPDATE``
+  (pymysql sends it as multi-row statements); DuckDB: one columnar
+  ``INSERT INTO t SELECT unnest(?), ... ON CONFLICT (key) DO UPDATE`` per
+  table and batch, with one list per column and the batch compacted to the
+  last image per key (a repeated key in one DuckDB upsert keeps the *first*
+  row). Statement parameters are prepared before the clock starts, so the
+  limit is the database's and the driver's, not Python's. Both commit
+  cadences are timed (after every batch and after every 10 batches), each on
+  fresh tables; the faster one is the limit. rows/s = row images / seconds;
+  the result must equal the source's rows, too.
+* **Peer**: the ``eventsourcing`` library. The same events (the row images,
+  timestamps as ISO strings) are stored as domain events of one aggregate per
+  row in an ``Application`` on SQLite (untimed); then a ``ProcessApplication``
+  with its own SQLite database follows that application's notification log
+  (``follow()`` + ``pull_and_process()``, what its ``SingleThreadedRunner``
+  calls) and, per event, records a new small aggregate holding the row image
+  together with its tracking record, one transaction per event, as the
+  library does. events/s = processed events / seconds.
+
+Target: each direction reaches at least 0.4 of its target's raw limit.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/replication_throughput.py
+    .venv/bin/python benchmarks/replication_throughput.py --events 5000 --skip-peer
+
+MariaDB: ``--mariadb-url`` (default: ``REPLICATOR_TEST_MARIADB_URL`` or
+``mysql+pymysql://root@127.0.0.1:3306/test``); the run creates databases
+``replicator_bench_<hex>_<role>`` and drops them afterwards. SQLite and
+DuckDB files live in a temporary directory. The script exits with status 1
+when MariaDB is unreachable or a check fails (event count, replicated rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import sessionmaker
+
+import replicator
+from replicator.resources import load_example
+
+DEFAULT_EVENTS = 100_000
+TRANSACTION = 500  # events per source transaction while generating
+UPDATE_SHARE = 0.3
+BATCH = 1000  # replication batch size and raw-limit batch size
+COMMIT_EVERY = (1, 10)  # raw limit: commit after every batch / every 10 batches
+TARGET_RATIO = 0.4
+SEED = 42
+MARIADB_ENV = "REPLICATOR_TEST_MARIADB_URL"
+MARIADB_DEFAULT_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
+
+SKILLS = ("listening", "speaking", "reading", "writing")
+INSERT_WEIGHTS = {"messages": 60, "vocabulary_items": 35, "conversations": 3, "documents": 2}
+UPDATE_WEIGHTS = {
+    "vocabulary_items": 45,
+    "messages": 25,
+    "learning_progress": 20,
+    "conversations": 4,
+    "user_profiles": 3,
+    "documents": 3,
+}
+WORDS = [
+    "café",
+    "cuenta",
+    "mesa",
+    "libro",
+    "casa",
+    "perro",
+    "gato",
+    "agua",
+    "tren",
+    "playa",
+    "ciudad",
+    "calle",
+    "mañana",
+    "noche",
+    "comida",
+    "bebida",
+    "escuela",
+    "trabajo",
+    "amigo",
+    "familia",
+]
+
+
+class BenchmarkError(Exception):
+    """The benchmark could not prove what it measures (missing events, wrong rows)."""
+
+
+def app_module() -> ModuleType:
+    return load_example("learning_app")
+
+
+def app_tables() -> list[sa.Table]:
+    return list(app_module().Base.metadata.sorted_tables)
+
+
+def key_columns(table: sa.Table) -> list[str]:
+    return [c.name for c in table.primary_key.columns]
+
+
+def column_names(table: sa.Table) -> list[str]:
+    return [c.name for c in table.columns]
+
+
+# --- the workload -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Write:
+    """One change event: ``values`` go into the ORM statement, ``image`` is the row after it."""
+
+    table: str
+    update: bool
+    values: dict[str, Any]
+    image: dict[str, Any]
+
+
+@dataclass
+class Workload:
+    transactions: list[list[Write]]
+
+    @property
+    def writes(self) -> list[Write]:
+        return [w for tx in self.transactions for w in tx]
+
+    def __len__(self) -> int:
+        return sum(len(tx) for tx in self.transactions)
+
+
+class _Builder:
+    """Builds a deterministic mix of inserts and updates, tracking every row's image."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.tables = {t.name: t for t in app_tables()}
+        self.rows: dict[str, dict[tuple, dict[str, Any]]] = defaultdict(dict)
+        self.keys: dict[str, list[tuple]] = defaultdict(list)
+        self.users: list[str] = []
+        self.conversations: list[tuple[str, str]] = []  # (conversation_id, user_id)
+        self.counter = 0
+        self.start = dt.datetime(2024, 1, 1, 8, 0, 0)
+
+    def new_id(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def key_of(self, table: str, row: dict[str, Any]) -> tuple:
+        return tuple(row[c] for c in key_columns(self.tables[table]))
+
+    def moment(self) -> dt.datetime:
+        self.counter += 1
+        return self.start + dt.timedelta(seconds=self.counter)  # whole seconds: DATETIME
+
+    def text(self, words: int) -> str:
+        return " ".join(self.rng.choice(WORDS) for _ in range(words))
+
+    def insert(self, table: str, row: dict[str, Any]) -> Write:
+        key = self.key_of(table, row)
+        self.rows[table][key] = row
+        self.keys[table].append(key)
+        return Write(table, False, row, row)
+
+    def update(self, table: str, key: tuple, changes: dict[str, Any]) -> Write:
+        image = {**self.rows[table][key], **changes}
+        self.rows[table][key] = image
+        ids = dict(zip(key_columns(self.tables[table]), key, strict=True))
+        return Write(table, True, {**ids, **changes}, image)
+
+    # inserts ---------------------------------------------------------------------
+
+    def new_user(self) -> list[Write]:
+        user_id = self.new_id()
+        self.users.append(user_id)
+        profile = {
+            "user_id": user_id,
+            "display_name": f"learner {len(self.users)}",
+            "native_language": "en",
+            "target_language": "es",
+            "daily_goal_minutes": 10,
+        }
+        writes = [self.insert("user_profiles", profile)]
+        for skill in SKILLS:
+            progress = {"user_id": user_id, "skill": skill, "level": 1, "xp": 0}
+            writes.append(self.insert("learning_progress", progress))
+        return writes
+
+    def new_row(self, table: str) -> Write:
+        user_id = self.rng.choice(self.users)
+        if table == "conversations":
+            conversation_id = self.new_id()
+            self.conversations.append((conversation_id, user_id))
+            row = {
+                "conversation_id": conversation_id,
+                "user_id": user_id,
+                "title": self.text(4),
+                "started_at": self.moment(),
+            }
+        elif table == "messages":
+            conversation_id, user_id = self.rng.choice(self.conversations)
+            row = {
+                "message_id": self.new_id(),
+                "conversation_id": conversation_id,
+                "user_id": user_id,
+                "role": self.rng.choice(("user", "tutor")),
+                "content": self.text(self.rng.randint(5, 25)),
+                "sent_at": self.moment(),
+            }
+        elif table == "vocabulary_items":
+            row = {
+                "item_id": self.new_id(),
+                "user_id": user_id,
+                "word": self.rng.choice(WORDS),
+                "translation": self.text(2),
+                "strength": 0.0,
+            }
+        elif table == "documents":
+            row = {
+                "document_id": self.new_id(),
+                "user_id": user_id,
+                "language": "es",
+                "filename": f"doc-{self.counter}.txt",
+                "content": self.text(self.rng.randint(50, 200)),
+            }
+        else:
+            raise ValueError(table)
+        return self.insert(table, row)
+
+    # updates ---------------------------------------------------------------------
+
+    def changes(self, table: str, row: dict[str, Any]) -> dict[str, Any]:
+        """New values for a few columns; each differs from the old one (else no event)."""
+        if table == "vocabulary_items":
+            return {"strength": row["strength"] + 0.25}  # multiples of 1/4: exact in FLOAT
+        if table == "messages":
+            return {"content": f"{self.text(self.rng.randint(5, 25))} (edit {self.moment()})"}
+        if table == "learning_progress":
+            xp = row["xp"] + 10
+            return {"xp": xp, "level": 1 + xp // 100}
+        if table == "conversations":
+            return {"title": f"{self.text(3)} #{self.moment():%H%M%S}"}
+        if table == "user_profiles":
+            return {"daily_goal_minutes": row["daily_goal_minutes"] % 60 + 5}
+        if table == "documents":
+            return {"content": f"{self.text(self.rng.randint(50, 200))} (rev {self.counter})"}
+        raise ValueError(table)
+
+    def pick_update(self, touched: set[tuple[str, tuple]]) -> Write | None:
+        """An update of an earlier row not yet updated in this transaction, if one is found."""
+        tables = list(UPDATE_WEIGHTS)
+        weights = list(UPDATE_WEIGHTS.values())
+        for _ in range(10):
+            table = self.rng.choices(tables, weights)[0]
+            keys = self.keys[table]
+            if not keys:
+                continue
+            key = self.rng.choice(keys)
+            if (table, key) in touched:
+                continue
+            touched.add((table, key))
+            return self.update(table, key, self.changes(table, self.rows[table][key]))
+        return None
+
+
+def make_workload(events: int, seed: int = SEED) -> Workload:
+    """``events`` writes in transactions of :data:`TRANSACTION`, the same for every run.
+
+    The first writes create the users (with one learning-progress row per
+    skill) and the conversations; then each event is an update of an earlier
+    row with probability :data:`UPDATE_SHARE` (never the same row twice in
+    one transaction, so that each update is one event) and an insert otherwise.
+    """
+    b = _Builder(seed)
+    seed_writes: list[Write] = []
+    for _ in range(max(1, events // 2000)):
+        seed_writes += b.new_user()
+    seed_writes += [b.new_row("conversations") for _ in range(max(1, events // 250))]
+    if len(seed_writes) > events:
+        raise ValueError(f"{events} events are too few for the workload's first rows")
+    transactions = [
+        seed_writes[i : i + TRANSACTION] for i in range(0, len(seed_writes), TRANSACTION)
+    ]
+    done = len(seed_writes)
+    tables = list(INSERT_WEIGHTS)
+    weights = list(INSERT_WEIGHTS.values())
+    while done < events:
+        size = min(TRANSACTION, events - done)
+        touched: set[tuple[str, tuple]] = set()
+        tx: list[Write] = []
+        while len(tx) < size:
+            write = b.pick_update(touched) if b.rng.random() < UPDATE_SHARE else None
+            tx.append(write or b.new_row(b.rng.choices(tables, weights)[0]))
+        transactions.append(tx)
+        done += size
+    workload = Workload(transactions)
+    assert len(workload) == events
+    return workload
+
+
+def final_rows(workload: Workload) -> dict[str, list[tuple]]:
+    """Per table, the sorted rows the workload leaves behind."""
+    latest: dict[str, dict[tuple, dict[str, Any]]] = defaultdict(dict)
+    tables = {t.name: t for t in app_tables()}
+    for w in workload.writes:
+        table = tables[w.table]
+        latest[w.table][tuple(w.image[c] for c in key_columns(table))] = w.image
+    return {
+        t.name: sorted(tuple(row[c] for c in column_names(t)) for row in latest[t.name].values())
+        for t in tables.values()
+    }
+
+
+# --- databases ----------------------------------------------------------------------
+
+
+def progress(message: str) -> None:
+    print(f"# {message}", file=sys.stderr, flush=True)
+
+
+def check_mariadb(server: sa.URL) -> None:
+    admin = sa.create_engine(server.set(database=None))
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except sa.exc.DBAPIError as e:
+        shown = server.render_as_string(hide_password=True)
+        raise BenchmarkError(f"MariaDB at {shown} is unreachable: {e.orig}") from e
+    finally:
+        admin.dispose()
+
+
+@contextmanager
+def mariadb_database(server: sa.URL, name: str) -> Iterator[str]:
+    """The URL of a new, empty MariaDB database ``name``, dropped afterwards."""
+    admin = sa.create_engine(server.set(database=None))
+    try:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+        try:
+            yield server.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.begin() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+    finally:
+        admin.dispose()
+
+
+def create_app_tables(url: str, *, fresh: bool = False) -> None:
+    engine = sa.create_engine(url)
+    try:
+        metadata = app_module().Base.metadata
+        if fresh:
+            metadata.drop_all(engine)
+        metadata.create_all(engine)
+    finally:
+        engine.dispose()
+
+
+def read_rows(url: str) -> dict[str, list[tuple]]:
+    """Per app table, its sorted rows (read through the app's column types)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {t.name: sorted(map(tuple, conn.execute(sa.select(t)))) for t in app_tables()}
+    finally:
+        engine.dispose()
+
+
+def check_rows(where: str, expected: dict[str, list[tuple]], url: str) -> None:
+    """Raise :class:`BenchmarkError` unless the database at ``url`` holds exactly ``expected``."""
+    actual = read_rows(url)
+    for table, rows in expected.items():
+        got = actual[table]
+        if len(got) != len(rows):
+            raise BenchmarkError(f"{where}: {table} holds {len(got)} rows, the source {len(rows)}")
+        if got != rows:
+            differ = sum(1 for a, b in zip(got, rows, strict=True) if a != b)
+            example = next((a, b) for a, b in zip(got, rows, strict=True) if a != b)
+            raise BenchmarkError(
+                f"{where}: {differ} of {len(rows)} rows of {table} differ from the source, "
+                f"e.g. {example[0]!r} instead of {example[1]!r}"
+            )
+
+
+# --- 1. generation --------------------------------------------------------------------
+
+
+def generate(source_url: str, workload: Workload, node: str) -> None:
+    """Write the workload on the source with capture on; the outbox must hold one event each.
+
+    Each transaction runs its inserts as ORM bulk inserts, then its updates as
+    ORM by-primary-key bulk updates, one statement per table.
+    """
+    replicator.migrate(source_url)
+    engine = sa.create_engine(source_url)
+    try:
+        app = app_module()
+        app.Base.metadata.create_all(engine)
+        factory = sessionmaker(bind=engine)
+        handle = replicator.capture(factory, node=node)
+        models = {m.class_.__tablename__: m.class_ for m in app.Base.registry.mappers}
+        try:
+            for tx in workload.transactions:
+                inserts: dict[str, list[dict]] = defaultdict(list)
+                updates: dict[str, list[dict]] = defaultdict(list)
+                for w in tx:
+                    (updates if w.update else inserts)[w.table].append(w.values)
+                with factory.begin() as session:
+                    for table, rows in inserts.items():
+                        session.execute(sa.insert(models[table]), rows)
+                    for table, rows in updates.items():
+                        session.execute(sa.update(models[table]), rows)
+        finally:
+            handle.stop()
+        with engine.connect() as conn:
+            events = conn.execute(sa.text("SELECT count(*) FROM replicator_outbox")).scalar_one()
+    finally:
+        engine.dispose()
+    if events != len(workload):
+        raise BenchmarkError(
+            f"{node} source: replicator_outbox holds {events} events after generation, "
+            f"expected exactly {len(workload)}"
+        )
+
+
+# --- 2. replication -------------------------------------------------------------------
+
+
+@dataclass
+class Pass:
+    """A timed pass: wall seconds around ``replicate()`` and its counts."""
+
+    seconds: float
+    read: int
+    applied: int
+    skipped: int
+    conflicts: int
+    parked: int
+    failed: int
+
+    @property
+    def rate(self) -> float:
+        return self.applied / self.seconds
+
+
+def replicate(source_url: str, target_url: str, source_name: str, target_name: str) -> Pass:
+    """One timed replication pass from the source onto an empty target."""
+    from replicator.node import Node
+    from replicator.sync import replicate as replicate_pass
+
+    replicator.migrate(target_url)
+    create_app_tables(target_url)
+    source = Node(name=source_name, url=source_url, role=source_name)
+    target = Node(name=target_name, url=target_url, role=target_name)
+    gc.collect()
+    start = time.perf_counter()
+    result = replicate_pass(source, target, batch_size=BATCH)
+    seconds = time.perf_counter() - start
+    source.dispose()
+    target.dispose()
+    if not result.ok:
+        raise BenchmarkError(
+            f"the {source_name} -> {target_name} pass failed after applying "
+            f"{result.applied} events: {result.error}"
+        )
+    return Pass(
+        seconds=seconds,
+        read=result.read,
+        applied=result.applied,
+        skipped=result.skipped,
+        conflicts=result.conflicts,
+        parked=result.parked,
+        failed=result.failed,
+    )
+
+
+# --- 3. the target's raw limit ----------------------------------------------------------
+
+
+@dataclass
+class RawLimit:
+    rows: int
+    seconds: dict[int, float] = field(default_factory=dict)  # commit every N batches -> s
+
+    @property
+    def best(self) -> int:
+        return min(self.seconds, key=self.seconds.__getitem__)
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds[self.best]
+
+    def rate_for(self, every: int) -> float:
+        return self.rows / self.seconds[every]
+
+
+def batches(items: Sequence, size: int = BATCH) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def by_table(batch: Sequence[Write]) -> dict[str, list[Write]]:
+    grouped: dict[str, list[Write]] = defaultdict(list)
+    for w in batch:
+        grouped[w.table].append(w)
+    return grouped
+
+
+def mariadb_upserts(writes: Sequence[Write]) -> list[list[tuple[str, list[tuple]]]]:
+    """Per batch, per table: ``INSERT ... ON DUPLICATE KEY UPDATE`` and its rows, in order."""
+    tables = {t.name: t for t in app_tables()}
+    statements = {}
+    for name, table in tables.items():
+        columns = column_names(table)
+        keys = set(key_columns(table))
+        updates = ", ".join(f"{c} = VALUES({c})" for c in columns if c not in keys)
+        statements[name] = (
+            f"INSERT INTO {name} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('%s' for _ in columns)}) ON DUPLICATE KEY UPDATE {updates}"
+        )
+    prepared = []
+    for batch in batches(writes):
+        prepared.append(
+            [
+                (
+                    statements[name],
+                    [tuple(w.image[c] for c in column_names(tables[name])) for w in group],
+                )
+                for name, group in by_table(batch).items()
+            ]
+        )
+    return prepared
+
+
+def duckdb_upserts(writes: Sequence[Write]) -> list[list[tuple[str, list[list]]]]:
+    """Per batch, per table: a columnar ``unnest`` upsert and one list per column.
+
+    A batch is compacted to the last image per key first: DuckDB's upsert keeps
+    the first of two rows with the same key in one statement.
+    """
+    tables = {t.name: t for t in app_tables()}
+    statements = {}
+    for name, table in tables.items():
+        columns = column_names(table)
+        keys = key_columns(table)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
+        statements[name] = (
+            f"INSERT INTO {name} ({', '.join(columns)}) "
+            f"SELECT {', '.join('unnest(?)' for _ in columns)} "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+        )
+    prepared = []
+    for batch in batches(writes):
+        steps = []
+        for name, group in by_table(batch).items():
+            table = tables[name]
+            keys = key_columns(table)
+            last = {tuple(w.image[c] for c in keys): w.image for w in group}
+            columns = [[row[c] for row in last.values()] for c in column_names(table)]
+            steps.append((statements[name], columns))
+        prepared.append(steps)
+    return prepared
+
+
+def raw_limit(target_url: str, workload: Workload, expected: dict[str, list[tuple]]) -> RawLimit:
+    """Every event's row image upserted into fresh app tables on the target, timed.
+
+    Each commit cadence in :data:`COMMIT_EVERY` runs on freshly created tables,
+    and each must leave exactly the source's rows.
+    """
+    writes = workload.writes
+    backend = make_url(target_url).get_backend_name().replace("mysql", "mariadb")
+    if backend == "duckdb":
+        prepared: list = duckdb_upserts(writes)
+    elif backend == "mariadb":
+        prepared = mariadb_upserts(writes)
+    else:
+        raise ValueError(f"no raw limit for {backend}")
+    result = RawLimit(rows=len(writes))
+    for every in COMMIT_EVERY:
+        create_app_tables(target_url, fresh=True)
+        if backend == "duckdb":
+            seconds = _duckdb_run(target_url, prepared, every)
+        else:
+            seconds = _mariadb_run(target_url, prepared, every)
+        result.seconds[every] = seconds
+        check_rows(f"raw limit on {backend} (commit every {every})", expected, target_url)
+        progress(
+            f"raw limit {backend}, commit every {every} batch(es): {seconds:.2f}s, "
+            f"{len(writes) / seconds:,.0f} rows/s"
+        )
+    return result
+
+
+def _mariadb_run(url: str, prepared: list, every: int) -> float:
+    engine = sa.create_engine(url)
+    try:
+        raw = engine.raw_connection()
+        try:
+            conn = raw.driver_connection  # the pymysql connection itself
+            cursor = conn.cursor()
+            gc.collect()
+            start = time.perf_counter()
+            for i, steps in enumerate(prepared, 1):
+                for statement, rows in steps:
+                    cursor.executemany(statement, rows)
+                if i % every == 0:
+                    conn.commit()
+            conn.commit()
+            return time.perf_counter() - start
+        finally:
+            raw.close()
+    finally:
+        engine.dispose()
+
+
+def _duckdb_run(url: str, prepared: list, every: int) -> float:
+    import duckdb
+
+    conn = duckdb.connect(make_url(url).database)
+    try:
+        gc.collect()
+        start = time.perf_counter()
+        conn.begin()
+        for i, steps in enumerate(prepared, 1):
+            for statement, columns in steps:
+                conn.execute(statement, columns)
+            if i % every == 0:
+                conn.commit()
+                conn.begin()
+        conn.commit()
+        return time.perf_counter() - start
+    finally:
+        conn.close()
+
+
+# --- 4. the peer: eventsourcing ------------------------------------------------------------
+
+
+@dataclass
+class PeerResult:
+    events: int
+    seconds: float
+    version: str
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+
+def _json_ready(image: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in image.items()}
+
+
+def peer(workload: Workload, events: int, directory: Path) -> PeerResult:
+    """eventsourcing's process application catching up with ``events`` of the workload."""
+    from functools import singledispatchmethod
+
+    from eventsourcing.application import Application
+    from eventsourcing.domain import Aggregate, event
+    from eventsourcing.system import ProcessApplication
+
+    class Row(Aggregate):
+        """A row of the app, as an aggregate: created by its insert, changed by updates."""
+
+        @event("Inserted")
+        def __init__(self, table: str, values: dict) -> None:
+            self.table = table
+            self.values = values
+
+        @event("Updated")
+        def change(self, values: dict) -> None:
+            self.values = values
+
+    class Applied(Aggregate):
+        """What the follower records per processed event: the row image it received."""
+
+        @event("Recorded")
+        def __init__(self, source: str, version: int, values: dict) -> None:
+            self.source = source
+            self.version = version
+            self.values = values
+
+    class Rows(Application):
+        pass
+
+    class Mirror(ProcessApplication):
+        processed = 0
+
+        @singledispatchmethod
+        def policy(self, domain_event: Any, processing_event: Any) -> None:
+            processing_event.collect_events(
+                Applied(
+                    source=str(domain_event.originator_id),
+                    version=domain_event.originator_version,
+                    values=domain_event.values,
+                )
+            )
+            self.processed += 1
+
+    def env(name: str) -> dict[str, str]:
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(directory / f"{name}.sqlite"),
+        }
+
+    rows = Rows(env=env("rows"))
+    aggregates: dict[tuple[str, str], Row] = {}
+    tables = {t.name: t for t in app_tables()}
+    written = 0
+    for tx in workload.transactions:
+        if written >= events:
+            break
+        tx = tx[: events - written]
+        touched: dict[uuid.UUID, Row] = {}
+        for w in tx:
+            key = (w.table, repr(tuple(w.image[c] for c in key_columns(tables[w.table]))))
+            values = _json_ready(w.image)
+            if w.update:
+                aggregate = aggregates[key]
+                aggregate.change(values)
+            else:
+                aggregate = aggregates[key] = Row(w.table, values)
+            touched[aggregate.id] = aggregate
+        rows.save(*touched.values())
+        written += len(tx)
+    head = rows.recorder.max_notification_id()
+    if head != written:
+        raise BenchmarkError(f"peer: the notification log holds {head} events, not {written}")
+
+    mirror = Mirror(env=env("mirror"))
+    mirror.follow(Rows.name, rows.notification_log)
+    gc.collect()
+    start = time.perf_counter()
+    mirror.pull_and_process(Rows.name)
+    seconds = time.perf_counter() - start
+    tracked = mirror.recorder.max_tracking_id(Rows.name)
+    processed = mirror.processed
+    mirror.close()
+    rows.close()
+    if processed != written or tracked != head:
+        raise BenchmarkError(
+            f"peer: processed {processed} of {written} events, tracking at {tracked} of {head}"
+        )
+    return PeerResult(
+        events=written, seconds=seconds, version=importlib_metadata.version("eventsourcing")
+    )
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+@dataclass
+class Direction:
+    name: str
+    target: str
+    result: Pass
+    limit: RawLimit
+
+    @property
+    def ratio(self) -> float:
+        return self.result.rate / self.limit.rate
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def cadence(every: int) -> str:
+    return "every batch" if every == 1 else f"every {every} batches"
+
+
+def report(directions: Sequence[Direction], peer_result: PeerResult | None, args) -> str:
+    lines = [
+        "## Replication throughput",
+        "",
+        f"Workload: {args.events} captured events (~{UPDATE_SHARE:.0%} updates, the rest "
+        f"inserts) on the reference app's tables, {TRANSACTION} events per source "
+        f"transaction; one replication pass, batch_size={BATCH}. Raw limit: the same "
+        f"{args.events} row images upserted in batches of {BATCH} with the target "
+        "driver's fastest batched upsert (the faster commit cadence).",
+        f"Python {platform.python_version()}, SQLAlchemy {sa.__version__}, "
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs.",
+        "",
+    ]
+    rows = [
+        [
+            d.name,
+            str(d.result.applied),
+            f"{d.result.seconds:.2f}",
+            f"{d.result.rate:,.0f}",
+            f"{d.limit.rate:,.0f}",
+            f"{d.ratio:.2f}",
+            "ok" if d.ratio >= TARGET_RATIO else "BELOW",
+        ]
+        for d in directions
+    ]
+    header = [
+        "direction",
+        "events",
+        "seconds",
+        "events/s",
+        "raw limit rows/s",
+        f"ratio to limit (target >= {TARGET_RATIO})",
+        "verdict",
+    ]
+    lines += [markdown_table(header, rows), ""]
+    detail = [
+        [
+            d.name,
+            str(d.result.read),
+            str(d.result.applied),
+            str(d.result.skipped),
+            str(d.result.conflicts),
+            str(d.result.parked),
+            str(d.result.failed),
+            *(f"{d.limit.rate_for(every):,.0f}" for every in COMMIT_EVERY),
+            cadence(d.limit.best),
+        ]
+        for d in directions
+    ]
+    header = ["direction", "read", "applied", "skipped", "conflicts", "parked", "failed"]
+    header += [f"raw rows/s, commit {cadence(every)}" for every in COMMIT_EVERY]
+    header += ["limit uses"]
+    lines += ["### Pass results and raw limits", "", markdown_table(header, detail), ""]
+    lines.append(
+        "Checks passed: every source outbox held exactly one event per write; every target "
+        "(and every raw-limit run) held exactly the source's rows"
+        + ("." if peer_result is None else "; the peer processed and tracked every event.")
+    )
+    if peer_result is None:
+        lines.append("Peer: skipped (--skip-peer).")
+    else:
+        ratios = ", ".join(f"{d.name} {d.result.rate / peer_result.rate:.1f}x" for d in directions)
+        lines.append(
+            f"Peer: eventsourcing {peer_result.version} ProcessApplication following a "
+            f"notification log on SQLite: {peer_result.events} events in "
+            f"{peer_result.seconds:.2f} s = {peer_result.rate:,.0f} events/s; "
+            f"our ratio to it: {ratios}."
+        )
+    return "\n".join(lines)
+
+
+# --- command line ----------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=DEFAULT_EVENTS,
+        help=f"captured events per direction (default {DEFAULT_EVENTS})",
+    )
+    parser.add_argument(
+        "--mariadb-url",
+        default=os.environ.get(MARIADB_ENV, MARIADB_DEFAULT_URL),
+        help=f"MariaDB server (default: ${MARIADB_ENV} or {MARIADB_DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--peer-events",
+        type=int,
+        default=None,
+        help="events the eventsourcing peer processes (default: --events); it is slow",
+    )
+    parser.add_argument("--skip-peer", action="store_true", help="do not run the peer")
+    args = parser.parse_args(argv)
+    if args.events < 1000:
+        parser.error("--events must be at least 1000")
+    if args.peer_events is None:
+        args.peer_events = args.events
+    if not 1 <= args.peer_events <= args.events:
+        parser.error("--peer-events must be between 1 and --events")
+    return args
+
+
+def run_direction(
+    name: str,
+    workload: Workload,
+    source: tuple[str, str],
+    target: tuple[str, str],
+    raw_url: str,
+) -> Direction:
+    (source_name, source_url), (target_name, target_url) = source, target
+    progress(f"{name}: generating {len(workload)} events on the {source_name} source")
+    generate(source_url, workload, node=source_name)
+    expected = read_rows(source_url)
+    if expected != final_rows(workload):
+        raise BenchmarkError(f"{name}: the source's rows differ from the workload's")
+    progress(f"{name}: replicating")
+    result = replicate(source_url, target_url, source_name, target_name)
+    progress(
+        f"{name}: read {result.read}, applied {result.applied} in {result.seconds:.2f}s, "
+        f"{result.rate:,.0f} events/s"
+    )
+    if result.read != len(workload) or result.applied != len(workload) or result.failed:
+        raise BenchmarkError(
+            f"{name}: the pass read {result.read}, applied {result.applied} and failed "
+            f"{result.failed} of {len(workload)} events"
+        )
+    check_rows(f"{name} target", expected, target_url)
+    limit = raw_limit(raw_url, workload, expected)
+    return Direction(name, target_name, result, limit)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    server = make_url(args.mariadb_url)
+    started = time.perf_counter()
+    prefix = f"replicator_bench_{uuid.uuid4().hex[:12]}"
+    try:
+        check_mariadb(server)
+        workload = make_workload(args.events)
+        directions = []
+        with ExitStack() as stack:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="repl-bench-")))
+            db = {
+                role: stack.enter_context(mariadb_database(server, f"{prefix}_{role}"))
+                for role in ("target", "raw", "source")
+            }
+            directions.append(
+                run_direction(
+                    "SQLite -> MariaDB",
+                    workload,
+                    ("local", f"sqlite:///{tmp / 'source.sqlite'}"),
+                    ("server", db["target"]),
+                    db["raw"],
+                )
+            )
+            directions.append(
+                run_direction(
+                    "MariaDB -> DuckDB",
+                    workload,
+                    ("server", db["source"]),
+                    ("local", f"duckdb:///{tmp / 'target.duckdb'}"),
+                    f"duckdb:///{tmp / 'raw.duckdb'}",
+                )
+            )
+            peer_result = None
+            if not args.skip_peer:
+                progress(f"peer: eventsourcing, {args.peer_events} events")
+                peer_dir = tmp / "peer"
+                peer_dir.mkdir()
+                peer_result = peer(workload, args.peer_events, peer_dir)
+                progress(f"peer: {peer_result.seconds:.2f}s, {peer_result.rate:,.0f} events/s")
+    except BenchmarkError as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        return 1
+    print(report(directions, peer_result, args))
+    print(f"Wall time of the benchmark: {time.perf_counter() - started:.0f} s.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
