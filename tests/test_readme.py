@@ -26,3 +26,33 @@ def test_capture_example_runs_and_captures(tmp_path):
         events = [(e.table, e.key, e.op.value) for _, e in outbox.read(conn)]
     engine.dispose()
     assert events == [("notes", {"note_id": "n-1"}, "insert")]
+
+
+def test_replication_example_runs_every_pass(tmp_path):
+    from .cluster import NOW, app, member
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    code = next(block for block in blocks if "replicator.Replicator(" in block)
+    (tmp_path / "example.py").write_text(code)
+    (tmp_path / "replicator.toml").write_text(
+        '[nodes.server]\nurl = "sqlite:///server.sqlite"\nrole = "server"\n'
+        '[nodes.phone]\nurl = "sqlite:///phone.sqlite"\nrole = "local"\n'
+        '[tables.user_profiles]\nchannel = "essential"\n[channels.essential]\npriority = 1\n'
+    )
+    for name, role in (("server", "server"), ("phone", "local")):
+        m = member(name, f"sqlite:///{tmp_path / name}.sqlite", role=role)
+        if name == "phone":
+            app.run_session(m.sessions, user_id="u-42", now=NOW)
+        m.close()
+
+    result = subprocess.run(
+        [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "phone -> server essential 2",
+        "phone -> server default 13",
+        "server -> phone essential 0",
+        "server -> phone default 0",
+    ]
