@@ -21,6 +21,7 @@ change from one local through the server to every other local.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -173,8 +174,8 @@ class SyncPass:
             counts.failed += len(batch)
         finally:
             ahead.shutdown(wait=True, cancel_futures=True)
-        for name in ("read", "applied", "skipped", "conflicts", "parked", "failed"):
-            setattr(result, name, getattr(counts, name))
+        for name, count in dataclasses.asdict(counts).items():
+            setattr(result, name, count)
         result.seconds = round(time.perf_counter() - clock, 6)
         self._record(result, started)
         return result
