@@ -170,6 +170,13 @@ def sync(
     else:
         console.print(pass_table(result.passes))
         for p in result.passes:
+            if p.status == "deferred":
+                errors.print(
+                    f"deferred: {p.source} -> {p.target} [{p.channel}]: the source's writers "
+                    "held its outbox; nothing was read, the next sync catches up",
+                    highlight=False,
+                    soft_wrap=True,
+                )
             if not p.ok:
                 errors.print(
                     f"[bold red]failed:[/] {p.source} -> {p.target} [{p.channel}]: {p.error}",

@@ -52,8 +52,11 @@ def utcnow() -> dt.datetime:
 class PassResult(msgspec.Struct, kw_only=True):
     """What one pass over one link and channel did.
 
-    ``status`` is ``ok`` or ``failed`` (then ``error`` says why; the batches
-    committed before the failure stay committed). ``failed`` counts the
+    ``status`` is ``ok``, ``deferred`` (the source's writers held the
+    outbox too long to establish what has committed: nothing was read this
+    time, nothing skipped; the next pass catches up) or ``failed`` (then
+    ``error`` says why; the batches committed before the failure stay
+    committed). ``failed`` counts the
     events of the batch that could not be applied.
     """
 
@@ -72,7 +75,7 @@ class PassResult(msgspec.Struct, kw_only=True):
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status != "failed"
 
 
 class SyncResult(msgspec.Struct, kw_only=True):
@@ -138,6 +141,8 @@ class SyncPass:
         try:
             with self.source.connect() as conn:
                 horizon = self.source.dialect.horizon(conn)
+            if horizon is None:
+                result.status = "deferred"
             while horizon is not None:
                 batch = []
                 with self.target.begin() as tconn:

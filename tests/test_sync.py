@@ -145,3 +145,16 @@ def test_a_duckdb_local_receives_the_servers_changes(database_url, tmp_path):
     finally:
         local.close()
         server.close()
+
+
+@pytest.mark.backends("sqlite")
+def test_a_pass_without_a_horizon_is_deferred_not_caught_up(pair, monkeypatch):
+    server, local = pair
+    add_vocabulary(local, "v-1", "mesa")
+    monkeypatch.setattr(type(local.node.dialect), "horizon", lambda self, conn: None)
+
+    result = replicate(local.node, server.node)
+
+    assert (result.status, result.ok, result.read) == ("deferred", True, 0)
+    monkeypatch.undo()
+    assert replicate(local.node, server.node).applied == 1
