@@ -8,6 +8,7 @@ here once. DuckDB replaces the row-wise statements with columnar ones.
 from __future__ import annotations
 
 import decimal
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -25,12 +26,9 @@ class TableShape(NamedTuple):
     key: tuple[str, ...]
 
     def table(self) -> sa.Table:
-        """A bare :class:`sa.Table` of this shape, for the bulk statements."""
-        return sa.Table(
-            self.name,
-            sa.MetaData(),
-            *(sa.Column(c, primary_key=c in self.key) for c in self.columns),
-        )
+        """A bare :class:`sa.Table` of this shape, for the bulk statements
+        (built once per shape, not once per batch)."""
+        return _bare_table(self)
 
 
 NO_CONSTANTS: Mapping[str, Any] = {}
@@ -251,6 +249,15 @@ class Dialect:
 
     def _on_conflict(self, conn: Connection, table: sa.Table) -> str:
         return self.on_conflict.format(key=names(conn, [c.name for c in table.primary_key.columns]))
+
+
+@functools.cache
+def _bare_table(shape: TableShape) -> sa.Table:
+    return sa.Table(
+        shape.name,
+        sa.MetaData(),
+        *(sa.Column(c, primary_key=c in shape.key) for c in shape.columns),
+    )
 
 
 def last_position(conn: Connection) -> int:
