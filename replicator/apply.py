@@ -1,48 +1,81 @@
 """Applying a batch of change events to a target node, in its transaction.
 
-Per table, one look-up of the stored row versions decides each event:
+One look-up of the stored row versions decides each event against the
+target's current version of its row (invariant 5):
 
 * the event's version descends from the target's (or the target has none):
   the change is applied;
 * the target has this version already, or a newer one: skipped (this is
   what makes re-delivery a no-op);
-* neither descends from the other: a conflict, settled by
-  :func:`replicator.conflicts.latest_timestamp`; the row's version becomes
-  the merge of both, so the settled row never conflicts with either again.
+* neither descends from the other: the edits were concurrent, a conflict.
 
-The batch is then written with one bulk statement per table and kind
-(deletes, upserts by column set, version state) through the dialect. Writes
-go through Core on plain tables, which capture ignores: an applied event is
-never captured again (no echo). A server forwards every event it applied
-or settled to its outbox, unchanged, so other nodes receive it with its
-original origin and version.
+Conflicts are settled on the server only (see :mod:`replicator.conflicts`).
+The local's events for the row that are concurrent with the server's
+version are taken together, the table's policy decides, and the outcome is
+written as a *settlement*: a new change made by the server, whose version
+descends from both sides (so it never conflicts with either again) and
+which goes to every local like any other change. A local that receives a
+change concurrent with its own keeps its row and skips the change: its own
+change has yet to reach the server, or has reached it and the settlement
+is on its way; either way what arrives later settles the row everywhere.
+
+Events that cannot be applied (a missing table or column, a different
+primary key, an undecodable payload), conflicts the policy leaves to a
+person, and a resolver that fails are parked in the target's review queue
+(:mod:`replicator.review`) with every version; the target keeps its row and
+the rest of the batch goes on. Constraint violations are found by the
+database when the batch is written; :mod:`replicator.sync` then applies the
+batch event by event and parks the refused ones with :func:`reject`.
+
+The batch is written with one bulk statement per table and kind (deletes,
+upserts by column set, version state) through the dialect. Writes go
+through Core on plain tables, which capture ignores: an applied event is
+never captured again (no echo). A server appends every event it applied to
+its outbox unchanged, so other nodes receive it with its original origin
+and version, and appends its settlements.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import msgspec
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from replicator import conflicts, outbox, versions
+from replicator import conflicts, outbox, review, versions
+from replicator.conflicts import Conflict, Decision, Policy, Side
 from replicator.dialects import Dialect
 from replicator.dialects.base import TableShape
-from replicator.errors import ApplyError
-from replicator.events import Operation
+from replicator.events import ChangeEvent, Operation, encode_event, new_id
 from replicator.outbox import Entry
+from replicator.review import Item, Parking, Reason
 from replicator.tables import row_versions
 from replicator.versions import Order, RowVersion
 
 _VERSION_COLUMNS = ("table_name", "row_key", "version", "hlc", "origin", "deleted")
 _encode_json = msgspec.json.Encoder().encode
 
+#: The label under which concurrent changes that reached the same row (both
+#: deleted it, or wrote the same values) are counted: nothing to decide.
+IDENTICAL = "identical"
+
 
 @dataclass
 class Counts:
-    """What happened to the events of a batch or a pass."""
+    """What happened to the events of a batch or a pass.
+
+    Every event read is counted once as applied, skipped, parked or failed.
+    The events of a settled conflict count as applied; ``conflicts`` counts
+    the settled or parked conflicts (one per row, however many events),
+    ``conflicts_by_policy`` the same by the policy that handled them.
+    """
 
     read: int = 0
     applied: int = 0
@@ -50,10 +83,34 @@ class Counts:
     conflicts: int = 0
     parked: int = 0
     failed: int = 0
+    conflicts_by_policy: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: Counts) -> None:
         for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+            if f.name == "conflicts_by_policy":
+                for policy, count in other.conflicts_by_policy.items():
+                    self.conflicts_by_policy[policy] = (
+                        self.conflicts_by_policy.get(policy, 0) + count
+                    )
+            else:
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def conflict(self, policy: str) -> None:
+        self.conflicts += 1
+        self.conflicts_by_policy[policy] = self.conflicts_by_policy.get(policy, 0) + 1
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """How a server settles conflicts: its name (the origin of its
+    settlements) and each table's policy, by name."""
+
+    node: str
+    policies: Mapping[str, tuple[str, Policy]] = field(default_factory=dict)
+    default: tuple[str, Policy] = ("latest_timestamp", conflicts.latest_timestamp)
+
+    def policy(self, table: str) -> tuple[str, Policy]:
+        return self.policies.get(table, self.default)
 
 
 def apply_batch(
@@ -62,99 +119,476 @@ def apply_batch(
     entries: list[Entry],
     *,
     shape_of: Callable[[str], TableShape | None],
-    forward: bool,
+    settle: Settlement | None,
+    now: dt.datetime,
 ) -> Counts:
     """Apply ``entries`` (in position order) on ``conn``'s node.
 
     ``shape_of`` gives a target table's columns and key (None if it does not
-    exist). With ``forward``, the events applied or settled are appended to
-    this node's outbox as they are. Raises :class:`ApplyError` for an event
-    the target cannot take (missing table or column); the caller's
-    transaction then rolls back as a whole. Nothing happens for no entries.
+    exist). ``settle`` is given when the target is the server: it settles
+    conflicts, and appends what it applied and settled to its outbox. A
+    local (``settle`` None) skips changes concurrent with its own. ``now``
+    stamps review items. Raises the database's error when it refuses a row
+    (the caller's transaction then rolls back as a whole). Nothing happens
+    for no entries.
     """
-    counts = Counts(read=len(entries))
-    by_table: dict[str, list[int]] = {}
-    for i, entry in enumerate(entries):
-        by_table.setdefault(entry.event.table, []).append(i)
-    shapes = {}
-    for table in by_table:
-        shapes[table] = shape_of(table)
-        if shapes[table] is None:
-            raise ApplyError(f"table {table!r} does not exist on the target")
-    current = versions.load_many(
-        conn, dialect, {t: {entries[i].row_key for i in ix} for t, ix in by_table.items()}
-    )
-    kept = [False] * len(entries)
-    changed_versions: dict[tuple[str, str], RowVersion] = {}
-    for table, indexes in by_table.items():
-        decided = _decide(
-            [entries[i] for i in indexes], current.get(table, {}), counts, kept, indexes
-        )
-        _write_rows(conn, dialect, shapes[table], *decided[:2])
-        changed_versions.update(((table, key), v) for key, v in decided[2].items())
-    dialect.upsert_rows(
-        conn,
-        row_versions,
-        _VERSION_COLUMNS,
-        [
-            (table, key, _encode_json(v.version).decode(), v.hlc, v.origin, v.deleted)
-            for (table, key), v in changed_versions.items()
-        ],
-        hoist=("table_name", "origin", "deleted"),
-    )
-    if forward:
-        outbox.append_encoded(
-            conn,
-            dialect,
-            [
-                (e.event.origin, e.event.table, e.row_key, e.event.hlc, e.payload)
-                for e, keep in zip(entries, kept, strict=True)
-                if keep
-            ],
-        )
-    return counts
+    batch = _Batch(conn, dialect, shape_of, settle, now)
+    batch.apply(entries)
+    batch.write()
+    return batch.counts
 
 
-def _decide(
-    entries: list[Entry],
-    current: dict[str, RowVersion],
-    counts: Counts,
-    kept: list[bool],
-    indexes: list[int],
-) -> tuple[dict[str, dict], dict[str, dict], dict[str, RowVersion]]:
-    """One table's events against its rows' versions: the rows to upsert and
-    to delete (the last effect per key), and the versions that changed."""
-    upserts: dict[str, dict] = {}
-    deletes: dict[str, dict] = {}
-    changed: dict[str, RowVersion] = {}
-    for entry, index in zip(entries, indexes, strict=True):
-        event, key = entry.event, entry.row_key
-        seen = current.get(key)
-        order = Order.AFTER if seen is None else versions.compare(event.version, seen.version)
-        if order is Order.EQUAL or order is Order.BEFORE:
-            counts.skipped += 1
-            continue
-        kept[index] = True
-        version = event.version
-        if order is Order.CONCURRENT:
-            counts.conflicts += 1
-            version = versions.merge(seen.version, event.version)
-            if not conflicts.latest_timestamp((event.hlc, event.origin), (seen.hlc, seen.origin)):
-                # The target's row stays; its version now covers both sides.
-                current[key] = changed[key] = RowVersion(
-                    version, seen.hlc, seen.origin, seen.deleted
-                )
+def reject(
+    conn: Connection,
+    dialect: Dialect,
+    entry: Entry,
+    reason: Reason,
+    detail: str,
+    *,
+    shape_of: Callable[[str], TableShape | None],
+    now: dt.datetime,
+) -> Counts:
+    """Park one event the target refused to store, with its reason."""
+    batch = _Batch(conn, dialect, shape_of, None, now)
+    batch.counts.read = 1
+    batch.load({entry.table: {entry.row_key}})
+    batch.park_entry(entry, reason, detail)
+    batch.write()
+    return batch.counts
+
+
+class _Batch:
+    """The decisions about one batch, then its writes."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        dialect: Dialect,
+        shape_of: Callable[[str], TableShape | None],
+        settle: Settlement | None,
+        now: dt.datetime,
+    ) -> None:
+        self.conn, self.dialect, self.shape_of = conn, dialect, shape_of
+        self.settle, self.now = settle, now
+        self.counts = Counts()
+        self.txid = new_id()  # of this batch's settlements
+        self.shapes: dict[str, TableShape | None] = {}
+        self.current: dict[str, dict[str, RowVersion]] = {}
+        self.open: dict[tuple[str, str], Item] = {}
+        self.upserts: dict[str, dict[str, dict]] = {}
+        self.deletes: dict[str, dict[str, dict]] = {}
+        self.new_versions: dict[tuple[str, str], RowVersion] = {}
+        self.outgoing: list[tuple[str, str, str, int, bytes]] = []
+        self.parkings: dict[tuple[str, str], Parking] = {}
+        self.joined: dict[int, list[Parking]] = {}
+        self.obsolete: dict[int, str] = {}
+        self.problems: dict[tuple[str, tuple[str, ...], tuple[str, ...]], tuple | None] = {}
+
+    # --- deciding ------------------------------------------------------------
+
+    def load(self, keys: Mapping[str, set[str]]) -> None:
+        """The stored versions and open review items of these rows."""
+        for table in keys:
+            self.shapes.setdefault(table, self.shape_of(table))
+        self.current = versions.load_many(self.conn, self.dialect, keys)
+        self.open = review.open_items(self.conn, self.dialect, keys)
+
+    def apply(self, entries: list[Entry]) -> None:
+        self.counts.read = len(entries)
+        keys: dict[str, set[str]] = {}
+        for entry in entries:
+            keys.setdefault(entry.table, set()).add(entry.row_key)
+        self.load(keys)
+        by_table: dict[str, list[Entry]] = {}
+        for entry in entries:
+            problem = self._problem(entry)
+            if problem is None:
+                by_table.setdefault(entry.table, []).append(entry)
+            else:
+                self.park_entry(entry, *problem)
+        for table, table_entries in by_table.items():
+            self._decide(table, table_entries)
+
+    def _problem(self, entry: Entry) -> tuple[Reason, str] | None:
+        """Why the target cannot take ``entry`` at all (None if it can)."""
+        event = entry.event
+        if event is None:
+            return (
+                Reason.CORRUPT_PAYLOAD,
+                f"the event at position {entry.position} cannot be decoded",
+            )
+        shape = self.shapes[entry.table]
+        if shape is None:
+            return Reason.MISSING_TABLE, f"table {entry.table!r} does not exist on the target"
+        columns = tuple(event.row) if event.row is not None else ()
+        cache_key = (entry.table, tuple(event.key), columns)
+        if cache_key not in self.problems:
+            self.problems[cache_key] = _shape_problem(shape, tuple(event.key), columns)
+        return self.problems[cache_key]
+
+    def _decide(self, table: str, entries: list[Entry]) -> None:
+        current = self.current.setdefault(table, {})
+        conflicted: dict[str, list[Entry]] = {}
+        for entry in entries:
+            key = entry.row_key
+            if key in conflicted:  # the row's later events go with its conflict
+                conflicted[key].append(entry)
                 continue
+            seen = current.get(key)
+            order = (
+                Order.AFTER if seen is None else versions.compare(entry.event.version, seen.version)
+            )
+            if order is Order.AFTER:
+                self._take(table, entry)
+            elif order is Order.CONCURRENT and self.settle is not None:
+                conflicted[key] = [entry]
+            else:
+                # Already here (or older); or, on a local, concurrent with
+                # the local's own change, which the server will settle.
+                self.counts.skipped += 1
+        for key, run in conflicted.items():
+            self._decide_row(table, key, run)
+
+    def _decide_row(self, table: str, key: str, entries: list[Entry]) -> None:
+        """A row's events in order, from the first that conflicts: each run
+        of events concurrent with the row's version is settled at once."""
+        current = self.current[table]
+        i = 0
+        while i < len(entries):
+            seen = current.get(key)
+            order = (
+                Order.AFTER
+                if seen is None
+                else versions.compare(entries[i].event.version, seen.version)
+            )
+            if order is Order.AFTER:
+                self._take(table, entries[i])
+                i += 1
+            elif order is not Order.CONCURRENT:
+                self.counts.skipped += 1
+                i += 1
+            else:
+                j = i + 1
+                while (
+                    j < len(entries)
+                    and versions.compare(entries[j].event.version, seen.version) is Order.CONCURRENT
+                ):
+                    j += 1
+                self._settle(table, key, entries[i:j], seen)
+                i = j
+
+    def _take(self, table: str, entry: Entry) -> None:
+        """Apply a change that descends from the row's version."""
+        event = entry.event
         deleted = event.op is Operation.DELETE
-        if deleted:
-            deletes[key] = event.key
+        self._write(table, entry.row_key, event.key, None if deleted else event.row)
+        self._set_version(
+            table,
+            entry.row_key,
+            RowVersion(event.version, event.hlc, event.origin, deleted),
+            f"event {event.event_id} from {event.origin}",
+        )
+        if self.settle is not None:
+            self.outgoing.append((event.origin, table, entry.row_key, event.hlc, entry.payload))
+        self.counts.applied += 1
+
+    def _settle(self, table: str, key: str, run: list[Entry], seen: RowVersion) -> None:
+        """Settle the local's ``run`` of events against the server's version."""
+        assert self.settle is not None
+        last = run[-1].event
+        base, touched = _base([entry.event for entry in run])
+        local_row = last.row
+        hints = local_row or base or {}
+        server = Side(
+            row=None if seen.deleted else self._current_row(table, last.key, hints),
+            version=seen.version,
+            hlc=seen.hlc,
+            origin=seen.origin,
+        )
+        local = Side(row=local_row, version=last.version, hlc=last.hlc, origin=last.origin)
+        changed = frozenset(
+            c
+            for c in touched
+            if base is None or local_row is None or local_row.get(c) != base.get(c)
+        )
+        conflict = Conflict(table, last.key, base, server, local, changed)
+        name, policy = self.settle.policy(table)
+        if server.row == local.row:
+            outcome: Decision | dict = Decision.SERVER
+            name = IDENTICAL
+        else:
+            try:
+                outcome = _checked(policy(conflict), self.shapes[table], last.key)
+            except Exception as e:  # a resolver's bug must not stop replication
+                self.counts.conflict(name)
+                self._park_conflict(
+                    conflict,
+                    run,
+                    name,
+                    Reason.RESOLVER_ERROR,
+                    f"policy {name} failed: {type(e).__name__}: {e}",
+                )
+                return
+        self.counts.conflict(name)
+        if outcome is Decision.REVIEW:
+            self._park_conflict(
+                conflict,
+                run,
+                name,
+                Reason.MANUAL_REVIEW,
+                f"concurrent changes by {server.origin} and {local.origin}; "
+                f"policy {name} leaves the decision to a person",
+            )
+            return
+        if outcome is Decision.SERVER:
+            row, hlc = server.row, server.hlc
+        elif outcome is Decision.LOCAL:
+            row, hlc = local.row, local.hlc
+            self._write(table, key, last.key, row)
+        else:
+            row, hlc = outcome, max(server.hlc, local.hlc)
+            self._write(table, key, last.key, row)
+        version = versions.increment(versions.merge(seen.version, last.version), self.settle.node)
+        settlement = ChangeEvent(
+            event_id=new_id(),
+            origin=self.settle.node,
+            table=table,
+            key=last.key,
+            **_change(server.row, row),
+            version=version,
+            hlc=hlc,
+            txid=self.txid,
+        )
+        self.outgoing.append((self.settle.node, table, key, hlc, encode_event(settlement)))
+        self._set_version(
+            table,
+            key,
+            RowVersion(version, hlc, self.settle.node, row is None),
+            f"the {name} settlement of {', '.join(e.event.event_id for e in run)}",
+        )
+        self.counts.applied += len(run)
+
+    def _write(self, table: str, key: str, key_values: dict, row: dict | None) -> None:
+        upserts = self.upserts.setdefault(table, {})
+        deletes = self.deletes.setdefault(table, {})
+        if row is None:
+            deletes[key] = key_values
             upserts.pop(key, None)
         else:
-            upserts[key] = event.row
+            upserts[key] = row
             deletes.pop(key, None)
-        current[key] = changed[key] = RowVersion(version, event.hlc, event.origin, deleted)
-        counts.applied += 1
-    return upserts, deletes, changed
+
+    def _set_version(self, table: str, key: str, version: RowVersion, cause: str) -> None:
+        self.current[table][key] = self.new_versions[(table, key)] = version
+        item = self.open.get((table, key))
+        if item is not None and item.superseded_by(version.version):
+            self.obsolete[item.id] = f"superseded by {cause}"
+            del self.open[(table, key)]
+
+    # --- parking -------------------------------------------------------------
+
+    def _park_conflict(
+        self, conflict: Conflict, run: list[Entry], policy: str, reason: Reason, detail: str
+    ) -> None:
+        self._park(
+            Parking(
+                table=conflict.table,
+                key=run[-1].row_key,
+                reason=reason,
+                detail=detail,
+                policy=policy,
+                base=conflict.base,
+                local=conflict.server,  # the target's version: the server's
+                remote=conflict.local,
+                events=[entry.payload for entry in run],
+            )
+        )
+        self.counts.parked += len(run)
+
+    def park_entry(self, entry: Entry, reason: Reason, detail: str) -> None:
+        """Park one event the target cannot take; the target keeps its row."""
+        event = entry.event
+        key_values = event.key if event is not None else self._key_values(entry)
+        seen = self.current.get(entry.table, {}).get(entry.row_key)
+        local = None
+        if seen is not None:
+            row = None
+            if not seen.deleted and key_values is not None and self.shapes.get(entry.table):
+                row = self._current_row(entry.table, key_values, (event and event.row) or {})
+            local = Side(row=row, version=seen.version, hlc=seen.hlc, origin=seen.origin)
+        remote = None
+        base = None
+        if event is not None:
+            remote = Side(row=event.row, version=event.version, hlc=event.hlc, origin=event.origin)
+            base = _base([event])[0]
+        self._park(
+            Parking(
+                table=entry.table,
+                key=entry.row_key,
+                reason=reason,
+                detail=detail,
+                base=base,
+                local=local,
+                remote=remote,
+                events=[entry.payload],
+            )
+        )
+        self.counts.parked += 1
+
+    def _park(self, parking: Parking) -> None:
+        """One open item per row: a parking joins the row's open item."""
+        where = (parking.table, parking.key)
+        if where in self.open:
+            self.joined.setdefault(self.open[where].id, []).append(parking)
+        elif where in self.parkings:
+            earlier = self.parkings[where]
+            self.parkings[where] = msgspec.structs.replace(
+                parking,
+                base=earlier.base,
+                local=earlier.local,
+                remote=parking.remote or earlier.remote,
+                events=earlier.events + parking.events,
+            )
+        else:
+            self.parkings[where] = parking
+
+    # --- reading the target's rows (conflicts and parking only) ---------------
+
+    def _current_row(self, table: str, key: dict, hints: Mapping[str, Any]) -> dict | None:
+        """The target's row, its values typed like ``hints`` (the incoming
+        change's values): drivers return dates as text from SQLite, JSON
+        as text everywhere, booleans as integers from MariaDB."""
+        bare = self.shapes[table].table()
+        select = sa.select(bare).where(*(bare.c[c] == v for c, v in key.items()))
+        found = self.conn.execute(select).mappings().first()
+        if found is None:
+            return None
+        return {c: _like(v, hints.get(c)) for c, v in found.items()}
+
+    def _key_values(self, entry: Entry) -> dict | None:
+        shape = self.shapes.get(entry.table)
+        try:
+            values = json.loads(entry.row_key)
+        except ValueError:
+            return None
+        if shape is None or not isinstance(values, list) or len(values) != len(shape.key):
+            return None
+        return dict(zip(shape.key, values, strict=True))
+
+    # --- writing ---------------------------------------------------------------
+
+    def write(self) -> None:
+        for table in self.upserts.keys() | self.deletes.keys():
+            _write_rows(
+                self.conn,
+                self.dialect,
+                self.shapes[table],
+                self.upserts.get(table, {}),
+                self.deletes.get(table, {}),
+            )
+        self.dialect.upsert_rows(
+            self.conn,
+            row_versions,
+            _VERSION_COLUMNS,
+            [
+                (table, key, _encode_json(v.version).decode(), v.hlc, v.origin, v.deleted)
+                for (table, key), v in self.new_versions.items()
+            ],
+            hoist=("table_name", "origin", "deleted"),
+        )
+        if self.settle is not None:
+            outbox.append_encoded(self.conn, self.dialect, self.outgoing)
+        if self.parkings or self.joined or self.obsolete:
+            review.write(
+                self.conn, list(self.parkings.values()), self.joined, self.obsolete, self.now
+            )
+
+
+def _shape_problem(
+    shape: TableShape, key: tuple[str, ...], columns: tuple[str, ...]
+) -> tuple[Reason, str] | None:
+    if key != shape.key:
+        return (
+            Reason.KEY_MISMATCH,
+            f"table {shape.name!r}: the event is keyed by ({', '.join(key)}) but the target's "
+            f"primary key is ({', '.join(shape.key)})",
+        )
+    unknown = [c for c in columns if c not in shape.columns]
+    if unknown:
+        return (
+            Reason.MISSING_COLUMN,
+            f"table {shape.name!r}: the target has no column {', '.join(map(repr, unknown))}",
+        )
+    return None
+
+
+def _base(events: list[ChangeEvent]) -> tuple[dict | None, set[str]]:
+    """The row before ``events`` (a chain of one node's changes to a row),
+    as far as they tell, and the columns they touched. None for a row the
+    first of them inserted."""
+    first = events[0]
+    if first.op is Operation.INSERT:
+        base = None
+    elif first.op is Operation.DELETE:
+        base = dict(first.changed)
+    else:
+        base = {**first.row, **first.changed}
+    touched: set[str] = set()
+    for event in events:
+        touched.update(
+            event.changed if event.op is Operation.UPDATE else (event.row or event.changed)
+        )
+    return base, touched
+
+
+def _change(before: dict | None, after: dict | None) -> dict[str, Any]:
+    """``op``, ``row`` and ``changed`` of a change from ``before`` to ``after``."""
+    if after is None:
+        return {"op": Operation.DELETE, "row": None, "changed": dict(before or {})}
+    if before is None:
+        return {"op": Operation.INSERT, "row": after, "changed": {}}
+    changed = {c: before.get(c) for c, v in after.items() if v != before.get(c)}
+    return {"op": Operation.UPDATE, "row": after, "changed": changed}
+
+
+def _checked(outcome: Any, shape: TableShape | None, key: dict) -> Decision | dict:
+    """A policy's outcome, checked: a decision, or a row of the table."""
+    if isinstance(outcome, str) and outcome in Decision.__members__.values():
+        return Decision(outcome)
+    if isinstance(outcome, Mapping):
+        assert shape is not None
+        unknown = [c for c in outcome if c not in shape.columns]
+        if unknown:
+            raise ValueError(f"it returned a row with unknown column(s) {', '.join(unknown)}")
+        row = dict(outcome)
+        for column, value in key.items():
+            if column in row and row[column] != value:
+                raise ValueError(f"it returned a row with a different key ({column})")
+            row[column] = value
+        return row
+    raise ValueError(f"it returned {outcome!r}; expected 'server', 'local', 'review' or a row")
+
+
+def _like(value: Any, hint: Any) -> Any:
+    """``value`` as read from the database, given the type of ``hint``."""
+    if value is None or hint is None or type(value) is type(hint):
+        return value
+    try:
+        if isinstance(hint, bool):
+            return bool(value)
+        if isinstance(hint, dt.datetime | dt.date | dt.time) and isinstance(value, str):
+            return type(hint).fromisoformat(value)
+        if isinstance(hint, decimal.Decimal):
+            return decimal.Decimal(str(value))
+        if isinstance(hint, float) and isinstance(value, int | decimal.Decimal):
+            return float(value)
+        if isinstance(hint, dict | list) and isinstance(value, str | bytes):
+            return json.loads(value)
+        if isinstance(hint, uuid.UUID):
+            return uuid.UUID(bytes=value) if isinstance(value, bytes) else uuid.UUID(str(value))
+    except (TypeError, ValueError):
+        pass
+    return value
 
 
 def _write_rows(
@@ -166,15 +600,11 @@ def _write_rows(
 ) -> None:
     table = shape.table()
     if deletes:
-        keys = list(deletes.values())
-        _check_key(shape, tuple(keys[0]))
-        dialect.delete_rows(conn, table, shape.key, [tuple(k.values()) for k in keys])
+        dialect.delete_rows(conn, table, shape.key, [tuple(k.values()) for k in deletes.values()])
     by_columns: dict[tuple[str, ...], list[tuple]] = {}
     for row in upserts.values():
-        columns = tuple(row)
-        by_columns.setdefault(columns, []).append(tuple(_plain(v) for v in row.values()))
+        by_columns.setdefault(tuple(row), []).append(tuple(_plain(v) for v in row.values()))
     for columns, rows in by_columns.items():
-        _check_columns(shape, columns)
         dialect.upsert_rows(conn, table, columns, rows)
 
 
@@ -183,22 +613,3 @@ def _plain(value: object) -> object:
     if isinstance(value, dict | list):
         return json.dumps(value)
     return value
-
-
-def _check_key(shape: TableShape, key: tuple[str, ...]) -> None:
-    if key != shape.key:
-        raise ApplyError(
-            f"table {shape.name!r}: events are keyed by {', '.join(key)} but the target's "
-            f"primary key is ({', '.join(shape.key)})"
-        )
-
-
-def _check_columns(shape: TableShape, columns: tuple[str, ...]) -> None:
-    unknown = [c for c in columns if c not in shape.columns]
-    if unknown:
-        raise ApplyError(
-            f"table {shape.name!r}: the target has no column {', '.join(map(repr, unknown))}"
-        )
-    missing = [c for c in shape.key if c not in columns]
-    if missing:
-        raise ApplyError(f"table {shape.name!r}: events lack key column(s) {', '.join(missing)}")

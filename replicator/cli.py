@@ -204,11 +204,20 @@ def pass_table(passes) -> Table:
         table.add_row(
             f"{p.source} -> {p.target}",
             p.channel,
-            *(str(getattr(p, n)) for n in ("read", "applied", "skipped", "conflicts", "parked")),
+            *(str(getattr(p, n)) for n in ("read", "applied", "skipped")),
+            _conflicts(p.conflicts, p.conflicts_by_policy),
+            str(p.parked),
             f"[red]{p.failed}[/]" if p.failed or not p.ok else "0",
             f"{p.seconds:.3f}",
         )
     return table
+
+
+def _conflicts(total: int, by_policy: dict[str, int]) -> str:
+    """``3 (latest_timestamp 2, manual_review 1)``; ``0`` for none."""
+    if not total:
+        return "0"
+    return f"{total} ({', '.join(f'{name} {n}' for name, n in sorted(by_policy.items()))})"
 
 
 def main() -> None:

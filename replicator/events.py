@@ -135,7 +135,7 @@ def _to_ext(value: Any) -> Any:
     return value
 
 
-def _from_ext(code: int, data: memoryview) -> Any:
+def from_ext(code: int, data: memoryview) -> Any:
     raw = bytes(data)
     if code == _EXT_DATETIME:
         return dt.datetime.fromisoformat(raw.decode())
@@ -152,7 +152,7 @@ def _from_ext(code: int, data: memoryview) -> Any:
     raise ValueError(f"unknown msgpack extension type {code} in a change event")
 
 
-def _wire(values: dict[str, Any] | None) -> dict[str, Any] | None:
+def wire(values: dict[str, Any] | None) -> dict[str, Any] | None:
     """``values`` with typed values wrapped; the same dict when none need it."""
     if values is None:
         return None
@@ -166,13 +166,13 @@ def _wire(values: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 _ENCODER = msgspec.msgpack.Encoder()
-_DECODER = msgspec.msgpack.Decoder(ChangeEvent, ext_hook=_from_ext)
+_DECODER = msgspec.msgpack.Decoder(ChangeEvent, ext_hook=from_ext)
 _JSON_ENCODER = msgspec.json.Encoder()
 
 
 def encode_event(event: ChangeEvent) -> bytes:
     """The msgpack bytes stored in the outbox's ``payload`` column."""
-    key, row, changed = _wire(event.key), _wire(event.row), _wire(event.changed)
+    key, row, changed = wire(event.key), wire(event.row), wire(event.changed)
     if key is not event.key or row is not event.row or changed is not event.changed:
         event = msgspec.structs.replace(event, key=key, row=row, changed=changed)
     return _ENCODER.encode(event)

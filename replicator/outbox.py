@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -78,12 +79,25 @@ def read(
 
 
 class Entry(NamedTuple):
-    """One event as read for replication: where it is, and the event."""
+    """One event as read for replication: where it is, and the event.
+
+    ``event`` is None when the payload cannot be decoded: the replication
+    engine parks such an entry (with ``table`` and ``row_key`` from the
+    outbox's columns) instead of stopping at it.
+    """
 
     position: int
+    table: str
     row_key: str
     payload: bytes
-    event: ChangeEvent
+    event: ChangeEvent | None
+
+
+def _decoded(payload: bytes) -> ChangeEvent | None:
+    try:
+        return decode_event(payload)
+    except (msgspec.DecodeError, ValueError, TypeError):
+        return None
 
 
 def read_batch(
@@ -108,7 +122,7 @@ def read_batch(
     else the last event's position. ``([], upto)`` when nothing is left.
     """
     c = outbox.c
-    select = sa.select(c.position, c.row_key, c.payload).order_by(c.position)
+    select = sa.select(c.position, c.table_name, c.row_key, c.payload).order_by(c.position)
     if exclude_origin is not None:
         select = select.where(c.origin != exclude_origin)
     if tables is not None:
@@ -118,15 +132,19 @@ def read_batch(
 
     def fetch(start: int, count: int) -> list[Entry]:
         rows = conn.execute(select.where(c.position > start, c.position <= upto).limit(count)).all()
-        return [Entry(p, key, payload, decode_event(payload)) for p, key, payload in rows]
+        return [Entry(p, t, key, payload, _decoded(payload)) for p, t, key, payload in rows]
 
     entries = fetch(after, limit)
     if len(entries) < limit:
         return entries, upto
+    if entries[-1].event is None:  # no transaction to complete
+        return entries, entries[-1].position
     txid = entries[-1].event.txid
     while True:  # the rest of the last transaction
         more = fetch(entries[-1].position, _TAIL)
-        same = list(itertools.takewhile(lambda e: e.event.txid == txid, more))
+        same = list(
+            itertools.takewhile(lambda e: e.event is not None and e.event.txid == txid, more)
+        )
         entries += same
         if len(same) < len(more) or len(more) < _TAIL:
             return entries, entries[-1].position

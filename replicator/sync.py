@@ -30,19 +30,24 @@ from typing import Any, Literal
 
 import msgspec
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-from replicator import checkpoints, outbox
-from replicator.apply import Counts, apply_batch
+from replicator import checkpoints, conflicts, outbox
+from replicator.apply import Counts, Settlement, apply_batch, reject
 from replicator.config import Config
 from replicator.errors import ConfigurationError, ConnectivityError, ReplicatorError
 from replicator.events import Operation
 from replicator.node import Node
 from replicator.outbox import Entry
+from replicator.review import Reason
 from replicator.tables import sync_runs
 
 Direction = Literal["up", "down", "bidirectional"]
 DEFAULT_CHANNEL = "default"
+
+# What a database raises for a row it refuses (a constraint it violates, a
+# value it cannot store): the event is parked, not the pass failed.
+_REFUSED = (IntegrityError, DataError)
 
 
 def utcnow() -> dt.datetime:
@@ -56,8 +61,10 @@ class PassResult(msgspec.Struct, kw_only=True):
     outbox too long to establish what has committed: nothing was read this
     time, nothing skipped; the next pass catches up) or ``failed`` (then
     ``error`` says why; the batches committed before the failure stay
-    committed). ``failed`` counts the
-    events of the batch that could not be applied.
+    committed). ``failed`` counts the events of the batch that could not
+    be applied. ``conflicts_by_policy`` counts ``conflicts`` by the policy
+    that settled or parked them (``identical`` when both sides had made the
+    same change).
     """
 
     source: str
@@ -69,6 +76,7 @@ class PassResult(msgspec.Struct, kw_only=True):
     conflicts: int = 0
     parked: int = 0
     failed: int = 0
+    conflicts_by_policy: dict[str, int] = {}
     seconds: float = 0.0
     status: str = "ok"
     error: str | None = None
@@ -97,7 +105,9 @@ class SyncPass:
     ``tables`` limits the pass to those tables (None: all), less
     ``exclude_tables``. ``unscoped`` maps a table that has none of a scoped
     local's scope columns to ``"all"`` (replicated whole, the default) or
-    ``"none"`` (not replicated to or from that local).
+    ``"none"`` (not replicated to or from that local). When the target is
+    the server, conflicts are settled by ``policies`` (table -> policy
+    name, see :mod:`replicator.conflicts`), else by ``policy``.
     """
 
     def __init__(
@@ -110,6 +120,8 @@ class SyncPass:
         exclude_tables: Collection[str] = (),
         batch_size: int = 1000,
         unscoped: Mapping[str, str] | None = None,
+        policy: str = "latest_timestamp",
+        policies: Mapping[str, str] | None = None,
         now: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         if batch_size < 1:
@@ -120,6 +132,13 @@ class SyncPass:
         self.batch_size = batch_size
         self.unscoped = dict(unscoped or {})
         self.now = now
+        self.settle = None
+        if target.role == "server":
+            self.settle = Settlement(
+                target.name,
+                {t: (name, conflicts.load(name)) for t, name in (policies or {}).items()},
+                (policy, conflicts.load(policy)),
+            )
 
     def run(self) -> PassResult:
         """Apply everything the source has committed after the checkpoint.
@@ -144,33 +163,40 @@ class SyncPass:
             if horizon is None:
                 result.status = "deferred"
             while horizon is not None:
-                batch = []
-                with self.target.begin() as tconn:
-                    after = checkpoints.get(tconn, self.source.name, self.channel)
-                    if after >= horizon:
-                        break
-                    if pending is not None and pending[0] == after:
-                        batch, reached = pending[1].result()
-                    else:
-                        batch, reached = self._read(after, horizon)
-                    pending = None
-                    if reached < horizon:
-                        pending = (reached, ahead.submit(self._read, reached, horizon))
-                    entries = self._in_scope(tconn, batch)
-                    counts.add(
-                        apply_batch(
+                batch, entries = [], []
+                try:
+                    with self.target.begin() as tconn:
+                        after = checkpoints.get(tconn, self.source.name, self.channel)
+                        if after >= horizon:
+                            break
+                        if pending is not None and pending[0] == after:
+                            batch, reached = pending[1].result()
+                        else:
+                            batch, reached = self._read(after, horizon)
+                        pending = None
+                        if reached < horizon:
+                            pending = (reached, ahead.submit(self._read, reached, horizon))
+                        entries = self._in_scope(tconn, batch)
+                        applied = self._apply(tconn, entries)
+                        checkpoints.advance(
                             tconn,
                             self.target.dialect,
-                            entries,
-                            shape_of=lambda table: self.target.shape(tconn, table),
-                            forward=self.target.role == "server",
+                            self.source.name,
+                            self.channel,
+                            reached,
+                            started,
                         )
-                    )
-                    counts.read += len(batch) - len(entries)
-                    counts.skipped += len(batch) - len(entries)
-                    checkpoints.advance(
-                        tconn, self.target.dialect, self.source.name, self.channel, reached, started
-                    )
+                except _REFUSED:
+                    if not entries:
+                        raise
+                    # The target refused a row; which one, only the database
+                    # knows, and DuckDB has aborted the whole transaction.
+                    # Apply the batch again one event per transaction, and
+                    # park the events it refuses.
+                    applied = self._apply_singly(entries, reached, started)
+                counts.add(applied)
+                counts.read += len(batch) - len(entries)
+                counts.skipped += len(batch) - len(entries)
         except ConfigurationError:
             raise
         except (ReplicatorError, SQLAlchemyError) as e:
@@ -179,11 +205,56 @@ class SyncPass:
             counts.failed += len(batch)
         finally:
             ahead.shutdown(wait=True, cancel_futures=True)
-        for name, count in dataclasses.asdict(counts).items():
-            setattr(result, name, count)
+        for name, value in dataclasses.asdict(counts).items():
+            setattr(result, name, value)
         result.seconds = round(time.perf_counter() - clock, 6)
         self._record(result, started)
         return result
+
+    def _apply(self, tconn: Any, entries: list[Entry]) -> Counts:
+        return apply_batch(
+            tconn,
+            self.target.dialect,
+            entries,
+            shape_of=lambda table: self.target.shape(tconn, table),
+            settle=self.settle,
+            now=self.now(),
+        )
+
+    def _apply_singly(self, entries: list[Entry], reached: int, started: dt.datetime) -> Counts:
+        """Apply ``entries`` one per target transaction (each with its
+        checkpoint), parking those the target refuses."""
+        counts = Counts()
+        for i, entry in enumerate(entries):
+            upto = reached if i == len(entries) - 1 else entry.position
+            try:
+                with self.target.begin() as tconn:
+                    counts.add(self._apply(tconn, [entry]))
+                    checkpoints.advance(
+                        tconn, self.target.dialect, self.source.name, self.channel, upto, started
+                    )
+            except _REFUSED as e:
+                reason = (
+                    Reason.CONSTRAINT_VIOLATION
+                    if isinstance(e, IntegrityError)
+                    else Reason.INVALID_VALUE
+                )
+                with self.target.begin() as tconn:
+                    counts.add(
+                        reject(
+                            tconn,
+                            self.target.dialect,
+                            entry,
+                            reason,
+                            f"the target refused the row: {_describe(e)}",
+                            shape_of=lambda table: self.target.shape(tconn, table),
+                            now=self.now(),
+                        )
+                    )
+                    checkpoints.advance(
+                        tconn, self.target.dialect, self.source.name, self.channel, upto, started
+                    )
+        return counts
 
     def _read(self, after: int, horizon: int) -> tuple[list[Entry], int]:
         with self.source.connect() as conn:
@@ -211,6 +282,9 @@ class SyncPass:
         kept = []
         for entry in entries:
             event = entry.event
+            if event is None:  # undecodable: parked by the target
+                kept.append(entry)
+                continue
             has_scope = _has_columns(event, scope)
             if shape_node is not None and not has_scope:
                 shape = shape_node.shape(tconn, event.table)
@@ -241,6 +315,7 @@ class SyncPass:
             "events_applied": result.applied,
             "events_skipped": result.skipped,
             "conflicts": result.conflicts,
+            "conflict_policies": msgspec.json.encode(result.conflicts_by_policy).decode(),
             "parked": result.parked,
             "failed": result.failed,
             "seconds": result.seconds,
@@ -293,6 +368,21 @@ def _describe(error: Exception) -> str:
     return f"{type(orig or error).__name__}: {orig or error}".splitlines()[0]
 
 
+def _check_policies(config: Config) -> None:
+    """Import every custom policy now, so a bad one is a configuration
+    error naming its key, not a failure in the middle of a pass."""
+    named = [("replication.policy", config.replication.policy)] + [
+        (f"tables.{table}.policy", s.policy)
+        for table, s in config.tables.items()
+        if s.policy is not None
+    ]
+    for key, name in named:
+        try:
+            conflicts.load(name)
+        except ConfigurationError as e:
+            raise ConfigurationError(f"{config.path or '<config>'}: {key}: {e}") from e
+
+
 def replicate(source: Node, target: Node, **options: Any) -> PassResult:
     """One pass from ``source`` to ``target``; ``options`` as for :class:`SyncPass`."""
     return SyncPass(source, target, **options).run()
@@ -312,6 +402,7 @@ class Replicator:
             name: Node.from_config(name, settings, engines.get(name))
             for name, settings in config.nodes.items()
         }
+        _check_policies(config)
 
     @property
     def server(self) -> Node:
@@ -355,6 +446,7 @@ class Replicator:
 
     def passes(self, direction: Direction | None = None) -> Iterable[SyncPass]:
         unscoped = {t: s.unscoped for t, s in self.config.tables.items()}
+        policies = {t: s.policy for t, s in self.config.tables.items() if s.policy is not None}
         for source, target in self.links(direction):
             for channel, tables, excluded, size in self.channels():
                 yield SyncPass(
@@ -365,6 +457,8 @@ class Replicator:
                     exclude_tables=excluded,
                     batch_size=size,
                     unscoped=unscoped,
+                    policy=self.config.replication.policy,
+                    policies=policies,
                 )
 
     def sync(self, direction: Direction | None = None) -> SyncResult:

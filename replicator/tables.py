@@ -123,7 +123,9 @@ review_items = sa.Table(
     "replicator_review_items",
     metadata,
     # The manual-review queue: every version of a conflict no policy settled,
-    # or an event that could not be applied, with the reason.
+    # or an event that could not be applied, with the reason (see review.py).
+    # `local` is the version the node that parked it holds, `remote` the
+    # incoming one; `events` the encoded events involved, whole.
     serial_column("id", "replicator_review_items"),
     sa.Column("table_name", TABLE_NAME, nullable=False),
     sa.Column("row_key", ROW_KEY, nullable=False),
@@ -162,6 +164,8 @@ sync_runs = sa.Table(
     sa.Column("failed", sa.Integer, nullable=False, default=0),
     sa.Column("seconds", sa.Float, nullable=False, default=0.0),
     sa.Column("error", TEXT),
+    # JSON object: policy name -> conflicts it settled or parked.
+    sa.Column("conflict_policies", sa.Text),
     sa.Index(None, "started_at"),
 )
 

@@ -38,8 +38,19 @@ def test_channels_run_by_priority_with_their_own_checkpoints_and_failures(tmp_pa
     )
     try:
         app.run_session(phone.sessions, user_id="u-42", now=NOW)
+        # The server's documents table fails every write with an error
+        # that is the database's, not the row's: that channel fails.
+        sa.event.listen(
+            server.engine,
+            "connect",
+            lambda dbapi, _: dbapi.create_function("out_of_service", 0, _out_of_service),
+        )
+        server.engine.dispose()
         with server.engine.begin() as conn:
-            conn.exec_driver_sql("DROP TABLE documents")
+            conn.exec_driver_sql(
+                "CREATE TRIGGER documents_down BEFORE INSERT ON documents "
+                "BEGIN SELECT out_of_service(); END"
+            )
         engines = {"server": server.engine, "phone": phone.engine}
 
         with Replicator(config, engines=engines) as replicator:
@@ -47,7 +58,7 @@ def test_channels_run_by_priority_with_their_own_checkpoints_and_failures(tmp_pa
 
         summary = [(p.channel, p.status, p.applied) for p in result.passes]
         assert summary == [("essential", "ok", 2), ("default", "ok", 12), ("bulky", "failed", 0)]
-        assert "documents" in result.passes[2].error
+        assert "OperationalError" in result.passes[2].error
         with server.engine.connect() as conn:
             stored = checkpoints.all_of(conn)
             profiles = conn.execute(
@@ -58,3 +69,7 @@ def test_channels_run_by_priority_with_their_own_checkpoints_and_failures(tmp_pa
     finally:
         phone.close()
         server.close()
+
+
+def _out_of_service() -> None:
+    raise RuntimeError("the documents store is out of service")

@@ -66,7 +66,7 @@ def test_edits_in_turn_on_both_locals_are_sequential_everywhere(hub):
     assert a.rows("vocabulary_items")[0][3:] == ("table", 0.75)
 
 
-def test_concurrent_edits_on_two_locals_converge_with_one_detected_conflict_per_node(hub):
+def test_concurrent_edits_on_two_locals_converge_settled_once_by_the_server(hub):
     server, a, b = hub
     add_vocabulary(a, "v-1", "mesa")
     sync_all(server, a, b)
@@ -76,9 +76,9 @@ def test_concurrent_edits_on_two_locals_converge_with_one_detected_conflict_per_
     passes = sync_all(server, a, b)
     sync_all(server, a, b)
 
-    # Detected once at each node: the server (laptop arrives after phone),
-    # phone (laptop's edit arrives) and laptop (phone's forwarded edit arrives).
-    assert [p.conflicts for p in passes] == [0, 1, 1, 1]
+    # Detected and settled once, on the server (the laptop's edit arrives
+    # after the phone's); both locals receive the settlement, no conflict.
+    assert [p.conflicts for p in passes] == [0, 1, 0, 0]
     assert a.state() == b.state() == server.state()
     assert a.rows("vocabulary_items")[0][3] == "table"
 

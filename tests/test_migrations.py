@@ -59,6 +59,7 @@ EXPECTED = {
         "events_applied",
         "events_skipped",
         "conflicts",
+        "conflict_policies",
         "parked",
         "failed",
         "seconds",
@@ -80,7 +81,7 @@ def test_migrate_twice_creates_the_tables_once(database_url):
         assert primary_key_of(engine, "replicator_row_versions") == ["table_name", "row_key"]
         with engine.connect() as conn:
             assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [
-                ("0002",)
+                ("0003",)
             ]
     finally:
         engine.dispose()

@@ -1,0 +1,229 @@
+"""The manual-review queue: what no policy settled and what could not be applied.
+
+Each node keeps its own queue in ``replicator_review_items``. An item keeps
+everything needed to decide later and loses nothing: the row's base, the
+target's version (``local``: the row as the node that parked it holds it),
+the incoming version (``remote``), the reason, the policy, and the events
+involved, whole (their encoded payloads, undecodable ones included).
+
+A row has at most one open item. What happens to later events for a row
+with an open item:
+
+* an event that conflicts with the row again, or cannot be applied again,
+  joins the open item: its ``remote`` side becomes the newest version and
+  its event is added to ``events``;
+* an event that descends from the row's current version is applied as
+  usual (the row moves on; the item stays open, and a decision later must
+  descend from the row's version then, see ``replicator review``);
+* an event (or a settlement) whose version descends from every version in
+  the item makes it ``obsolete``: someone changed the row after seeing
+  every side, so there is nothing left to decide. An item whose incoming
+  event could not be decoded has no known version and is never obsolete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from replicator import versions
+from replicator.conflicts import Side
+from replicator.dialects import Dialect
+from replicator.events import from_ext, wire
+from replicator.tables import review_items
+from replicator.versions import Order
+
+
+class Reason(enum.StrEnum):
+    """Why an item was parked."""
+
+    MANUAL_REVIEW = "manual_review"  # the policy asks a person
+    RESOLVER_ERROR = "resolver_error"  # a custom resolver raised or returned no decision
+    CONSTRAINT_VIOLATION = "constraint_violation"  # the target refused the row
+    INVALID_VALUE = "invalid_value"  # the target cannot store a value
+    MISSING_TABLE = "missing_table"
+    MISSING_COLUMN = "missing_column"
+    KEY_MISMATCH = "key_mismatch"  # the target's primary key differs
+    CORRUPT_PAYLOAD = "corrupt_payload"  # the event could not be decoded
+
+
+class Status(enum.StrEnum):
+    OPEN = "open"
+    RESOLVED = "resolved"
+    OBSOLETE = "obsolete"
+
+
+class Item(msgspec.Struct, kw_only=True):
+    """One review item as stored."""
+
+    id: int
+    table: str
+    key: str
+    reason: str
+    detail: str
+    policy: str
+    status: str
+    base: dict[str, Any] | None
+    local: Side | None
+    remote: Side | None
+    events: list[bytes]
+    detected_at: dt.datetime
+    resolved_at: dt.datetime | None = None
+    resolved_by: str | None = None
+    resolution: str | None = None
+
+    def superseded_by(self, version: Mapping[str, int]) -> bool:
+        """Whether ``version`` descends from (or equals) every version in the
+        item; never for an item whose incoming event is unknown."""
+        if self.remote is None:
+            return False
+        sides = [self.remote] + ([self.local] if self.local is not None else [])
+        return all(
+            versions.compare(version, side.version) in (Order.AFTER, Order.EQUAL) for side in sides
+        )
+
+
+class Parking(msgspec.Struct, kw_only=True):
+    """An item to write (or to add to the row's open item)."""
+
+    table: str
+    key: str
+    reason: Reason
+    detail: str
+    policy: str = ""
+    base: dict[str, Any] | None = None
+    local: Side | None = None
+    remote: Side | None = None
+    events: list[bytes] = []
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_side = msgspec.msgpack.Decoder(Side, ext_hook=from_ext).decode
+_decode_row = msgspec.msgpack.Decoder(dict[str, Any] | None, ext_hook=from_ext).decode
+_decode_events = msgspec.msgpack.Decoder(list[bytes]).decode
+
+
+def _pack_side(side: Side | None) -> bytes | None:
+    return None if side is None else _encode(msgspec.structs.replace(side, row=wire(side.row)))
+
+
+def _pack_row(row: dict[str, Any] | None) -> bytes | None:
+    return None if row is None else _encode(wire(row))
+
+
+def _item(row: Any) -> Item:
+    return Item(
+        id=row.id,
+        table=row.table_name,
+        key=row.row_key,
+        reason=row.reason,
+        detail=row.detail,
+        policy=row.policy,
+        status=row.status,
+        base=None if row.base is None else _decode_row(row.base),
+        local=None if row.local is None else _decode_side(row.local),
+        remote=None if row.remote is None else _decode_side(row.remote),
+        events=[] if row.events is None else _decode_events(row.events),
+        detected_at=row.detected_at,
+        resolved_at=row.resolved_at,
+        resolved_by=row.resolved_by,
+        resolution=row.resolution,
+    )
+
+
+def items(conn: Connection, *, status: str | None = None, table: str | None = None) -> list[Item]:
+    """The node's review items (optionally of one status or table), oldest
+    first; ``[]`` when the queue is empty."""
+    select = sa.select(review_items).order_by(review_items.c.id)
+    if status is not None:
+        select = select.where(review_items.c.status == status)
+    if table is not None:
+        select = select.where(review_items.c.table_name == table)
+    return [_item(row) for row in conn.execute(select)]
+
+
+def open_items(
+    conn: Connection, dialect: Dialect, keys: Mapping[str, Collection[str]]
+) -> dict[tuple[str, str], Item]:
+    """The open items of these rows (table -> row keys), by (table, key).
+
+    One cheap query when the queue has no open item at all (the usual case);
+    otherwise one look-up per table and chunk of keys.
+    """
+    c = review_items.c
+    any_open = conn.execute(sa.select(c.id).where(c.status == Status.OPEN).limit(1)).first()
+    if any_open is None:
+        return {}
+    found: dict[tuple[str, str], Item] = {}
+    for table, table_keys in keys.items():
+        table_keys = sorted(table_keys)
+        for start in range(0, len(table_keys), dialect.in_chunk):
+            chunk = table_keys[start : start + dialect.in_chunk]
+            select = sa.select(review_items).where(
+                c.status == Status.OPEN, c.table_name == table, c.row_key.in_(chunk)
+            )
+            for row in conn.execute(select):
+                found[(table, row.row_key)] = _item(row)
+    return found
+
+
+def write(
+    conn: Connection,
+    parkings: Sequence[Parking],
+    joined: Mapping[int, Sequence[Parking]],
+    obsolete: Mapping[int, str],
+    now: dt.datetime,
+) -> None:
+    """Write new items, add parkings to open items (``joined``: item id ->
+    parkings in order) and close ``obsolete`` ones (id -> what superseded
+    them), in the caller's transaction."""
+    moment = now.astimezone(dt.UTC).replace(tzinfo=None)
+    if parkings:
+        conn.execute(
+            review_items.insert(),
+            [
+                {
+                    "table_name": p.table,
+                    "row_key": p.key,
+                    "reason": p.reason.value,
+                    "detail": p.detail,
+                    "policy": p.policy,
+                    "status": Status.OPEN.value,
+                    "base": _pack_row(p.base),
+                    "local": _pack_side(p.local),
+                    "remote": _pack_side(p.remote),
+                    "events": _encode(p.events),
+                    "detected_at": moment,
+                }
+                for p in parkings
+            ],
+        )
+    c = review_items.c
+    for item_id, added in joined.items():
+        stored = conn.execute(sa.select(c.events).where(c.id == item_id)).scalar_one()
+        events = _decode_events(stored) if stored is not None else []
+        for p in added:
+            events += p.events
+        last = added[-1]
+        values = {"reason": last.reason.value, "detail": last.detail, "events": _encode(events)}
+        known = [p.remote for p in added if p.remote is not None]
+        if known:  # the newest version seen (an undecodable event has none)
+            values["remote"] = _pack_side(known[-1])
+        conn.execute(review_items.update().where(c.id == item_id).values(**values))
+    for item_id, note in obsolete.items():
+        conn.execute(
+            review_items.update()
+            .where(c.id == item_id)
+            .values(
+                status=Status.OBSOLETE.value,
+                resolved_at=moment,
+                resolved_by="replicator",
+                resolution=note,
+            )
+        )
