@@ -121,6 +121,7 @@ def apply_batch(
     shape_of: Callable[[str], TableShape | None],
     settle: Settlement | None,
     now: dt.datetime,
+    careful: bool = False,
 ) -> Counts:
     """Apply ``entries`` (in position order) on ``conn``'s node.
 
@@ -129,12 +130,13 @@ def apply_batch(
     conflicts, and appends what it applied and settled to its outbox. A
     local (``settle`` None) skips changes concurrent with its own. ``now``
     stamps review items. Raises the database's error when it refuses a row
-    (the caller's transaction then rolls back as a whole). Nothing happens
-    for no entries.
+    (the caller's transaction then rolls back as a whole); ``careful``
+    writes row by row with plain statements, so that error is the
+    database's own message about the row. Nothing happens for no entries.
     """
     batch = _Batch(conn, dialect, shape_of, settle, now)
     batch.apply(entries)
-    batch.write()
+    batch.write(careful)
     return batch.counts
 
 
@@ -477,7 +479,7 @@ class _Batch:
 
     # --- writing ---------------------------------------------------------------
 
-    def write(self) -> None:
+    def write(self, careful: bool = False) -> None:
         for table in self.upserts.keys() | self.deletes.keys():
             _write_rows(
                 self.conn,
@@ -485,6 +487,7 @@ class _Batch:
                 self.shapes[table],
                 self.upserts.get(table, {}),
                 self.deletes.get(table, {}),
+                careful,
             )
         self.dialect.upsert_rows(
             self.conn,
@@ -597,10 +600,15 @@ def _write_rows(
     shape: TableShape,
     upserts: dict[str, dict],
     deletes: dict[str, dict],
+    careful: bool = False,
 ) -> None:
     table = shape.table()
     if deletes:
         dialect.delete_rows(conn, table, shape.key, [tuple(k.values()) for k in deletes.values()])
+    if careful:
+        for row in upserts.values():
+            dialect.write_row(conn, table, {c: _plain(v) for c, v in row.items()})
+        return
     by_columns: dict[tuple[str, ...], list[tuple]] = {}
     for row in upserts.values():
         by_columns.setdefault(tuple(row), []).append(tuple(_plain(v) for v in row.values()))

@@ -211,7 +211,7 @@ class SyncPass:
         self._record(result, started)
         return result
 
-    def _apply(self, tconn: Any, entries: list[Entry]) -> Counts:
+    def _apply(self, tconn: Any, entries: list[Entry], careful: bool = False) -> Counts:
         return apply_batch(
             tconn,
             self.target.dialect,
@@ -219,6 +219,7 @@ class SyncPass:
             shape_of=lambda table: self.target.shape(tconn, table),
             settle=self.settle,
             now=self.now(),
+            careful=careful,
         )
 
     def _apply_singly(self, entries: list[Entry], reached: int, started: dt.datetime) -> Counts:
@@ -229,7 +230,7 @@ class SyncPass:
             upto = reached if i == len(entries) - 1 else entry.position
             try:
                 with self.target.begin() as tconn:
-                    counts.add(self._apply(tconn, [entry]))
+                    counts.add(self._apply(tconn, [entry], careful=True))
                     checkpoints.advance(
                         tconn, self.target.dialect, self.source.name, self.channel, upto, started
                     )

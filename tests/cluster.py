@@ -73,3 +73,15 @@ def edit_vocabulary(m: Member, item_id: str, **values: Any) -> None:
         item = session.get(app.VocabularyItem, item_id)
         for column, value in values.items():
             setattr(item, column, value)
+
+
+def delete_vocabulary(m: Member, item_id: str) -> None:
+    with m.sessions.begin() as session:
+        session.delete(session.get(app.VocabularyItem, item_id))
+
+
+def vocabulary(m: Member, item_id: str) -> tuple[str, float] | None:
+    """(translation, strength) of one vocabulary item, None when absent."""
+    with m.sessions() as session:
+        item = session.get(app.VocabularyItem, item_id)
+        return None if item is None else (item.translation, item.strength)

@@ -116,9 +116,29 @@ class Dialect:
         """
         rows = last_per_key(table, columns, rows)
         columns, rows, constants = hoisted(columns, rows, NO_CONSTANTS, hoist)
-        updates = update_list(conn, table, [*constants, *columns], self.incoming)
+        updates = self.key_guard(conn, table) + update_list(
+            conn, table, [*constants, *columns], self.incoming
+        )
         tail = f" {self._on_conflict(conn, table)} {updates}"
         execute_values(conn, *self._insert(conn, table, columns, constants), rows, tail)
+
+    def key_guard(self, conn: Connection, table: sa.Table) -> str:
+        """Assignments opening an upsert's update part that make it fail when
+        the row it hit has a different primary key ("" where the conflict
+        clause names the primary key, so it cannot hit another row)."""
+        return ""
+
+    def write_row(self, conn: Connection, table: sa.Table, row: Mapping[str, Any]) -> None:
+        """Insert or update one row by its primary key with plain statements:
+        slow, but a row the database refuses fails with its own message."""
+        names = {c.name for c in table.primary_key.columns}
+        key = [table.c[name] == row[name] for name in names]
+        if conn.execute(sa.select(sa.literal(1)).select_from(table).where(*key)).first():
+            values = {c: v for c, v in row.items() if c not in names}
+            if values:
+                conn.execute(table.update().where(*key).values(values))
+        else:
+            conn.execute(table.insert().values(dict(row)))
 
     #: Keys per ``IN (...)`` list: well below SQLite's and MariaDB's limits
     #: on bound parameters.

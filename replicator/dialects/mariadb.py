@@ -34,6 +34,16 @@ class MariaDBDialect(Dialect):
     incoming = "VALUES({})"
     json_set, json_get, greatest = "JSON_SET", "JSON_VALUE", "GREATEST"
 
+    def key_guard(self, conn: Connection, table: sa.Table) -> str:
+        # ON DUPLICATE KEY UPDATE fires on *any* unique key: a row whose
+        # secondary unique value another row holds would silently overwrite
+        # that row. Setting the key to NULL there fails the statement
+        # instead (strict mode, MariaDB's default: "cannot be null").
+        return "".join(
+            f"{q} = IF({q} <=> VALUES({q}), {q}, NULL), "
+            for q in (conn.dialect.identifier_preparer.quote(c.name) for c in table.primary_key)
+        )
+
     def stored(self, column: sa.Column) -> Callable[[Any], Any] | None:
         # DATETIME and TIME keep `fsp` fractional digits (none by default)
         # and truncate the rest.
