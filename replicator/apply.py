@@ -56,7 +56,7 @@ from replicator.dialects.base import TableShape
 from replicator.events import ChangeEvent, Operation, encode_event, new_id
 from replicator.outbox import Entry
 from replicator.review import Item, Parking, Reason
-from replicator.tables import row_versions
+from replicator.tables import row_versions, settlements
 from replicator.versions import Order, RowVersion
 
 _VERSION_COLUMNS = ("table_name", "row_key", "version", "hlc", "origin", "deleted")
@@ -185,6 +185,9 @@ class _Batch:
         self.joined: dict[int, list[Parking]] = {}
         self.obsolete: dict[int, str] = {}
         self.problems: dict[tuple[str, tuple[str, ...], tuple[str, ...]], tuple | None] = {}
+        # (table, key) -> (settlement version, version of the row it kept)
+        self.settled: dict[tuple[str, str], tuple[dict, dict]] = {}
+        self.new_settled: set[tuple[str, str]] = set()
 
     # --- deciding ------------------------------------------------------------
 
@@ -276,7 +279,12 @@ class _Batch:
                     and versions.compare(entries[j].event.version, seen.version) is Order.CONCURRENT
                 ):
                     j += 1
-                self._settle(table, key, entries[i:j], seen)
+                run = entries[i:j]
+                content = self._content_version(table, key, seen)
+                if versions.compare(run[0].event.version, content) is Order.AFTER:
+                    self._absorb(table, key, run, seen)
+                else:
+                    self._settle(table, key, run, seen, content)
                 i = j
 
     def _take(self, table: str, entry: Entry) -> None:
@@ -294,8 +302,78 @@ class _Batch:
             self.outgoing.append((event.origin, table, entry.row_key, event.hlc, entry.payload))
         self.counts.applied += 1
 
-    def _settle(self, table: str, key: str, run: list[Entry], seen: RowVersion) -> None:
-        """Settle the local's ``run`` of events against the server's version."""
+    def _content_version(self, table: str, key: str, seen: RowVersion) -> dict:
+        """The version of the change that made the row as it stands: the row's
+        version, unless that is a settlement that kept one side's row."""
+        if (table, key) not in self.settled:
+            c = settlements.c
+            found = self.conn.execute(
+                sa.select(c.version, c.kept).where(c.table_name == table, c.row_key == key)
+            ).first()
+            if found is not None:
+                self.settled[(table, key)] = (json.loads(found[0]), json.loads(found[1]))
+        settled = self.settled.get((table, key))
+        if settled is not None and settled[0] == seen.version:
+            return settled[1]
+        return seen.version
+
+    def _absorb(self, table: str, key: str, run: list[Entry], seen: RowVersion) -> None:
+        """Apply a ``run`` concurrent with a settlement only through the side
+        the settlement discarded: it descends from the row as it stands, so
+        it is a sequential edit. It is written as a settlement of the server,
+        whose version descends from both, so every node takes it."""
+        assert self.settle is not None
+        last = run[-1].event
+        base, _ = _base([entry.event for entry in run])
+        self._write(table, key, last.key, last.row)
+        self._emit(table, key, run, seen, base, last.row, last.hlc, last.version, "edit")
+        self.counts.applied += len(run)
+
+    def _emit(
+        self,
+        table: str,
+        key: str,
+        run: list[Entry],
+        seen: RowVersion,
+        before: dict | None,
+        row: dict | None,
+        hlc: int,
+        kept: dict | None,
+        how: str,
+    ) -> None:
+        """Write the server's settlement of ``run`` against ``seen``: ``row``
+        (the change from ``before``), with a version descending from both.
+        ``kept`` is the version of the change whose row it keeps (None for a
+        new, merged row)."""
+        assert self.settle is not None
+        last = run[-1].event
+        version = versions.increment(versions.merge(seen.version, last.version), self.settle.node)
+        settlement = ChangeEvent(
+            event_id=new_id(),
+            origin=self.settle.node,
+            table=table,
+            key=last.key,
+            **_change(before, row),
+            version=version,
+            hlc=hlc,
+            txid=self.txid,
+        )
+        self.outgoing.append((self.settle.node, table, key, hlc, encode_event(settlement)))
+        if kept is not None:
+            self.settled[(table, key)] = (version, kept)
+            self.new_settled.add((table, key))
+        self._set_version(
+            table,
+            key,
+            RowVersion(version, hlc, self.settle.node, row is None),
+            f"the {how} settlement of {', '.join(e.event.event_id for e in run)}",
+        )
+
+    def _settle(
+        self, table: str, key: str, run: list[Entry], seen: RowVersion, content: dict
+    ) -> None:
+        """Settle the local's ``run`` of events against the server's version;
+        ``content`` is the version of the change that made the server's row."""
         assert self.settle is not None
         last = run[-1].event
         base, touched = _base([entry.event for entry in run])
@@ -343,31 +421,14 @@ class _Batch:
             )
             return
         if outcome is Decision.SERVER:
-            row, hlc = server.row, server.hlc
+            row, hlc, kept = server.row, server.hlc, content
         elif outcome is Decision.LOCAL:
-            row, hlc = local.row, local.hlc
+            row, hlc, kept = local.row, local.hlc, last.version
             self._write(table, key, last.key, row)
         else:
-            row, hlc = outcome, max(server.hlc, local.hlc)
+            row, hlc, kept = outcome, max(server.hlc, local.hlc), None
             self._write(table, key, last.key, row)
-        version = versions.increment(versions.merge(seen.version, last.version), self.settle.node)
-        settlement = ChangeEvent(
-            event_id=new_id(),
-            origin=self.settle.node,
-            table=table,
-            key=last.key,
-            **_change(server.row, row),
-            version=version,
-            hlc=hlc,
-            txid=self.txid,
-        )
-        self.outgoing.append((self.settle.node, table, key, hlc, encode_event(settlement)))
-        self._set_version(
-            table,
-            key,
-            RowVersion(version, hlc, self.settle.node, row is None),
-            f"the {name} settlement of {', '.join(e.event.event_id for e in run)}",
-        )
+        self._emit(table, key, run, seen, server.row, row, hlc, kept, name)
         self.counts.applied += len(run)
 
     def _write(self, table: str, key: str, key_values: dict, row: dict | None) -> None:
@@ -499,6 +560,17 @@ class _Batch:
             ],
             hoist=("table_name", "origin", "deleted"),
         )
+        if self.new_settled:
+            self.dialect.upsert_rows(
+                self.conn,
+                settlements,
+                ("table_name", "row_key", "version", "kept"),
+                [
+                    (table, key, _encode_json(v).decode(), _encode_json(k).decode())
+                    for (table, key), (v, k) in self.settled.items()
+                    if (table, key) in self.new_settled
+                ],
+            )
         if self.settle is not None:
             outbox.append_encoded(self.conn, self.dialect, self.outgoing)
         if self.parkings or self.joined or self.obsolete:

@@ -1,6 +1,6 @@
 """The replicator's own tables, defined once.
 
-Every node (server or local) holds the same six tables, created and upgraded
+Every node (server or local) holds the same tables, created and upgraded
 by the alembic migrations in ``migrations/`` (a test checks that the
 migrations produce exactly these definitions). All names start with
 ``replicator_``; capture never records changes to them.
@@ -106,6 +106,19 @@ row_versions = sa.Table(
     # SQLite: store rows in the primary-key B-tree itself (InnoDB always
     # does), one B-tree write per upsert instead of a rowid table plus index.
     sqlite_with_rowid=False,
+)
+
+settlements = sa.Table(
+    "replicator_settlements",
+    metadata,
+    # On the server: for a row whose current version is a settlement that
+    # kept one side's row, the version of the change that made that row.
+    # A later change that descends from it saw the row as it stands and
+    # only missed the losing side, so it is applied, not a new conflict.
+    sa.Column("table_name", TABLE_NAME, primary_key=True),
+    sa.Column("row_key", ROW_KEY, primary_key=True),
+    sa.Column("version", sa.Text, nullable=False),  # the settlement's version (JSON)
+    sa.Column("kept", sa.Text, nullable=False),  # the version of the row it kept (JSON)
 )
 
 checkpoints = sa.Table(

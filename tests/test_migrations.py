@@ -12,6 +12,7 @@ from replicator.migration import VERSION_TABLE
 from replicator.tables import metadata
 
 EXPECTED = {
+    "replicator_settlements": {"table_name", "row_key", "version", "kept"},
     "replicator_outbox": {
         "position",
         "origin",
