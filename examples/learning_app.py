@@ -136,3 +136,13 @@ def run_session(session_factory, user_id: str, now: dt.datetime) -> None:
     with session_factory.begin() as session:
         item = session.scalars(sa.select(VocabularyItem).where(VocabularyItem.word == "mesa")).one()
         session.delete(item)
+
+
+def keep_longer_message(conflict):
+    """A custom conflict policy (``"module:function"``): of two concurrent
+    edits of a message, keep the longer text; a deleted message stays
+    deleted only if nobody rewrote it."""
+    server, local = conflict.server.row, conflict.local.row
+    if server is None or local is None:
+        return "local" if server is None else "server"
+    return "local" if len(local["content"]) > len(server["content"]) else "server"

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from replicator import config as config_module
@@ -99,23 +100,64 @@ def demo(
         "of its own: a tutor's additions (one for another user)."
     )
     console.print(pass_table(run.passes))
+    console.print(
+        "\nThen, while apart, both sides edit the same row of every table (the device "
+        "first), each table under another conflict policy, and sync again:"
+    )
+    console.print(pass_table(run.conflict_passes))
+    console.print(_conflict_table(run.conflicts))
+    for item in run.parked:
+        console.print(
+            f"Parked for review on the server: item {item.id}, {item.table} {item.key}: "
+            f"{item.reason} ({item.detail}). Both versions are kept in its review queue.",
+            highlight=False,
+            soft_wrap=True,
+        )
     result = Table(
-        title="Both nodes after the sync (rows of user u-42)",
+        title="Both nodes after the syncs (rows of user u-42)",
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
     for column in ("table", "server rows", "local rows", "same"):
         result.add_column(column, justify="left" if column == "table" else "right")
     for state in run.tables:
-        result.add_row(
-            state.table,
-            str(len(state.server)),
-            str(len(state.local)),
-            "[green]yes[/]" if state.equal else "[red]no[/]",
-        )
+        same = "[green]yes[/]" if not state.differing else "[red]no[/]"
+        if state.differing and state.equal:
+            same = f"[yellow]{state.differing} row parked for review[/]"
+        result.add_row(state.table, str(len(state.server)), str(len(state.local)), same)
     console.print(result)
     if not all(state.equal for state in run.tables):
         raise typer.Exit(1)
+
+
+def _conflict_table(conflicts) -> Table:
+    """Each demo conflict: what each side wrote, and what both hold now."""
+    table = Table(title="Conflicts, one per policy", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("table", "policy", "device wrote", "server wrote", "both now hold"):
+        table.add_column(column, overflow="fold")
+
+    def shown(values: dict | None, columns) -> str:
+        if values is None:
+            return "(deleted)"
+        return ", ".join(f"{c}={values[c]!r}" for c in sorted(columns))
+
+    for c in conflicts:
+        columns = c.local.keys() | c.server.keys()
+        if c.now_server == c.now_local:
+            now = shown(c.now_server, columns)
+        else:
+            now = (
+                f"[yellow]parked[/]: server keeps {shown(c.now_server, columns)}, "
+                f"device keeps {shown(c.now_local, columns)}"
+            )
+        table.add_row(
+            c.table,
+            c.policy.rpartition(":")[2] + (" (custom)" if ":" in c.policy else ""),
+            shown(c.local, c.local),
+            shown(c.server, c.server),
+            now,
+        )
+    return table
 
 
 def _short(value: object) -> str:
@@ -172,14 +214,15 @@ def sync(
         for p in result.passes:
             if p.status == "deferred":
                 errors.print(
-                    f"deferred: {p.source} -> {p.target} [{p.channel}]: the source's writers "
+                    f"deferred: {p.source} -> {p.target} \\[{p.channel}]: the source's writers "
                     "held its outbox; nothing was read, the next sync catches up",
                     highlight=False,
                     soft_wrap=True,
                 )
             if not p.ok:
                 errors.print(
-                    f"[bold red]failed:[/] {p.source} -> {p.target} [{p.channel}]: {p.error}",
+                    f"[bold red]failed:[/] {p.source} -> {p.target} \\[{p.channel}]: "
+                    + escape(p.error or ""),
                     highlight=False,
                     soft_wrap=True,
                 )
@@ -204,20 +247,26 @@ def pass_table(passes) -> Table:
         table.add_row(
             f"{p.source} -> {p.target}",
             p.channel,
-            *(str(getattr(p, n)) for n in ("read", "applied", "skipped")),
-            _conflicts(p.conflicts, p.conflicts_by_policy),
-            str(p.parked),
+            *(str(getattr(p, n)) for n in ("read", "applied", "skipped", "conflicts", "parked")),
             f"[red]{p.failed}[/]" if p.failed or not p.ok else "0",
             f"{p.seconds:.3f}",
         )
+    by_policy = [
+        escape(f"{p.source} -> {p.target} [{p.channel}]: {_by_policy(p.conflicts_by_policy)}")
+        for p in passes
+        if p.conflicts
+    ]
+    if by_policy:
+        table.caption = "conflicts by policy: " + "; ".join(by_policy)
+        table.caption_justify = "left"
     return table
 
 
-def _conflicts(total: int, by_policy: dict[str, int]) -> str:
-    """``3 (latest_timestamp 2, manual_review 1)``; ``0`` for none."""
-    if not total:
-        return "0"
-    return f"{total} ({', '.join(f'{name} {n}' for name, n in sorted(by_policy.items()))})"
+def _by_policy(counts: dict[str, int]) -> str:
+    """``latest_timestamp 2, manual_review 1``; a custom policy is named by
+    its function."""
+    named = sorted((name.rpartition(":")[2], n) for name, n in counts.items())
+    return ", ".join(f"{name} {n}" for name, n in named)
 
 
 def main() -> None:

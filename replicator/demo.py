@@ -4,8 +4,11 @@ Creates, in a directory, a local node (DuckDB or SQLite: the user's device)
 and a server node (a SQLite file standing in for MariaDB), installs the
 replicator's tables on both and turns capture on. The app then writes on
 both sides (a study session on the device; a tutor's additions on the
-server), one ``sync`` runs every pass, and the demo returns what was
-captured, what each pass did and both sides' tables afterwards.
+server), and one ``sync`` runs every pass. Then both sides edit the same
+row of each table while apart, each table under another conflict policy,
+and a second ``sync`` settles them, parking the one left to a person. The
+demo returns what was captured, what each pass did, each conflict's
+outcome, the parked item and both sides' tables afterwards.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
-from replicator import outbox
+from replicator import outbox, review
 from replicator.capture import capture
 from replicator.config import loads
 from replicator.events import ChangeEvent
@@ -30,24 +33,53 @@ STORES = ("duckdb", "sqlite")
 USER = "u-42"
 
 
+# Each table's conflict policy: one of each kind.
+POLICIES = {
+    "vocabulary_items": "latest_timestamp",
+    "user_profiles": "server_wins",
+    "conversations": "local_wins",
+    "learning_progress": "merge_fields",
+    "messages": "replicator_examples.learning_app:keep_longer_message",
+    "documents": "manual_review",
+}
+
+
 @dataclass(frozen=True)
 class TableState:
     table: str
     server: list[tuple[Any, ...]]
     local: list[tuple[Any, ...]]
+    differing: int  # rows not the same on both sides
+    parked: int  # rows with an open review item (they may differ)
 
     @property
     def equal(self) -> bool:
-        return self.server == self.local
+        """Equal, apart from rows parked for review."""
+        return self.differing <= self.parked
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Both sides changed one row while apart; what each wrote, what both hold now."""
+
+    table: str
+    policy: str
+    local: dict[str, Any]
+    server: dict[str, Any]
+    now_server: dict[str, Any] | None
+    now_local: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
 class DemoRun:
     url: str
     server_url: str
-    events: list[tuple[int, ChangeEvent]]  # captured on the local node
-    server_events: list[tuple[int, ChangeEvent]]  # captured on the server
+    events: list[tuple[int, ChangeEvent]]  # captured on the local node, first sync
+    server_events: list[tuple[int, ChangeEvent]]  # captured on the server, first sync
     passes: list[PassResult]
+    conflict_passes: list[PassResult]
+    conflicts: list[Conflict]
+    parked: list[review.Item]
     tables: list[TableState]
 
 
@@ -85,25 +117,58 @@ def run(directory: Path, store: str = "duckdb", node: str = "local") -> DemoRun:
             role = "local"
             scope = {{ user_id = "{USER}" }}
             """
+            + "".join(f'[tables.{t}]\npolicy = "{p}"\n' for t, p in POLICIES.items())
         )
         with Replicator(config, engines=engines) as replicator:
             passes = replicator.sync().passes
-        with engines[node].connect() as conn:
-            events = list(outbox.read(conn))
-        with engines["server"].connect() as conn:
-            server_events = [(p, e) for p, e in outbox.read(conn) if e.origin == "server"]
-        tables = [
-            TableState(
-                table.name, _rows(engines["server"], table, USER), _rows(engines[node], table, USER)
+            with engines[node].connect() as conn:
+                events = list(outbox.read(conn))
+            with engines["server"].connect() as conn:
+                server_events = [(p, e) for p, e in outbox.read(conn) if e.origin == "server"]
+            edits = _concurrent_edits(app, factories[node], factories["server"])
+            conflict_passes = replicator.sync().passes
+        conflicts = [
+            Conflict(
+                table,
+                POLICIES[table],
+                local,
+                server,
+                _values(engines["server"], app.Base.metadata.tables[table], key),
+                _values(engines[node], app.Base.metadata.tables[table], key),
             )
-            for table in app.Base.metadata.sorted_tables
+            for table, key, local, server in edits
         ]
+        with engines["server"].connect() as conn:
+            parked = review.items(conn, status="open")
+        tables = []
+        for table in app.Base.metadata.sorted_tables:
+            server_rows = _rows(engines["server"], table, USER)
+            local_rows = _rows(engines[node], table, USER)
+            tables.append(
+                TableState(
+                    table.name,
+                    server_rows,
+                    local_rows,
+                    _differing(table, server_rows, local_rows),
+                    sum(item.table == table.name for item in parked),
+                )
+            )
     finally:
         for handle in handles:
             handle.stop()
         for engine in engines.values():
             engine.dispose()
-    return DemoRun(urls[node], urls["server"], events, server_events, passes, tables)
+    return DemoRun(
+        urls[node],
+        urls["server"],
+        events,
+        server_events,
+        passes,
+        conflict_passes,
+        conflicts,
+        parked,
+        tables,
+    )
 
 
 def _tutor_edits(app: Any, factory: sessionmaker) -> None:
@@ -121,6 +186,76 @@ def _tutor_edits(app: Any, factory: sessionmaker) -> None:
                 ),
             ]
         )
+
+
+def _concurrent_edits(
+    app: Any, local: sessionmaker, server: sessionmaker
+) -> list[tuple[str, tuple, dict[str, Any], dict[str, Any]]]:
+    """The same row of every table changed on both sides (the device first),
+    between two syncs: ``(table, key, local changes, server changes)``."""
+    with local() as session:
+
+        def one(model: Any, **where: Any) -> tuple:
+            row = session.scalars(sa.select(model).filter_by(**where)).one()
+            return tuple(sa.inspect(row).identity)
+
+        edits = [
+            (
+                "vocabulary_items",
+                one(app.VocabularyItem, word="café"),
+                {"translation": "coffee, a café"},
+                {"translation": "a coffee"},
+            ),
+            (
+                "user_profiles",
+                (USER,),
+                {"display_name": "Ada L."},
+                {"display_name": "Ada Lovelace"},
+            ),
+            (
+                "conversations",
+                one(app.Conversation, user_id=USER),
+                {"title": "Ordering food and drinks"},
+                {"title": "Food (reviewed)"},
+            ),
+            ("learning_progress", (USER, "listening"), {"xp": 55}, {"level": 3}),
+            (
+                "messages",
+                one(app.Message, role="tutor"),
+                {"content": "¡Muy bien! ¿Algo más?"},
+                {"content": "¡Muy bien!!"},
+            ),
+            (
+                "documents",
+                one(app.Document, filename="menu.txt"),
+                {"content": "Café con leche y churros."},
+                {"content": "Café solo, tostadas."},
+            ),
+        ]
+    models = {m.__tablename__: m for m in app.Base.__subclasses__()}
+    for factory, side in ((local, 2), (server, 3)):
+        with factory.begin() as session:
+            for edit in edits:
+                row = session.get(models[edit[0]], edit[1])
+                for column, value in edit[side].items():
+                    setattr(row, column, value)
+    return edits
+
+
+def _values(engine: sa.Engine, table: sa.Table, key: tuple) -> dict[str, Any] | None:
+    """One row by its key (None when it is absent)."""
+    where = [column == value for column, value in zip(table.primary_key, key, strict=True)]
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(table).where(*where)).mappings().first()
+    return None if row is None else dict(row)
+
+
+def _differing(table: sa.Table, server: list[tuple], local: list[tuple]) -> int:
+    """How many rows (by key) are absent on one side or hold other values."""
+    at = [list(table.columns).index(c) for c in table.primary_key]
+    by_key = [{tuple(row[i] for i in at): row for row in rows} for rows in (server, local)]
+    keys = by_key[0].keys() | by_key[1].keys()
+    return sum(by_key[0].get(k) != by_key[1].get(k) for k in keys)
 
 
 def _rows(engine: sa.Engine, table: sa.Table, user: str) -> list[tuple[Any, ...]]:

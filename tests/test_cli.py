@@ -24,10 +24,24 @@ def test_demo_prints_captured_events(tmp_path):
     for table in ("user_profiles", "messages", "vocabulary_items", "learning_progress"):
         assert table in result.stdout
     assert "local -> server" in result.stdout and "server -> local" in result.stdout
-    assert " no " not in result.stdout.split("Both nodes after the sync")[1]
+    assert " no " not in result.stdout.split("Both nodes after the syncs")[1]
+    conflicts = result.stdout.split("Conflicts, one per policy")[1]
+    for policy in (
+        "latest_timestamp",
+        "server_wins",
+        "local_wins",
+        "merge_fields",
+        "keep_longer_message (custom)",
+        "manual_review",
+    ):
+        assert policy in conflicts
+    assert "level=3, xp=55" in conflicts  # merged
+    assert "Parked for review on the server: item 1, documents" in result.stdout
+    assert "1 row parked for review" in result.stdout
     engine = sa.create_engine(f"duckdb:///{tmp_path / 'local.duckdb'}")
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT count(*) FROM replicator_outbox").scalar() == 15
+        # The session's 15 events, then one edit per table while apart.
+        assert conn.exec_driver_sql("SELECT count(*) FROM replicator_outbox").scalar() == 21
         # The tutor's addition for this user arrived; the one for another user did not.
         words = conn.exec_driver_sql("SELECT word FROM vocabulary_items ORDER BY word").scalars()
         assert list(words) == ["café", "cuenta", "pan"]
