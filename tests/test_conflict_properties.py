@@ -254,6 +254,7 @@ def check(members: dict[str, Member], writes: list[Write], policy: str) -> None:
 
 def property_test(nodes_fixture: str, examples: int):
     examples *= int(os.environ.get("REPLICATOR_PROPERTY_SCALE", "1"))
+
     @pytest.mark.parametrize("policy", [*AUTOMATIC, "manual_review"])
     @settings(
         max_examples=examples,

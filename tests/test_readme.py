@@ -56,3 +56,31 @@ def test_replication_example_runs_every_pass(tmp_path):
         "server -> phone essential 0",
         "server -> phone default 0",
     ]
+
+
+def test_the_custom_policy_example_is_the_demo_apps_resolver():
+    from replicator.conflicts import Conflict, Side
+
+    from .cluster import app
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    namespace: dict = {}
+    exec(next(b for b in blocks if "def keep_longer_message" in b), namespace)
+
+    def conflict(server, local):
+        def side(text, origin):
+            row = None if text is None else {"content": text}
+            return Side(row=row, version={origin: 1}, hlc=1, origin=origin)
+
+        return Conflict(
+            "messages", {}, None, side(server, "server"), side(local, "phone"), frozenset()
+        )
+
+    for server, local in [
+        ("short", "longer text"),
+        ("longer text", "short"),
+        (None, "x"),
+        ("x", None),
+    ]:
+        case = conflict(server, local)
+        assert namespace["keep_longer_message"](case) == app.keep_longer_message(case)
