@@ -12,9 +12,11 @@ from pathlib import Path
 
 import msgspec
 
+from replicator.conflicts import Side
 from replicator.events import ChangeEvent
 
-MESSAGES: dict[str, type] = {"change_event": ChangeEvent}
+# Stored messages: events in the outbox, a row's versions in review items.
+MESSAGES: dict[str, type] = {"change_event": ChangeEvent, "review_side": Side}
 
 
 def generate() -> dict[str, str]:
