@@ -326,7 +326,7 @@ class _Batch:
         last = run[-1].event
         base, _ = _base([entry.event for entry in run])
         self._write(table, key, last.key, last.row)
-        self._emit(table, key, run, seen, base, last.row, last.hlc, last.version, "edit")
+        self._emit(table, key, run, seen, (base, None), last.row, last.hlc, last.version, "edit")
         self.counts.applied += len(run)
 
     def _emit(
@@ -335,14 +335,15 @@ class _Batch:
         key: str,
         run: list[Entry],
         seen: RowVersion,
-        before: dict | None,
+        before: tuple[dict | None, dict | None],
         row: dict | None,
         hlc: int,
         kept: dict | None,
         how: str,
     ) -> None:
         """Write the server's settlement of ``run`` against ``seen``: ``row``
-        (the change from ``before``), with a version descending from both.
+        (the change from ``before``: the server's and the local's rows), with
+        a version descending from both.
         ``kept`` is the version of the change whose row it keeps (None for a
         new, merged row)."""
         assert self.settle is not None
@@ -353,7 +354,7 @@ class _Batch:
             origin=self.settle.node,
             table=table,
             key=last.key,
-            **_change(before, row),
+            **_change(*before, after=row),
             version=version,
             hlc=hlc,
             txid=self.txid,
@@ -428,7 +429,7 @@ class _Batch:
         else:
             row, hlc, kept = outcome, max(server.hlc, local.hlc), None
             self._write(table, key, last.key, row)
-        self._emit(table, key, run, seen, server.row, row, hlc, kept, name)
+        self._emit(table, key, run, seen, (server.row, local.row), row, hlc, kept, name)
         self.counts.applied += len(run)
 
     def _write(self, table: str, key: str, key_values: dict, row: dict | None) -> None:
@@ -616,13 +617,25 @@ def _base(events: list[ChangeEvent]) -> tuple[dict | None, set[str]]:
     return base, touched
 
 
-def _change(before: dict | None, after: dict | None) -> dict[str, Any]:
-    """``op``, ``row`` and ``changed`` of a change from ``before`` to ``after``."""
+def _change(before: dict | None, also: dict | None, *, after: dict | None) -> dict[str, Any]:
+    """``op``, ``row`` and ``changed`` of a change from ``before`` to ``after``.
+
+    A settlement changes two rows at once: the server's (``before``) and the
+    local's (``also``). Where the local's row differs from the outcome, its
+    previous value is the one recorded, so that a scoped local sees its row
+    leave its scope (see ``sync._scoped``).
+    """
+    olds = [row for row in (also, before) if row is not None]
     if after is None:
-        return {"op": Operation.DELETE, "row": None, "changed": dict(before or {})}
-    if before is None:
+        return {"op": Operation.DELETE, "row": None, "changed": dict(olds[0] if olds else {})}
+    if not olds:
         return {"op": Operation.INSERT, "row": after, "changed": {}}
-    changed = {c: before.get(c) for c, v in after.items() if v != before.get(c)}
+    changed = {}
+    for column, value in after.items():
+        for old in olds:
+            if column in old and old[column] != value:
+                changed[column] = old[column]
+                break
     return {"op": Operation.UPDATE, "row": after, "changed": changed}
 
 

@@ -107,3 +107,28 @@ def test_a_table_without_the_scope_column_replicates_as_configured(scoped, unsco
     with server.engine.connect() as conn:
         on_server = conn.execute(sa.select(Language.code).order_by(Language.code)).scalars()
         assert [c for c in on_server if c != "es"] == [c.replace("es", "fr") for c in expected]
+
+
+@pytest.mark.parametrize(
+    "policy, phone_keeps",
+    [("server_wins", False), ("local_wins", True)],
+)
+def test_a_settlement_moving_a_row_out_of_scope_deletes_it_there(scoped, policy, phone_keeps):
+    server, phone = scoped
+    add_vocabulary(phone, "v-1", "mesa")
+    replicate(phone.node, server.node)
+    replicate(server.node, phone.node)
+    edit_vocabulary(phone, "v-1", translation="desk")  # while apart:
+    edit_vocabulary(server, "v-1", user_id="u-7")  # a tutor gives the word to another user
+
+    up = replicate(phone.node, server.node, policy=policy)
+    down = replicate(server.node, phone.node)
+
+    assert (up.conflicts, down.conflicts) == (1, 0)
+    kept = [(r[0], r[1], r[3]) for r in phone.rows("vocabulary_items")]
+    if phone_keeps:  # the phone's row, in its scope, on both sides
+        assert kept == [("v-1", "u-42", "desk")]
+        assert [(r[0], r[1], r[3]) for r in server.rows("vocabulary_items")] == kept
+    else:  # the server's row, now another user's: gone from the phone
+        assert kept == []
+        assert [(r[0], r[1]) for r in server.rows("vocabulary_items")] == [("v-1", "u-7")]
