@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import replicator
 from replicator import outbox
 from replicator.capture import Capture
+from replicator.config import Config, loads
 from replicator.events import ChangeEvent
 from replicator.node import Node
 from replicator.resources import load_example
@@ -85,3 +86,12 @@ def vocabulary(m: Member, item_id: str) -> tuple[str, float] | None:
     with m.sessions() as session:
         item = session.get(app.VocabularyItem, item_id)
         return None if item is None else (item.translation, item.strength)
+
+
+def config(server: Member, *local_members: Member, extra: str = "") -> Config:
+    """A configuration of these nodes (by their names and URLs), plus ``extra`` TOML."""
+    nodes = "".join(
+        f'[nodes.{m.name}]\nurl = "{m.node.url}"\nrole = "{m.node.role}"\n'
+        for m in (server, *local_members)
+    )
+    return loads(nodes + extra)

@@ -94,6 +94,18 @@ def app(engine: Engine, node: str) -> Iterator[sessionmaker[Session]]:
     handle.stop()
 
 
+@pytest.fixture
+def pair(database_url: str, tmp_path: Path):
+    """A server on the backend under test and a local SQLite node, "phone"."""
+    from tests.cluster import member
+
+    server = member("server", database_url, role="server")
+    local = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    yield server, local
+    local.close()
+    server.close()
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     """Say plainly whether the MariaDB tests ran (CI must show that they did)."""
     counts = {

@@ -19,18 +19,16 @@ from replicator.events import decode_event
 from replicator.sync import Replicator, replicate
 from replicator.tables import sync_runs
 
-from .cluster import add_vocabulary, app, delete_vocabulary, edit_vocabulary, member, vocabulary
+from .cluster import (
+    add_vocabulary,
+    app,
+    config,
+    delete_vocabulary,
+    edit_vocabulary,
+    vocabulary,
+)
 
 START = dt.datetime(2026, 11, 24, 9, 0)
-
-
-@pytest.fixture
-def pair(database_url, tmp_path):
-    server = member("server", database_url, role="server")
-    local = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
-    yield server, local
-    local.close()
-    server.close()
 
 
 def both_ways(server, local, **options):
@@ -315,19 +313,11 @@ def test_with_a_lagging_clock_a_truly_concurrent_edit_is_settled_by_timestamp(pa
 
 def test_the_runs_table_counts_conflicts_by_policy_and_parked_events(pair, tmp_path):
     server, local = pair
-    config = loads(
-        f"""
-        [nodes.server]
-        url = "{server.node.url}"
-        role = "server"
-        [nodes.phone]
-        url = "{local.node.url}"
-        role = "local"
-        [replication]
-        policy = "server_wins"
-        [tables.vocabulary_items]
-        policy = "manual_review"
-        """
+    settings = config(
+        server,
+        local,
+        extra='[replication]\npolicy = "server_wins"\n'
+        '[tables.vocabulary_items]\npolicy = "manual_review"\n',
     )
     add_vocabulary(local, "v-1", "mesa")
     with local.sessions.begin() as session:
@@ -337,7 +327,7 @@ def test_the_runs_table_counts_conflicts_by_policy_and_parked_events(pair, tmp_p
             )
         )
     engines = {"server": server.engine, "phone": local.engine}
-    with Replicator(config, engines=engines) as replicator:
+    with Replicator(settings, engines=engines) as replicator:
         replicator.sync()
         edit_vocabulary(local, "v-1", translation="desk")
         edit_vocabulary(server, "v-1", translation="table")

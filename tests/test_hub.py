@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from replicator.config import loads
 from replicator.sync import Replicator, replicate
 
-from .cluster import add_vocabulary, edit_vocabulary, member
+from .cluster import add_vocabulary, config, edit_vocabulary, member
 
 
 @pytest.fixture
@@ -85,23 +84,11 @@ def test_concurrent_edits_on_two_locals_converge_settled_once_by_the_server(hub)
 
 def test_the_replicator_runs_every_link_from_a_config(hub, tmp_path):
     server, a, b = hub
-    config = loads(
-        f"""
-        [nodes.server]
-        url = "{server.node.url}"
-        role = "server"
-        [nodes.phone]
-        url = "{a.node.url}"
-        role = "local"
-        [nodes.laptop]
-        url = "{b.node.url}"
-        role = "local"
-        """
-    )
+    settings = config(server, a, b)
     add_vocabulary(a, "v-1", "mesa")
     engines = {"server": server.engine, "phone": a.engine, "laptop": b.engine}
 
-    with Replicator(config, engines=engines) as replicator:
+    with Replicator(settings, engines=engines) as replicator:
         result = replicator.sync()
 
     assert [(p.source, p.target, p.applied) for p in result.passes] == [

@@ -13,7 +13,7 @@ from replicator import review
 from replicator.events import decode_event
 from replicator.sync import replicate
 
-from .cluster import add_vocabulary, app, edit_vocabulary, member
+from .cluster import add_vocabulary, app, edit_vocabulary
 
 
 class Base(DeclarativeBase):
@@ -27,14 +27,10 @@ class Label(Base):
 
 
 @pytest.fixture
-def pair(database_url, tmp_path):
-    server = member("server", database_url, role="server")
-    local = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
-    for m in (server, local):
+def pair(pair):
+    for m in pair:
         Base.metadata.create_all(m.engine)
-    yield server, local
-    local.close()
-    server.close()
+    return pair
 
 
 def open_items(m):

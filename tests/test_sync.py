@@ -12,15 +12,6 @@ from replicator.sync import SyncPass, replicate
 from .cluster import NOW, add_vocabulary, app, edit_vocabulary, member
 
 
-@pytest.fixture
-def pair(database_url, tmp_path):
-    server = member("server", database_url, role="server")
-    local = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
-    yield server, local
-    local.close()
-    server.close()
-
-
 def test_a_pass_copies_every_captured_change_and_a_second_pass_applies_nothing(pair):
     server, local = pair
     app.run_session(local.sessions, user_id="u-42", now=NOW)
