@@ -6,7 +6,7 @@ whose writes a sequential history explains (one write saw every other) holds
 that last write. ``latest_timestamp`` keeps the write with the latest
 timestamp; the other policies keep one of the writes no other saw. Under
 ``manual_review`` every row with concurrent writes (other than deletes that
-agree) has an open review item, and every other row is equal everywhere.
+agree) has an open review item, and every row without one is equal everywhere.
 
 On SQLite nodes in the default suite (a bounded number of examples), and
 once with a MariaDB server and DuckDB locals.
@@ -226,10 +226,13 @@ def check(members: dict[str, Member], writes: list[Write], policy: str) -> None:
         last = maximal(mine)
         held = {name: state.get(key) for name, state in states.items()}
         if policy == "manual_review":
+            # Concurrent writes that do not all delete the row are in the queue.
+            # (An item can outlive its disagreement: parked when an update met
+            # a delete, it stays open after the server deletes the row too.)
             disagree = len(last) > 1 and any(w.event.row is not None for w in last)
             row_key = f'["{key}"]'
-            assert disagree == (row_key in parked), (key, held, [w.event for w in last])
-            if disagree:
+            assert row_key in parked or not disagree, (key, held, [w.event for w in last])
+            if row_key in parked:
                 continue
         assert len(set(held.values())) == 1, f"{key}: the replicas differ: {held}"
         final = held["server"]
@@ -261,8 +264,22 @@ def property_test(nodes_fixture: str, examples: int):
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
         database=None,
+        # CI runs the same examples every time; elsewhere they are new each
+        # run (REPLICATOR_PROPERTY_SCALE=40 explores far more).
+        derandomize=os.environ.get("CI") == "true",
     )
     @given(steps=histories)
+    # An item parked when an update met a delete; then the server deletes too.
+    @example(
+        steps=[
+            ("write", "server", "k1", "translation"),
+            ("sync", "laptop", "down"),
+            ("write", "server", "k1", "translation"),
+            ("write", "laptop", "k1", "delete"),
+            ("sync", "laptop", "up"),
+            ("write", "server", "k1", "delete"),
+        ]
+    )
     # An edit made on top of the server's row, concurrent only with a write
     # that lost to that row: it descends from the row as it stands.
     @example(
