@@ -542,14 +542,15 @@ class _Batch:
     # --- writing ---------------------------------------------------------------
 
     def write(self, careful: bool = False) -> None:
-        for table in self.upserts.keys() | self.deletes.keys():
-            _write_rows(
-                self.conn,
-                self.dialect,
-                self.shapes[table],
-                self.upserts.get(table, {}),
-                self.deletes.get(table, {}),
-                careful,
+        # Tables in the order the batch first touched them (the source's
+        # dependency order): deletes children first, then upserts parents
+        # first, so foreign keys hold throughout.
+        tables = [t for t in self.shapes if self.upserts.get(t) or self.deletes.get(t)]
+        for table in reversed(tables):
+            _delete_rows(self.conn, self.dialect, self.shapes[table], self.deletes.get(table, {}))
+        for table in tables:
+            _upsert_rows(
+                self.conn, self.dialect, self.shapes[table], self.upserts.get(table, {}), careful
             )
         self.dialect.upsert_rows(
             self.conn,
@@ -679,17 +680,18 @@ def _like(value: Any, hint: Any) -> Any:
     return value
 
 
-def _write_rows(
-    conn: Connection,
-    dialect: Dialect,
-    shape: TableShape,
-    upserts: dict[str, dict],
-    deletes: dict[str, dict],
-    careful: bool = False,
+def _delete_rows(
+    conn: Connection, dialect: Dialect, shape: TableShape, deletes: dict[str, dict]
+) -> None:
+    if deletes:
+        keys = [tuple(k.values()) for k in deletes.values()]
+        dialect.delete_rows(conn, shape.table(), shape.key, keys)
+
+
+def _upsert_rows(
+    conn: Connection, dialect: Dialect, shape: TableShape, upserts: dict[str, dict], careful: bool
 ) -> None:
     table = shape.table()
-    if deletes:
-        dialect.delete_rows(conn, table, shape.key, [tuple(k.values()) for k in deletes.values()])
     if careful:
         for row in upserts.values():
             dialect.write_row(conn, table, {c: _plain(v) for c, v in row.items()})

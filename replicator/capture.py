@@ -28,6 +28,7 @@ again (no echo).
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 import weakref
@@ -457,8 +458,10 @@ def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
     # same value is recognised as no change.
     if not _captures:
         return
+    dirty = session.dirty
+    _join_writers(session, itertools.chain(session.new, session.deleted, dirty))
     unknown: dict[TablePlan, list[Any]] = defaultdict(list)
-    for obj in session.dirty:
+    for obj in dirty:
         state = instance_state(obj)
         if state.key is None or NO_VALUE not in state.committed_state.values():
             continue
@@ -479,6 +482,24 @@ def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
 
 
 _PREVIOUS = "replicator.previous_values"
+
+
+def _join_writers(session: Session, objects: Iterable[Any]) -> None:
+    """Before a flush writes any captured row, join the database's outbox
+    writers (once per transaction; nothing on SQLite and DuckDB), so that a
+    replication pass never decides on a row this transaction is changing;
+    see ``dialects/mariadb.py``."""
+    if not any(capture.dialect.concurrent_writers for capture in _captures.values()):
+        return
+    checked: set[Mapper] = set()
+    for obj in objects:
+        mapper = instance_state(obj).mapper
+        if mapper in checked:
+            continue
+        checked.add(mapper)
+        capture = _capture_for(session, mapper)
+        if capture is not None and capture.plans(mapper):
+            capture.dialect.guard_append(_connection(session, mapper))
 
 
 def _identity_key(plan: TablePlan, state: Any) -> tuple[Any, ...]:
@@ -635,6 +656,7 @@ def _on_orm_execute(state: ORMExecuteState) -> Any:
         state.session.flush()
     plan = plans[0]
     conn = _connection(state.session, mapper)
+    capture.dialect.guard_append(conn)  # before the statement writes rows
     txid = capture.txid(state.session)
     if state.is_insert:
         return _bulk_insert(state, capture, plan, conn, txid)

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection
 from replicator import versions
 from replicator.conflicts import Side
 from replicator.dialects import Dialect
-from replicator.events import from_ext, wire
+from replicator.events import decode_event, from_ext, wire
 from replicator.tables import review_items
 from replicator.versions import Order
 
@@ -80,12 +80,16 @@ class Item(msgspec.Struct, kw_only=True):
 
     def superseded_by(self, version: Mapping[str, int]) -> bool:
         """Whether ``version`` descends from (or equals) every version in the
-        item; never for an item whose incoming event is unknown."""
-        if self.remote is None:
-            return False
-        sides = [self.remote] + ([self.local] if self.local is not None else [])
-        return all(
-            versions.compare(version, side.version) in (Order.AFTER, Order.EQUAL) for side in sides
+        item: the target's and every parked event's (several nodes' events
+        can join one item). Never for an item with an undecodable event."""
+        held = [self.local.version] if self.local is not None else []
+        for payload in self.events:
+            try:
+                held.append(decode_event(payload).version)
+            except (msgspec.DecodeError, ValueError, TypeError):
+                return False
+        return bool(held) and all(
+            versions.compare(version, v) in (Order.AFTER, Order.EQUAL) for v in held
         )
 
 
@@ -173,6 +177,12 @@ def open_items(
     return found
 
 
+def _fit(key: str) -> str:
+    """A row key that fits the column (the events keep the whole key)."""
+    limit = review_items.c.row_key.type.length
+    return key if len(key) <= limit else key[: limit - 12] + "…(truncated)"
+
+
 def write(
     conn: Connection,
     parkings: Sequence[Parking],
@@ -190,7 +200,7 @@ def write(
             [
                 {
                     "table_name": p.table,
-                    "row_key": p.key,
+                    "row_key": _fit(p.key),
                     "reason": p.reason.value,
                     "detail": p.detail,
                     "policy": p.policy,

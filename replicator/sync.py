@@ -24,13 +24,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import msgspec
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from replicator import checkpoints, conflicts, outbox
 from replicator.apply import Counts, Settlement, apply_batch, reject
@@ -44,10 +44,6 @@ from replicator.tables import sync_runs
 
 Direction = Literal["up", "down", "bidirectional"]
 DEFAULT_CHANNEL = "default"
-
-# What a database raises for a row it refuses (a constraint it violates, a
-# value it cannot store): the event is parked, not the pass failed.
-_REFUSED = (IntegrityError, DataError)
 
 
 def utcnow() -> dt.datetime:
@@ -149,7 +145,7 @@ class SyncPass:
         result = PassResult(source=self.source.name, target=self.target.name, channel=self.channel)
         started, clock = self.now(), time.perf_counter()
         counts = Counts()
-        batch: list[Entry] = []
+        unhandled: list[Entry] = []  # the events a failure leaves unapplied
         # The next batch is read (and decoded) in a second thread while this
         # one applies the current batch: the source's reading and the
         # target's writing overlap. The checkpoint stays the authority: a
@@ -166,6 +162,7 @@ class SyncPass:
                 batch, entries = [], []
                 try:
                     with self.target.begin() as tconn:
+                        self.target.dialect.exclude_writers(tconn)
                         after = checkpoints.get(tconn, self.source.name, self.channel)
                         if after >= horizon:
                             break
@@ -176,7 +173,7 @@ class SyncPass:
                         pending = None
                         if reached < horizon:
                             pending = (reached, ahead.submit(self._read, reached, horizon))
-                        entries = self._in_scope(tconn, batch)
+                        entries = unhandled = self._in_scope(tconn, batch)
                         applied = self._apply(tconn, entries)
                         checkpoints.advance(
                             tconn,
@@ -186,23 +183,25 @@ class SyncPass:
                             reached,
                             started,
                         )
-                except _REFUSED:
-                    if not entries:
+                    counts.add(applied)
+                except DBAPIError as e:
+                    if not entries or self.target.dialect.refusal(e) is None:
                         raise
-                    # The target refused a row; which one, only the database
-                    # knows, and DuckDB has aborted the whole transaction.
-                    # Apply the batch again one event per transaction, and
-                    # park the events it refuses.
-                    applied = self._apply_singly(entries, reached, started)
-                counts.add(applied)
+                    # The target refused a row (a constraint, a value); which
+                    # one, only the database knows, and DuckDB has aborted the
+                    # whole transaction. Apply the batch again one event per
+                    # transaction, and park the events it refuses.
+                    for remaining in self._apply_singly(entries, reached, started, counts):
+                        unhandled = remaining
                 counts.read += len(batch) - len(entries)
                 counts.skipped += len(batch) - len(entries)
+                unhandled = []
         except ConfigurationError:
             raise
         except (ReplicatorError, SQLAlchemyError) as e:
             result.status = "failed"
             result.error = _describe(e)
-            counts.failed += len(batch)
+            counts.failed += len(unhandled)
         finally:
             ahead.shutdown(wait=True, cancel_futures=True)
         for name, value in dataclasses.asdict(counts).items():
@@ -222,31 +221,34 @@ class SyncPass:
             careful=careful,
         )
 
-    def _apply_singly(self, entries: list[Entry], reached: int, started: dt.datetime) -> Counts:
+    def _apply_singly(
+        self, entries: list[Entry], reached: int, started: dt.datetime, counts: Counts
+    ) -> Iterator[list[Entry]]:
         """Apply ``entries`` one per target transaction (each with its
-        checkpoint), parking those the target refuses."""
-        counts = Counts()
+        checkpoint), parking those the target refuses, into ``counts``.
+        Yields the entries not yet handled before handling each."""
         for i, entry in enumerate(entries):
+            yield entries[i:]
             upto = reached if i == len(entries) - 1 else entry.position
             try:
                 with self.target.begin() as tconn:
+                    self.target.dialect.exclude_writers(tconn)
                     counts.add(self._apply(tconn, [entry], careful=True))
                     checkpoints.advance(
                         tconn, self.target.dialect, self.source.name, self.channel, upto, started
                     )
-            except _REFUSED as e:
-                reason = (
-                    Reason.CONSTRAINT_VIOLATION
-                    if isinstance(e, IntegrityError)
-                    else Reason.INVALID_VALUE
-                )
+            except DBAPIError as e:
+                refusal = self.target.dialect.refusal(e)
+                if refusal is None:
+                    raise
                 with self.target.begin() as tconn:
+                    self.target.dialect.exclude_writers(tconn)
                     counts.add(
                         reject(
                             tconn,
                             self.target.dialect,
                             entry,
-                            reason,
+                            Reason(refusal),
                             f"the target refused the row: {_describe(e)}",
                             shape_of=lambda table: self.target.shape(tconn, table),
                             now=self.now(),
@@ -255,7 +257,7 @@ class SyncPass:
                     checkpoints.advance(
                         tconn, self.target.dialect, self.source.name, self.channel, upto, started
                     )
-        return counts
+        yield []
 
     def _read(self, after: int, horizon: int) -> tuple[list[Entry], int]:
         with self.source.connect() as conn:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 
 import pytest
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from .cluster import (
     config,
     delete_vocabulary,
     edit_vocabulary,
+    member,
     vocabulary,
 )
 
@@ -354,3 +356,56 @@ def test_the_runs_table_counts_conflicts_by_policy_and_parked_events(pair, tmp_p
         (0, {}, 0),
         (2, {"manual_review": 1, "server_wins": 1}, 1),
     ]
+
+
+@pytest.mark.backends("mariadb")
+def test_a_pass_never_decides_on_a_row_an_app_transaction_is_changing(pair):
+    server, local = pair
+    add_vocabulary(local, "v-1", "mesa")
+    both_ways(server, local)
+    edit_vocabulary(local, "v-1", translation="desk")
+    session = server.sessions()
+    session.begin()
+    session.get(app.VocabularyItem, "v-1").translation = "table"
+    session.flush()  # the server app's edit, written but not committed
+    passes: list = []
+    syncing = threading.Thread(target=lambda: passes.append(replicate(local.node, server.node)))
+
+    syncing.start()
+    syncing.join(0.5)
+    waited = syncing.is_alive()
+    session.commit()
+    session.close()
+    syncing.join(60)
+
+    assert waited, "the pass must wait for the app's transaction to end"
+    [up] = passes
+    assert (up.conflicts, up.applied) == (1, 1)  # it saw the app's edit: concurrent
+    replicate(server.node, local.node)
+    assert server.state() == local.state()
+    assert vocabulary(server, "v-1")[0] in ("desk", "table")
+
+
+def test_an_item_two_locals_joined_stays_open_until_every_version_is_covered(pair, tmp_path):
+    server, phone = pair
+    tablet = member("tablet", f"sqlite:///{tmp_path / 'tablet.sqlite'}")
+    review_policy = {"vocabulary_items": "manual_review"}
+    try:
+        add_vocabulary(phone, "v-1", "mesa")
+        both_ways(server, phone)
+        replicate(server.node, tablet.node)
+        edit_vocabulary(server, "v-1", translation="table")
+        edit_vocabulary(phone, "v-1", translation="desk")
+        edit_vocabulary(tablet, "v-1", translation="board")
+        replicate(phone.node, server.node, policies=review_policy)
+        replicate(tablet.node, server.node, policies=review_policy)  # joins the item
+        # The tablet then writes what the server holds: nothing left to decide
+        # between those two, but the phone's version is still parked.
+        edit_vocabulary(tablet, "v-1", translation="table")
+        replicate(tablet.node, server.node, policies=review_policy)
+
+        [item] = open_items(server)
+        assert [decode_event(p).origin for p in item.events] == ["phone", "tablet"]
+        assert vocabulary(phone, "v-1") == ("desk", 0.0)  # still differs: still parked
+    finally:
+        tablet.close()

@@ -123,3 +123,51 @@ def test_an_undecodable_event_is_parked_whole_and_its_neighbours_applied(pair):
     # item stays open (an unknown version is never superseded).
     assert (later.applied, later.parked) == (1, 0)
     assert vocabulary_keys(server) == ["v-0", "v-1", "v-2"]
+
+
+class Score(Base):
+    __tablename__ = "scores"
+    score_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    points: Mapped[int]
+
+
+@pytest.mark.backends("mariadb")
+def test_a_row_failing_a_check_constraint_on_mariadb_is_parked(pair):
+    # pymysql reports a CHECK violation as an OperationalError, not an
+    # IntegrityError: the dialect still knows it for a refused row.
+    server, local = pair
+    with server.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE scores")
+        conn.exec_driver_sql(
+            "CREATE TABLE scores (score_id VARCHAR(36) PRIMARY KEY, "
+            "points INTEGER NOT NULL CHECK (points >= 0))"
+        )
+    with local.sessions.begin() as session:
+        session.add_all([Score(score_id="s-1", points=3), Score(score_id="s-2", points=-1)])
+
+    result = replicate(local.node, server.node)
+
+    assert result.ok, result.error
+    assert (result.applied, result.parked) == (1, 1)
+    [item] = open_items(server)
+    assert (item.key, item.reason) == ('["s-2"]', "constraint_violation")
+    assert "CONSTRAINT" in item.detail.upper(), item.detail
+
+
+@pytest.mark.backends("mariadb")
+def test_a_mariadb_target_without_strict_mode_is_refused_with_the_reason(pair):
+    # Without strict mode MariaDB alters what it cannot store and only warns.
+    server, local = pair
+    sa.event.listen(
+        server.engine,
+        "connect",
+        lambda dbapi, _: dbapi.cursor().execute("SET SESSION sql_mode = ''"),
+    )
+    server.engine.dispose()
+    add_vocabulary(local, "v-1", "a")
+
+    result = replicate(local.node, server.node)
+
+    assert result.status == "failed"
+    assert "strict mode" in result.error and "STRICT_TRANS_TABLES" in result.error
+    assert vocabulary_keys(server) == []

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 Row = tuple[Any, ...]
 
@@ -54,6 +55,10 @@ class Dialect:
     incoming = "excluded.{}"
     #: SQL functions: set a JSON member, read one, the larger of two values.
     json_set, json_get, greatest = "json_set", "json_extract", "max"
+    #: Whether transactions write concurrently, so that outbox appends and
+    #: replication passes need the guards below (:meth:`guard_append`,
+    #: :meth:`exclude_writers`).
+    concurrent_writers = False
     #: Whether :meth:`upsert_advancing_version` works (it needs RETURNING
     #: from an upsert, which gives the rows as stored after the update).
     advances_versions_in_sql = True
@@ -121,6 +126,16 @@ class Dialect:
         )
         tail = f" {self._on_conflict(conn, table)} {updates}"
         execute_values(conn, *self._insert(conn, table, columns, constants), rows, tail)
+
+    def refusal(self, error: DBAPIError) -> str | None:
+        """Why the database refused a row (``"constraint_violation"`` or
+        ``"invalid_value"``), or None when ``error`` is not about a row (the
+        connection dropped, a lock timed out, ...)."""
+        if isinstance(error, IntegrityError):
+            return "constraint_violation"
+        if isinstance(error, DataError):
+            return "invalid_value"
+        return None
 
     def key_guard(self, conn: Connection, table: sa.Table) -> str:
         """Assignments opening an upsert's update part that make it fail when
@@ -232,6 +247,16 @@ class Dialect:
         taken by one transaction and committed after a larger one; see
         :meth:`horizon`. Databases with one writer at a time need nothing:
         positions are taken in commit order.
+        """
+
+    def exclude_writers(self, conn: Connection) -> None:
+        """Called first in a replication pass's target transaction.
+
+        Where app transactions write concurrently (MariaDB), the pass must
+        not decide on a row's version while an app transaction is changing
+        it, nor overwrite a change committed after it looked. Databases with
+        one writer at a time (SQLite), or that fail a transaction on a
+        write-write conflict (DuckDB), need nothing.
         """
 
     def horizon(self, conn: Connection) -> int | None:

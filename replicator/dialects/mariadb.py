@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from replicator.dialects.base import Dialect, last_position
 from replicator.errors import SchemaError
@@ -24,8 +24,16 @@ from replicator.errors import SchemaError
 # How long a reader waits for the outbox's writers before it settles for
 # the horizon it already has (seconds).
 HORIZON_WAIT = 2
+# How long a replication pass waits for the app's transactions on a target
+# to end before it gives up (seconds).
+WRITERS_WAIT = 30
 _LOCK_WAIT_TIMEOUT, _DEADLOCK = 1205, 1213
+# Errors about one row: a CHECK constraint, a NOT NULL column, a duplicate
+# key, a foreign key; a value out of range, too long, or not of the type.
+_REFUSED_CONSTRAINT = {4025, 3819, 1048, 1062, 1451, 1452}
+_REFUSED_VALUE = {1264, 1265, 1292, 1366, 1406, 1411, 1918}
 _GUARDED = "replicator_outbox_guarded"
+_STRICT = "replicator_strict_mode_checked"
 
 
 class MariaDBDialect(Dialect):
@@ -33,6 +41,16 @@ class MariaDBDialect(Dialect):
     on_conflict = "ON DUPLICATE KEY UPDATE"
     incoming = "VALUES({})"
     json_set, json_get, greatest = "JSON_SET", "JSON_VALUE", "GREATEST"
+    concurrent_writers = True
+
+    def refusal(self, error: DBAPIError) -> str | None:
+        # pymysql reports some refusals as OperationalError.
+        code = error.orig.args[0] if error.orig is not None and error.orig.args else None
+        if code in _REFUSED_CONSTRAINT:
+            return "constraint_violation"
+        if code in _REFUSED_VALUE:
+            return "invalid_value"
+        return super().refusal(error)
 
     def key_guard(self, conn: Connection, table: sa.Table) -> str:
         # ON DUPLICATE KEY UPDATE fires on *any* unique key: a row whose
@@ -93,6 +111,37 @@ class MariaDBDialect(Dialect):
                 "(or replicator.migrate) on this database"
             )
         conn.info[_GUARDED] = transaction
+
+    # Applying a batch. A pass decides each event against the row's stored
+    # version, then writes the row and its new version. An app transaction
+    # that changed the row in between would be overwritten without anyone
+    # noticing (and under REPEATABLE READ the pass would not even see it).
+    # App transactions that capture hold the writers' row in share mode
+    # from *before* their first row write (capture takes it at the start of
+    # each flush) until they end; the pass takes it exclusively as the first
+    # statement of its transaction. So it starts once every capturing
+    # transaction has ended, reads a snapshot taken after them, and app
+    # flushes wait for the batch to commit. The lock order (writers' row,
+    # then rows) is the same on both sides: no deadlock.
+
+    def exclude_writers(self, conn: Connection) -> None:
+        if _STRICT not in conn.info:
+            # Without strict mode MariaDB stores a value it cannot hold as a
+            # different one (truncated, zeroed) and only warns, and the key
+            # guard of an upsert would not fail: replicas would silently
+            # differ.
+            mode = conn.exec_driver_sql("SELECT @@SESSION.sql_mode").scalar_one()
+            if "STRICT_TRANS_TABLES" not in mode and "STRICT_ALL_TABLES" not in mode:
+                raise SchemaError(
+                    f"MariaDB runs without strict mode (sql_mode={mode!r}); replication "
+                    "needs STRICT_TRANS_TABLES (MariaDB's default) to refuse what it "
+                    "cannot store instead of altering it"
+                )
+            conn.info[_STRICT] = True
+        conn.exec_driver_sql(
+            f"SELECT id FROM replicator_outbox_writers WHERE id = 1 FOR UPDATE WAIT {WRITERS_WAIT}"
+        )
+        conn.info[_GUARDED] = conn.get_transaction()
 
     def horizon(self, conn: Connection) -> int | None:
         committed = conn.execution_options(isolation_level="READ COMMITTED")
