@@ -75,6 +75,10 @@ class Counts:
     The events of a settled conflict count as applied; ``conflicts`` counts
     the settled or parked conflicts (one per row, however many events),
     ``conflicts_by_policy`` the same by the policy that handled them.
+    ``inserted``, ``updated`` and ``deleted`` count the row writes by kind
+    (a row the target had no version of counts as inserted). ``held``
+    counts the skipped events a local held back because they are
+    concurrent with its own unsent change (the server settles those).
     """
 
     read: int = 0
@@ -83,6 +87,10 @@ class Counts:
     conflicts: int = 0
     parked: int = 0
     failed: int = 0
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    held: int = 0
     conflicts_by_policy: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: Counts) -> None:
@@ -122,6 +130,7 @@ def apply_batch(
     settle: Settlement | None,
     now: dt.datetime,
     careful: bool = False,
+    restore: bool = False,
 ) -> Counts:
     """Apply ``entries`` (in position order) on ``conn``'s node.
 
@@ -132,9 +141,12 @@ def apply_batch(
     stamps review items. Raises the database's error when it refuses a row
     (the caller's transaction then rolls back as a whole); ``careful``
     writes row by row with plain statements, so that error is the
-    database's own message about the row. Nothing happens for no entries.
+    database's own message about the row. With ``restore`` (replay), an
+    event whose version the target has already is written again when the
+    target's row differs from it (a row changed bypassing capture). Nothing
+    happens for no entries.
     """
-    batch = _Batch(conn, dialect, shape_of, settle, now)
+    batch = _Batch(conn, dialect, shape_of, settle, now, restore)
     batch.apply(entries)
     batch.write(careful)
     return batch.counts
@@ -169,9 +181,10 @@ class _Batch:
         shape_of: Callable[[str], TableShape | None],
         settle: Settlement | None,
         now: dt.datetime,
+        restore: bool = False,
     ) -> None:
         self.conn, self.dialect, self.shape_of = conn, dialect, shape_of
-        self.settle, self.now = settle, now
+        self.settle, self.now, self.restore = settle, now, restore
         self.counts = Counts()
         self.txid = new_id()  # of this batch's settlements
         self.shapes: dict[str, TableShape | None] = {}
@@ -234,6 +247,7 @@ class _Batch:
     def _decide(self, table: str, entries: list[Entry]) -> None:
         current = self.current.setdefault(table, {})
         conflicted: dict[str, list[Entry]] = {}
+        logged: dict[str, Entry] = {}  # restore: the row's current version, as logged
         for entry in entries:
             key = entry.row_key
             if key in conflicted:  # the row's later events go with its conflict
@@ -247,12 +261,38 @@ class _Batch:
                 self._take(table, entry)
             elif order is Order.CONCURRENT and self.settle is not None:
                 conflicted[key] = [entry]
+            elif order is Order.EQUAL and self.restore:
+                logged[key] = entry
             else:
+                self.counts.held += order is Order.CONCURRENT
                 # Already here (or older); or, on a local, concurrent with
                 # the local's own change, which the server will settle.
                 self.counts.skipped += 1
         for key, run in conflicted.items():
             self._decide_row(table, key, run)
+        if logged:
+            self._restore(table, logged)
+
+    def _restore(self, table: str, logged: dict[str, Entry]) -> None:
+        """Write rows that differ from the logged version the target claims
+        to hold; the others are skipped as usual."""
+        rows = self._current_rows(table, logged)
+        for key, entry in logged.items():
+            if (table, key) in self.new_versions:
+                self.counts.skipped += 1  # a later event of this batch changed it
+                continue
+            event = entry.event
+            row = rows.get(key)
+            wanted = event.row
+            if wanted is None:
+                same = row is None
+            else:
+                same = row is not None and all(row.get(c) == v for c, v in wanted.items())
+            if same:
+                self.counts.skipped += 1
+                continue
+            self._write(table, key, event.key, wanted, existed=row is not None)
+            self.counts.applied += 1
 
     def _decide_row(self, table: str, key: str, entries: list[Entry]) -> None:
         """A row's events in order, from the first that conflicts: each run
@@ -291,7 +331,9 @@ class _Batch:
         """Apply a change that descends from the row's version."""
         event = entry.event
         deleted = event.op is Operation.DELETE
-        self._write(table, entry.row_key, event.key, None if deleted else event.row)
+        seen = self.current[table].get(entry.row_key)
+        existed = seen is not None and not seen.deleted
+        self._write(table, entry.row_key, event.key, None if deleted else event.row, existed)
         self._set_version(
             table,
             entry.row_key,
@@ -325,7 +367,7 @@ class _Batch:
         assert self.settle is not None
         last = run[-1].event
         base, _ = _base([entry.event for entry in run])
-        self._write(table, key, last.key, last.row)
+        self._write(table, key, last.key, last.row, not seen.deleted)
         self._emit(table, key, run, seen, (base, None), last.row, last.hlc, last.version, "edit")
         self.counts.applied += len(run)
 
@@ -425,22 +467,31 @@ class _Batch:
             row, hlc, kept = server.row, server.hlc, content
         elif outcome is Decision.LOCAL:
             row, hlc, kept = local.row, local.hlc, last.version
-            self._write(table, key, last.key, row)
+            self._write(table, key, last.key, row, server.row is not None)
         else:
             row, hlc, kept = outcome, max(server.hlc, local.hlc), None
-            self._write(table, key, last.key, row)
+            self._write(table, key, last.key, row, server.row is not None)
         self._emit(table, key, run, seen, (server.row, local.row), row, hlc, kept, name)
         self.counts.applied += len(run)
 
-    def _write(self, table: str, key: str, key_values: dict, row: dict | None) -> None:
+    def _write(
+        self, table: str, key: str, key_values: dict, row: dict | None, existed: bool = True
+    ) -> None:
+        """Record a row's new state (None: deleted); ``existed``: whether the
+        target held it before, for the insert/update/delete counts."""
         upserts = self.upserts.setdefault(table, {})
         deletes = self.deletes.setdefault(table, {})
         if row is None:
             deletes[key] = key_values
             upserts.pop(key, None)
+            self.counts.deleted += existed
         else:
             upserts[key] = row
             deletes.pop(key, None)
+            if existed:
+                self.counts.updated += 1
+            else:
+                self.counts.inserted += 1
 
     def _set_version(self, table: str, key: str, version: RowVersion, cause: str) -> None:
         self.current[table][key] = self.new_versions[(table, key)] = version
@@ -528,6 +579,32 @@ class _Batch:
         if found is None:
             return None
         return {c: _like(v, hints.get(c)) for c, v in found.items()}
+
+    def _current_rows(self, table: str, entries: dict[str, Entry]) -> dict[str, dict]:
+        """The target's rows for these entries' keys, by row key, typed like
+        each entry's values (one statement per chunk of keys)."""
+        shape = self.shapes[table]
+        found: dict[str, dict] = {}
+        items = list(entries.items())
+        for start in range(0, len(items), self.dialect.in_chunk):
+            chunk = items[start : start + self.dialect.in_chunk]
+            condition, params = self.dialect.where_in(
+                self.conn, shape.key, [tuple(e.event.key.values()) for _, e in chunk]
+            )
+            by_key = {}
+            for key, entry in chunk:
+                hints = entry.event.key
+                by_key[tuple(map(str, hints.values()))] = (key, entry)
+            quoted = self.conn.dialect.identifier_preparer.quote(table)
+            result = self.conn.exec_driver_sql(f"SELECT * FROM {quoted} WHERE {condition}", params)
+            for raw in result.mappings():
+                ident = tuple(str(raw[c]) for c in shape.key)
+                if ident not in by_key:
+                    continue
+                key, entry = by_key[ident]
+                hints = entry.event.row or entry.event.changed or {}
+                found[key] = {c: _like(v, hints.get(c)) for c, v in raw.items()}
+        return found
 
     def _key_values(self, entry: Entry) -> dict | None:
         shape = self.shapes.get(entry.table)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +18,7 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress
 from rich.table import Table
 
 from replicator import config as config_module
@@ -228,6 +231,93 @@ def sync(
                 )
     if not result.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def replay(
+    node: Annotated[str, typer.Option("--node", "-n", help="The node to replay onto.")],
+    start: Annotated[
+        int | None, typer.Option("--from", help="The first log position to replay.")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Replay the changes made at or after this ISO time (UTC)."),
+    ] = None,
+    end: Annotated[
+        int | None, typer.Option("--to", help="The last position (default: all committed).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report what it would do; write nothing.")
+    ] = False,
+    config: ConfigOption = config_module.DEFAULT_PATH,
+    as_json: JsonOption = False,
+) -> None:
+    """Apply the server's log to a node again, from a position or a time."""
+    import datetime as dt
+
+    from replicator.replay import first_position_since
+    from replicator.replay import replay as run_replay
+    from replicator.sync import Replicator
+
+    if (start is None) == (since is None):
+        errors.print("[bold red]error:[/] give exactly one of --from and --since", soft_wrap=True)
+        raise typer.Exit(2)
+    moment = None
+    if since is not None:
+        try:
+            moment = dt.datetime.fromisoformat(since)
+        except ValueError:
+            errors.print(
+                f"[bold red]error:[/] --since: not an ISO time: {since!r} "
+                "(e.g. 2026-11-24T09:30:00)",
+                soft_wrap=True,
+            )
+            raise typer.Exit(2) from None
+    try:
+        settings = config_module.load(config)
+        with Replicator(settings) as replicator:
+            target, log = replicator.node(node), replicator.server
+            if moment is not None:
+                with log.connect() as conn:
+                    start = first_position_since(conn, moment)
+            unscoped = {t: s.unscoped for t, s in settings.tables.items()}
+            with _progress(f"replaying onto {node}") as advance:
+                result = run_replay(
+                    log,
+                    target,
+                    start=start,
+                    end=end,
+                    dry_run=dry_run,
+                    batch_size=settings.replication.batch_size,
+                    unscoped=unscoped,
+                    progress=advance,
+                )
+    except ReplicatorError as e:
+        raise _fail(e) from e
+    if as_json:
+        sys.stdout.write(result.to_json().decode() + "\n")
+        return
+    would = "would " if dry_run else ""
+    console.print(
+        f"{'Dry run: ' if dry_run else ''}positions {result.start}..{result.end} of "
+        f"{result.log}'s log onto {result.node}: {result.read} events read; {would}insert "
+        f"{result.inserted}, {would}update {result.updated}, {would}delete {result.deleted}; "
+        f"{result.skipped} already reflected or changed since; {result.conflicts} concurrent "
+        f"with unsent changes; {result.parked} parked ({result.seconds:.2f} s)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@contextmanager
+def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on a terminal (none when piped): yields ``advance(done, total)``."""
+    if not console.is_terminal:
+        yield lambda done, total: None
+        return
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def pass_table(passes) -> Table:

@@ -72,6 +72,10 @@ class PassResult(msgspec.Struct, kw_only=True):
     conflicts: int = 0
     parked: int = 0
     failed: int = 0
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    held: int = 0
     conflicts_by_policy: dict[str, int] = {}
     seconds: float = 0.0
     status: str = "ok"
@@ -468,6 +472,13 @@ class Replicator:
         """One pass per link and channel; a failing channel does not stop
         the others (its result says why)."""
         return SyncResult(passes=[p.run() for p in self.passes(direction)])
+
+    def node(self, name: str) -> Node:
+        """The configured node called ``name``; ConfigurationError if none is."""
+        if name not in self.nodes:
+            known = ", ".join(self.nodes)
+            raise ConfigurationError(f"no node {name!r} in {self.config.path} (nodes: {known})")
+        return self.nodes[name]
 
     def close(self) -> None:
         for node in self.nodes.values():

@@ -172,3 +172,47 @@ def test_sync_exits_1_when_a_node_cannot_be_reached(tmp_path):
     result = run("sync", cwd=tmp_path)
     assert result.returncode == 1
     assert "cannot be reached" in result.stderr and "hunter2" not in result.stderr
+
+
+def test_replay_dry_run_then_replay_restore_a_tampered_local(tmp_path):
+    import json
+
+    from .cluster import NOW, app, member
+
+    sync_config(tmp_path)
+    for name, role in (("server", "server"), ("phone", "local")):
+        m = member(name, f"sqlite:///{tmp_path / name}.sqlite", role=role)
+        if name == "phone":
+            app.run_session(m.sessions, user_id="u-42", now=NOW)
+        m.close()
+    assert run("sync", cwd=tmp_path).returncode == 0
+    phone = sa.create_engine(f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    with phone.begin() as conn:
+        conn.exec_driver_sql("UPDATE messages SET content = 'XXX'")
+
+    dry = run("replay", "--node", "phone", "--from", "1", "--dry-run", "--json", cwd=tmp_path)
+    text = run("replay", "--node", "phone", "--since", "2000-01-01T00:00:00", cwd=tmp_path)
+
+    assert dry.returncode == 0, dry.stderr
+    report = json.loads(dry.stdout)
+    assert (report["dry_run"], report["start"], report["updated"]) == (True, 1, 2)
+    assert text.returncode == 0, text.stderr
+    assert "positions 1..15 of server's log onto phone" in text.stdout
+    assert "update 2" in text.stdout
+    with phone.connect() as conn:
+        contents = conn.exec_driver_sql("SELECT content FROM messages").scalars().all()
+    phone.dispose()
+    assert "XXX" not in contents
+
+
+def test_replay_usage_errors_exit_2_and_say_which(tmp_path):
+    sync_config(tmp_path)
+    both = run("replay", "--node", "phone", "--from", "1", "--since", "2026-01-01", cwd=tmp_path)
+    neither = run("replay", "--node", "phone", cwd=tmp_path)
+    bad_time = run("replay", "--node", "phone", "--since", "yesterday", cwd=tmp_path)
+    unknown = run("replay", "--node", "tablet", "--from", "1", cwd=tmp_path)
+
+    assert [r.returncode for r in (both, neither, bad_time, unknown)] == [2, 2, 2, 2]
+    assert "exactly one of --from and --since" in both.stderr
+    assert "--since: not an ISO time: 'yesterday'" in bad_time.stderr
+    assert "no node 'tablet'" in unknown.stderr and "server, phone" in unknown.stderr

@@ -1,0 +1,177 @@
+"""Replay: apply the log to a node again, from a position or a point in time.
+
+The log is the server's outbox: it holds every change, the server's own,
+every local's (forwarded unchanged) and the server's settlements. Replaying
+it onto a node re-applies events ``start..end`` (of every origin, the
+node's own included; within a scoped local's scope) with the usual rules,
+so it is idempotent and never overwrites blindly:
+
+* an event the node has not reflected yet (its version descends from the
+  node's) is applied;
+* an event older than the node's version of the row is skipped: the row has
+  changed since, and that later change is in the log (or on its way there);
+* an event whose version the node claims to hold is written again only if
+  the node's row differs from it: a row changed bypassing capture (by hand,
+  or by a bug) gets its logged state back;
+* an event concurrent with the node's own unsent change is skipped, as in a
+  sync: the server settles the two when that change arrives.
+
+A dry run does all of it in one transaction that is rolled back, and
+reports what it would insert, update, delete and which conflicts it meets.
+Afterwards the node's checkpoints for the log are correct: advanced to the
+replay's end when the replay began at or before them, untouched otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Mapping
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from replicator import checkpoints, outbox
+from replicator.apply import Counts, apply_batch
+from replicator.clock import from_datetime
+from replicator.errors import ReplicatorError
+from replicator.node import Node
+from replicator.sync import DEFAULT_CHANNEL, SyncPass, utcnow
+from replicator.tables import outbox as outbox_table
+
+
+class ReplayResult(msgspec.Struct, kw_only=True):
+    """What a replay did (or, with ``dry_run``, would do).
+
+    ``start`` and ``end`` are the positions replayed; ``conflicts`` the
+    events concurrent with the node's own unsent changes (left for the
+    server to settle); ``checkpoint`` the node's checkpoint for the log
+    afterwards (None when the node replays its own log).
+    """
+
+    node: str
+    log: str
+    start: int
+    end: int
+    dry_run: bool
+    read: int = 0
+    applied: int = 0
+    skipped: int = 0
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    conflicts: int = 0
+    parked: int = 0
+    checkpoint: int | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> bytes:
+        return msgspec.json.encode(self)
+
+
+def first_position_since(conn: Connection, moment: dt.datetime) -> int:
+    """The first outbox position whose event was made at or after ``moment``
+    (naive means UTC); one past the last position when there is none."""
+    c = outbox_table.c
+    found = conn.execute(
+        sa.select(sa.func.min(c.position)).where(c.hlc >= from_datetime(moment))
+    ).scalar()
+    return found if found is not None else outbox.head(conn) + 1
+
+
+def replay(
+    log: Node,
+    node: Node,
+    *,
+    start: int,
+    end: int | None = None,
+    dry_run: bool = False,
+    batch_size: int = 1000,
+    unscoped: Mapping[str, str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    now: Callable[[], dt.datetime] = utcnow,
+) -> ReplayResult:
+    """Replay ``log``'s outbox from ``start`` to ``end`` (default: all that
+    has committed) onto ``node``; see the module's docstring.
+
+    ``progress(done, total)`` is called after each batch, in positions.
+    Raises :class:`ReplicatorError` when the log's writers keep it from
+    telling what has committed, or a database error fails the replay (the
+    batches before stay applied; replaying again is harmless).
+    """
+    if start < 1:
+        raise ReplicatorError(f"a replay starts at position 1 or later, not {start}")
+    clock = time.perf_counter()
+    with log.connect() as conn:
+        horizon = log.dialect.horizon(conn)
+    if horizon is None:
+        raise ReplicatorError(
+            f"node {log.name}: its writers held the outbox too long to tell what has "
+            "committed; try the replay again"
+        )
+    upto = horizon if end is None else min(end, horizon)
+    result = ReplayResult(node=node.name, log=log.name, start=start, end=upto, dry_run=dry_run)
+    counts = Counts()
+    scoping = SyncPass(log, node, unscoped=unscoped)  # its scope rules, nothing else
+
+    def apply(tconn: Connection, after: int) -> int:
+        with log.connect() as conn:
+            entries, reached = outbox.read_batch(
+                conn, after=after, upto=upto, limit=batch_size, exclude_origin=None
+            )
+        kept = scoping._in_scope(tconn, entries)
+        counts.add(
+            apply_batch(
+                tconn,
+                node.dialect,
+                kept,
+                shape_of=lambda table: node.shape(tconn, table),
+                settle=None,
+                now=now(),
+                restore=True,
+            )
+        )
+        counts.read += len(entries) - len(kept)
+        counts.skipped += len(entries) - len(kept)
+        if progress is not None:
+            progress(reached - start + 1, upto - start + 1)
+        return reached
+
+    position = start - 1
+    if dry_run:
+        with node.connect() as tconn:
+            transaction = tconn.begin()
+            try:
+                node.dialect.exclude_writers(tconn)
+                while position < upto:
+                    position = apply(tconn, position)
+            finally:
+                transaction.rollback()
+    else:
+        while position < upto:
+            with node.begin() as tconn:
+                node.dialect.exclude_writers(tconn)
+                position = apply(tconn, position)
+        if node.name != log.name:
+            result.checkpoint = _advance_checkpoints(node, log.name, start, upto, now())
+    for name in ("read", "applied", "skipped", "inserted", "updated", "deleted", "parked"):
+        setattr(result, name, getattr(counts, name))
+    result.conflicts = counts.conflicts + counts.held
+    result.seconds = round(time.perf_counter() - clock, 6)
+    return result
+
+
+def _advance_checkpoints(node: Node, log: str, start: int, upto: int, moment: dt.datetime) -> int:
+    """Move the node's checkpoints for ``log`` to ``upto`` where the replay
+    covered everything after them (it began at or before them); return the
+    default channel's checkpoint afterwards."""
+    with node.begin() as tconn:
+        stored = {ch: p for (src, ch), p in checkpoints.all_of(tconn).items() if src == log}
+        if not stored and start <= 1:
+            stored = {DEFAULT_CHANNEL: 0}
+        for channel, position in stored.items():
+            if start - 1 <= position < upto:
+                checkpoints.advance(tconn, node.dialect, log, channel, upto, moment)
+                stored[channel] = upto
+    return stored.get(DEFAULT_CHANNEL, 0)
