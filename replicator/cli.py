@@ -309,6 +309,78 @@ def replay(
     )
 
 
+@app.command()
+def log(
+    node: Annotated[str, typer.Option("--node", "-n", help="Whose log to read.")],
+    table: Annotated[str | None, typer.Option("--table", "-t", help="Only this table.")] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", "-k", help="Only this row: a value or a JSON array.")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="Also show the row as it was at this ISO time.")
+    ] = None,
+    config: ConfigOption = config_module.DEFAULT_PATH,
+    as_json: JsonOption = False,
+) -> None:
+    """The change history (of a table, of one row): who changed what, when."""
+    import datetime as dt
+
+    import msgspec
+
+    from replicator import history
+    from replicator.sync import Replicator
+
+    if (key is not None or at is not None) and table is None:
+        errors.print("[bold red]error:[/] --key and --at need --table", soft_wrap=True)
+        raise typer.Exit(2)
+    if at is not None and key is None:
+        errors.print("[bold red]error:[/] --at needs --key", soft_wrap=True)
+        raise typer.Exit(2)
+    moment = None
+    if at is not None:
+        try:
+            moment = dt.datetime.fromisoformat(at)
+        except ValueError:
+            errors.print(f"[bold red]error:[/] --at: not an ISO time: {at!r}", soft_wrap=True)
+            raise typer.Exit(2) from None
+    row_key = history.key_text(key) if key is not None else None
+    try:
+        settings = config_module.load(config)
+        with Replicator(settings) as replicator, replicator.node(node).connect() as conn:
+            found = history.changes(conn, table=table, key=row_key)
+            row = history.row_at(conn, table, row_key, moment) if moment is not None else None
+    except ReplicatorError as e:
+        raise _fail(e) from e
+    if as_json:
+        document: dict = {"changes": found}
+        if moment is not None:
+            document["at"] = moment.isoformat()
+            document["row"] = row
+        sys.stdout.write(msgspec.json.encode(document).decode() + "\n")
+        return
+    listing = Table(
+        title=f"Changes in {node}'s log" + (f" of {table} {row_key or ''}" if table else ""),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in ("pos", "time (UTC)", "origin", "op", "table", "key", "changed"):
+        listing.add_column(column, overflow="fold", no_wrap=column in ("pos", "op"))
+    for change in found:
+        listing.add_row(
+            str(change.position),
+            change.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+            change.origin,
+            change.op,
+            change.table,
+            ", ".join(_short(v) for v in change.key.values()),
+            escape(", ".join(f"{c}: {b!r} -> {a!r}" for c, (b, a) in change.changed.items())),
+        )
+    console.print(listing)
+    if moment is not None:
+        state = "did not exist" if row is None else escape(repr(row))
+        console.print(f"At {moment.isoformat()} the row {state}", highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
     """A progress bar on a terminal (none when piped): yields ``advance(done, total)``."""

@@ -216,3 +216,60 @@ def test_replay_usage_errors_exit_2_and_say_which(tmp_path):
     assert "exactly one of --from and --since" in both.stderr
     assert "--since: not an ISO time: 'yesterday'" in bad_time.stderr
     assert "no node 'tablet'" in unknown.stderr and "server, phone" in unknown.stderr
+
+
+def test_log_shows_a_rows_history_across_nodes_and_the_row_at_a_time(tmp_path):
+    import datetime as dt
+    import json
+    import time
+
+    from .cluster import add_vocabulary, edit_vocabulary, member
+
+    sync_config(tmp_path)
+    server = member("server", f"sqlite:///{tmp_path / 'server.sqlite'}", role="server")
+    phone = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    add_vocabulary(phone, "v-1", "mesa")
+    phone.close()
+    assert run("sync", cwd=tmp_path).returncode == 0
+    time.sleep(0.01)
+    between = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    time.sleep(0.01)
+    edit_vocabulary(server, "v-1", translation="table")
+    server.close()
+
+    found = run(
+        "log",
+        "--node",
+        "server",
+        "--table",
+        "vocabulary_items",
+        "--key",
+        "v-1",
+        "--json",
+        cwd=tmp_path,
+    )
+    then = run(
+        "log",
+        "--node",
+        "server",
+        "--table",
+        "vocabulary_items",
+        "--key",
+        "v-1",
+        "--at",
+        between.isoformat(),
+        "--json",
+        cwd=tmp_path,
+    )
+    text = run(
+        "log", "--node", "server", "--table", "vocabulary_items", "--key", '["v-1"]', cwd=tmp_path
+    )
+    bad = run("log", "--node", "server", "--key", "v-1", cwd=tmp_path)
+
+    assert found.returncode == 0, found.stderr
+    changes = json.loads(found.stdout)["changes"]
+    assert [(c["origin"], c["op"]) for c in changes] == [("phone", "insert"), ("server", "update")]
+    assert changes[1]["changed"] == {"translation": ["?", "table"]}
+    assert json.loads(then.stdout)["row"]["translation"] == "?"
+    assert text.returncode == 0 and "translation: '?' -> 'table'" in text.stdout
+    assert bad.returncode == 2 and "--key and --at need --table" in bad.stderr

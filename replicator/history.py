@@ -1,0 +1,84 @@
+"""A row's history, read from a node's outbox: who changed what, when; and
+the row as it was at a moment.
+
+The server's outbox holds every node's changes (and its settlements), so
+its history of a row is the whole story; a local's holds its own changes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import msgspec
+from sqlalchemy.engine import Connection
+
+from replicator import outbox
+from replicator.clock import from_datetime, to_datetime
+from replicator.events import ChangeEvent, Operation, row_key
+
+
+class Change(msgspec.Struct, kw_only=True):
+    """One change of a row, for people: ``changed`` maps each column to its
+    ``[before, after]`` (before is None where unknown or for an insert)."""
+
+    position: int
+    event_id: str
+    origin: str
+    at: dt.datetime
+    table: str
+    key: dict[str, Any]
+    op: str
+    changed: dict[str, list[Any]]
+    version: dict[str, int]
+
+
+def key_text(key: str) -> str:
+    """A row key as given on the command line, in canonical form.
+
+    A JSON array is the key as stored (``'["u-42", "listening"]'``); a
+    single JSON value (``5``) or bare text (``v-1``) is a one-column key.
+    """
+    try:
+        value = json.loads(key)
+    except ValueError:
+        return row_key([key])
+    return row_key(value if isinstance(value, list) else [value])
+
+
+def changes(conn: Connection, *, table: str | None = None, key: str | None = None) -> list[Change]:
+    """The node's changes (of one table, of one row), oldest first; ``[]``
+    when there are none."""
+    return [_change(p, e) for p, e in outbox.read(conn, table=table, key=key)]
+
+
+def row_at(conn: Connection, table: str, key: str, moment: dt.datetime) -> dict[str, Any] | None:
+    """The row as the node's log has it at ``moment`` (naive means UTC): the
+    row after its last change made up to then; None if it did not exist."""
+    limit = from_datetime(moment + dt.timedelta(milliseconds=1))
+    row = None
+    for _, event in outbox.read(conn, table=table, key=key):
+        if event.hlc < limit:
+            row = event.row
+    return row
+
+
+def _change(position: int, event: ChangeEvent) -> Change:
+    if event.op is Operation.INSERT:
+        changed = {c: [None, v] for c, v in (event.row or {}).items()}
+    elif event.op is Operation.DELETE:
+        changed = {c: [v, None] for c, v in event.changed.items()}
+    else:
+        changed = {c: [old, (event.row or {}).get(c)] for c, old in event.changed.items()}
+    return Change(
+        position=position,
+        event_id=event.event_id,
+        origin=event.origin,
+        at=to_datetime(event.hlc),
+        table=event.table,
+        key=event.key,
+        op=event.op.value,
+        changed=changed,
+        version=event.version,
+    )
