@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import decimal
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -258,6 +259,14 @@ class Dialect:
         one writer at a time (SQLite), or that fail a transaction on a
         write-write conflict (DuckDB), need nothing.
         """
+
+    @contextmanager
+    def snapshot(self, engine: sa.Engine) -> Iterator[tuple[Connection, int]]:
+        """A connection reading one consistent snapshot of the database, and
+        the outbox's largest position in it: every event at or below it is
+        reflected in what the connection reads, none above it is."""
+        with engine.connect() as conn, conn.begin():
+            yield conn, last_position(conn)
 
     def horizon(self, conn: Connection) -> int | None:
         """A position at or below which every outbox event has committed:

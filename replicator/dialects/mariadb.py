@@ -11,7 +11,8 @@ read of absent keys would take gap locks and deadlock concurrent inserts).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -142,6 +143,22 @@ class MariaDBDialect(Dialect):
             f"SELECT id FROM replicator_outbox_writers WHERE id = 1 FOR UPDATE WAIT {WRITERS_WAIT}"
         )
         conn.info[_GUARDED] = conn.get_transaction()
+
+    @contextmanager
+    def snapshot(self, engine: sa.Engine) -> Iterator[tuple[Connection, int]]:
+        # The read view is created while a second connection excludes the
+        # capturing transactions (see exclude_writers): none is in flight,
+        # so the snapshot holds exactly the events up to the largest
+        # position. The writers go on as soon as the view exists.
+        with engine.connect() as guard, engine.connect() as conn, conn.begin():
+            with guard.begin():
+                guard.exec_driver_sql(
+                    "SELECT id FROM replicator_outbox_writers WHERE id = 1 "
+                    f"FOR UPDATE WAIT {WRITERS_WAIT}"
+                )
+                conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                position = last_position(conn)
+            yield conn, position
 
     def horizon(self, conn: Connection) -> int | None:
         committed = conn.execution_options(isolation_level="READ COMMITTED")

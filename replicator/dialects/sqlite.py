@@ -8,13 +8,15 @@ statements themselves are the base dialect's.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
-from replicator.dialects.base import Dialect, _decimal_scale
+from replicator.dialects.base import Dialect, _decimal_scale, last_position
 
 
 class SQLiteDialect(Dialect):
@@ -26,3 +28,15 @@ class SQLiteDialect(Dialect):
         if scale is None:
             return None
         return lambda value: None if value is None else Decimal(f"{float(value):.{scale}f}")
+
+    @contextmanager
+    def snapshot(self, engine: sa.Engine) -> Iterator[tuple[Connection, int]]:
+        # The sqlite3 module begins transactions only before writes: begin
+        # explicitly, so every read sees the same state (writers wait until
+        # the snapshot ends, unless the database is in WAL mode).
+        with engine.connect() as conn:
+            conn.exec_driver_sql("BEGIN")
+            try:
+                yield conn, last_position(conn)
+            finally:
+                conn.rollback()

@@ -1,0 +1,163 @@
+"""Bootstrap: give a new or emptied local the server's current rows (within
+its scope) and the position they stand at, instead of the whole log.
+
+The snapshot and its position must agree exactly: every event at or below
+the position is reflected in the rows read, none above it is. The server's
+dialect opens a consistent snapshot while no capturing transaction is in
+flight (:meth:`Dialect.snapshot`), reads the outbox's largest position in
+it, and the rows and their versions are read in that snapshot while the
+server goes on taking writes. The local gets those rows and versions and a
+checkpoint at the position for every channel, in one transaction, so the
+next sync applies exactly the log's tail: no gap, no duplicate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable, Collection, Mapping
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from replicator import checkpoints, outbox
+from replicator.errors import ReplicatorError
+from replicator.events import row_key
+from replicator.node import Node
+from replicator.sync import DEFAULT_CHANNEL, utcnow
+from replicator.tables import is_replicator_table, row_versions
+
+_VERSION_COLUMNS = ("table_name", "row_key", "version", "hlc", "origin", "deleted")
+# Rows fetched and written at a time.
+_CHUNK = 5000
+
+
+class BootstrapResult(msgspec.Struct, kw_only=True):
+    """What a bootstrap copied: rows per table, and the log position the
+    local now stands at (its checkpoint for the server)."""
+
+    node: str
+    server: str
+    position: int
+    rows: dict[str, int]
+    seconds: float = 0.0
+
+    def to_json(self) -> bytes:
+        return msgspec.json.encode(self)
+
+
+def is_empty(node: Node) -> bool:
+    """Whether ``node`` has no rows in its app tables, no events of its own
+    and no checkpoint: a new or emptied replica."""
+    with node.connect() as conn:
+        if outbox.head(conn) or checkpoints.all_of(conn):
+            return False
+        for table in _app_tables(conn):
+            if conn.execute(sa.select(sa.literal(1)).select_from(sa.table(table)).limit(1)).first():
+                return False
+    return True
+
+
+def bootstrap(
+    server: Node,
+    node: Node,
+    *,
+    channels: Collection[str] = (DEFAULT_CHANNEL,),
+    unscoped: Mapping[str, str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    now: Callable[[], dt.datetime] = utcnow,
+) -> BootstrapResult:
+    """Copy the server's current rows (within ``node``'s scope) and their
+    versions into the empty local ``node``, and set its checkpoints.
+
+    Tables are those the local has. ``unscoped`` as for a sync pass: a table
+    without the scope's columns is copied whole (``"all"``, the default) or
+    not at all (``"none"``). ``progress(done, total)`` counts tables.
+    Raises :class:`ReplicatorError` when ``node`` is not empty (its own
+    changes would be lost).
+    """
+    clock = time.perf_counter()
+    if not is_empty(node):
+        raise ReplicatorError(
+            f"node {node.name} is not empty (it has rows, changes or checkpoints); "
+            "bootstrap only fills a new or emptied replica"
+        )
+    unscoped = dict(unscoped or {})
+    with node.connect() as conn:
+        tables = [t for t in _app_tables(conn) if node.shape(conn, t) is not None]
+    copied: dict[str, int] = {}
+    with node.begin() as target, server.dialect.snapshot(server.get_engine()) as (source, position):
+        for done, table in enumerate(tables, 1):
+            shape = node.shape(target, table)
+            source_shape = server.shape(source, table)
+            if shape is None or source_shape is None:
+                continue
+            columns = [c for c in shape.columns if c in source_shape.columns]
+            scope = node.scope if all(c in columns for c in node.scope) else {}
+            if node.scope and not scope and unscoped.get(table, "all") == "none":
+                continue
+            copied[table] = _copy(source, target, server, node, table, columns, scope)
+            if progress is not None:
+                progress(done, len(tables))
+        for channel in channels:
+            checkpoints.advance(target, node.dialect, server.name, channel, position, now())
+    return BootstrapResult(
+        node=node.name,
+        server=server.name,
+        position=position,
+        rows=copied,
+        seconds=round(time.perf_counter() - clock, 6),
+    )
+
+
+def _copy(
+    source: Connection,
+    target: Connection,
+    server: Node,
+    node: Node,
+    table: str,
+    columns: list[str],
+    scope: Mapping[str, object],
+) -> int:
+    """Copy one table's rows in the scope, and their versions; the count."""
+    shape = node.shape(target, table)
+    bare = sa.table(table, *(sa.column(c) for c in columns))
+    select = sa.select(bare).where(*(bare.c[c] == v for c, v in scope.items()))
+    at = [columns.index(c) for c in shape.key]
+    stored = node.dialect
+    count = 0
+    result = source.execution_options(stream_results=True, yield_per=_CHUNK).execute(select)
+    for rows in result.partitions(_CHUNK):
+        values = [tuple(_plain(v) for v in row) for row in rows]
+        stored.upsert_rows(target, shape.table(), columns, values)
+        keys = [row_key([row[i] for i in at]) for row in rows]
+        _copy_versions(source, target, node, table, keys)
+        count += len(rows)
+    return count
+
+
+def _copy_versions(
+    source: Connection, target: Connection, node: Node, table: str, keys: list[str]
+) -> None:
+    c = row_versions.c
+    found = []
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        found += source.execute(
+            sa.select(c.table_name, c.row_key, c.version, c.hlc, c.origin, c.deleted).where(
+                c.table_name == table, c.row_key.in_(chunk)
+            )
+        ).all()
+    node.dialect.upsert_rows(target, row_versions, _VERSION_COLUMNS, [tuple(r) for r in found])
+
+
+def _app_tables(conn: Connection) -> list[str]:
+    return sorted(t for t in sa.inspect(conn).get_table_names() if not is_replicator_table(t))
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return value
