@@ -310,6 +310,34 @@ def replay(
 
 
 @app.command()
+def bootstrap(
+    node: Annotated[str, typer.Option("--node", "-n", help="The empty local to fill.")],
+    config: ConfigOption = config_module.DEFAULT_PATH,
+    as_json: JsonOption = False,
+) -> None:
+    """Fill a new or emptied local with the server's current rows in its scope."""
+    from replicator.sync import Replicator
+
+    try:
+        settings = config_module.load(config)
+        with Replicator(settings) as replicator, _progress(f"bootstrapping {node}") as advance:
+            result = replicator.bootstrap(node, progress=advance)
+    except ReplicatorError as e:
+        raise _fail(e) from e
+    if as_json:
+        sys.stdout.write(result.to_json().decode() + "\n")
+        return
+    copied = ", ".join(f"{table} {count}" for table, count in result.rows.items())
+    console.print(
+        f"{result.node}: {sum(result.rows.values())} rows copied from {result.server} "
+        f"({copied}); it now stands at position {result.position} of the log, where the "
+        f"next sync goes on ({result.seconds:.2f} s)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
 def log(
     node: Annotated[str, typer.Option("--node", "-n", help="Whose log to read.")],
     table: Annotated[str | None, typer.Option("--table", "-t", help="Only this table.")] = None,

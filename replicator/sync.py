@@ -87,9 +87,11 @@ class PassResult(msgspec.Struct, kw_only=True):
 
 
 class SyncResult(msgspec.Struct, kw_only=True):
-    """The passes of one ``sync``, in the order they ran."""
+    """The passes of one ``sync``, in the order they ran, and the empty
+    locals it bootstrapped first (their names and the position they got)."""
 
     passes: list[PassResult]
+    bootstrapped: dict[str, int] = {}
 
     @property
     def ok(self) -> bool:
@@ -470,8 +472,45 @@ class Replicator:
 
     def sync(self, direction: Direction | None = None) -> SyncResult:
         """One pass per link and channel; a failing channel does not stop
-        the others (its result says why)."""
-        return SyncResult(passes=[p.run() for p in self.passes(direction)])
+        the others (its result says why). A local that is empty (new, or
+        emptied) is bootstrapped before its first pass from the server."""
+        result = SyncResult(passes=[])
+        for sync_pass in self.passes(direction):
+            target = sync_pass.target
+            if target.role == "local" and target.name not in result.bootstrapped:
+                result.bootstrapped[target.name] = self._bootstrap_if_empty(target)
+            result.passes.append(sync_pass.run())
+        result.bootstrapped = {n: p for n, p in result.bootstrapped.items() if p is not None}
+        return result
+
+    def bootstrap(self, name: str, progress: Callable[[int, int], None] | None = None) -> Any:
+        """Bootstrap the empty local ``name`` from the server (see
+        :mod:`replicator.bootstrap`); returns its ``BootstrapResult``."""
+        from replicator.bootstrap import bootstrap
+
+        node = self.node(name)
+        if node.role != "local":
+            raise ConfigurationError(f"node {name} is the server; only a local is bootstrapped")
+        try:
+            return bootstrap(
+                self.server,
+                node,
+                channels=[channel for channel, *_ in self.channels()],
+                unscoped={t: s.unscoped for t, s in self.config.tables.items()},
+                progress=progress,
+            )
+        except SQLAlchemyError as e:
+            raise ReplicatorError(f"bootstrapping {name} failed: {_describe(e)}") from e
+
+    def _bootstrap_if_empty(self, node: Node) -> int | None:
+        from replicator.bootstrap import is_empty
+
+        with self.server.connect() as conn:
+            if not outbox.head(conn):
+                return None  # nothing to copy: the log is the whole story
+        if not is_empty(node):
+            return None
+        return self.bootstrap(node.name).position
 
     def node(self, name: str) -> Node:
         """The configured node called ``name``; ConfigurationError if none is."""

@@ -273,3 +273,26 @@ def test_log_shows_a_rows_history_across_nodes_and_the_row_at_a_time(tmp_path):
     assert json.loads(then.stdout)["row"]["translation"] == "?"
     assert text.returncode == 0 and "translation: '?' -> 'table'" in text.stdout
     assert bad.returncode == 2 and "--key and --at need --table" in bad.stderr
+
+
+def test_bootstrap_fills_an_empty_local_once(tmp_path):
+    import json
+
+    from .cluster import NOW, app, member
+
+    sync_config(tmp_path)
+    for name, role in (("server", "server"), ("phone", "local")):
+        m = member(name, f"sqlite:///{tmp_path / name}.sqlite", role=role)
+        if name == "server":
+            app.run_session(m.sessions, user_id="u-42", now=NOW)
+        m.close()
+
+    first = run("bootstrap", "--node", "phone", "--json", cwd=tmp_path)
+    again = run("bootstrap", "--node", "phone", cwd=tmp_path)
+    server = run("bootstrap", "--node", "server", cwd=tmp_path)
+
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert (report["position"], report["rows"]["vocabulary_items"]) == (15, 2)
+    assert again.returncode == 1 and "not empty" in again.stderr
+    assert server.returncode == 2 and "only a local is bootstrapped" in server.stderr
