@@ -338,6 +338,52 @@ def bootstrap(
 
 
 @app.command()
+def prune(
+    keep: Annotated[
+        str | None,
+        typer.Option("--retention", help="Keep events younger than this (default: the config's)."),
+    ] = None,
+    config: ConfigOption = config_module.DEFAULT_PATH,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete outbox events every replica has applied and older than the retention."""
+    from replicator.sync import Replicator
+
+    try:
+        period = config_module.duration(keep) if keep is not None else None
+    except ValueError as e:
+        errors.print(f"[bold red]error:[/] --retention: {e}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    try:
+        settings = config_module.load(config)
+        with Replicator(settings) as replicator:
+            result = replicator.prune(period)
+    except ReplicatorError as e:
+        raise _fail(e) from e
+    if as_json:
+        sys.stdout.write(result.to_json().decode() + "\n")
+    else:
+        for p in result.outboxes:
+            note = f"; unreachable readers keep everything: {', '.join(p.unreachable)}"
+            console.print(
+                f"{p.node}: {p.deleted} events deleted; pruned through position {p.through} "
+                f"(every reader has applied up to {p.acknowledged})"
+                + (note if p.unreachable else ""),
+                highlight=False,
+                soft_wrap=True,
+            )
+    for reader, source in result.behind.items():
+        errors.print(
+            f"[bold red]behind:[/] {reader} has not applied events {source} has pruned; "
+            f"empty it and run `replicator bootstrap --node {reader}`",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if result.behind:
+        raise typer.Exit(1)
+
+
+@app.command()
 def log(
     node: Annotated[str, typer.Option("--node", "-n", help="Whose log to read.")],
     table: Annotated[str | None, typer.Option("--table", "-t", help="Only this table.")] = None,

@@ -12,6 +12,7 @@ file's directory, so a config works from whatever directory it is used.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import tomllib
 from pathlib import Path
@@ -43,6 +44,8 @@ class ReplicationConfig(_Section):
     policy: str = "latest_timestamp"
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
     interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+    # How long applied events stay in an outbox: "7d", "12h", "30m", "90s".
+    retention: str = "7d"
 
 
 class TableConfig(_Section):
@@ -206,6 +209,17 @@ def _resolve(config: Config, base: Path) -> dict[str, NodeConfig]:
     return nodes
 
 
+_UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+
+
+def duration(text: str) -> dt.timedelta:
+    """``"7d"``, ``"12h"``, ``"30m"``, ``"90s"`` (or ``"0"``) as a timedelta."""
+    match = re.fullmatch(r"\s*(\d+)\s*([dhms]?)\s*", text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration; use e.g. '7d', '12h', '30m' or '90s'")
+    return dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2) or "s"])
+
+
 def mask_password(url: str) -> str:
     """``url`` with its password (if any) replaced by ``***``, even unparsable."""
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
@@ -221,6 +235,10 @@ def _check(config: Config, source: str) -> None:
     if len(servers) != 1:
         fail("nodes", f'exactly one node needs role = "server", found {len(servers)}')
     _check_policy(config.replication.policy, "replication.policy", fail)
+    try:
+        duration(config.replication.retention)
+    except ValueError as e:
+        fail("replication.retention", str(e))
     for table, settings in config.tables.items():
         if settings.policy is not None:
             _check_policy(settings.policy, f"tables.{table}.policy", fail)

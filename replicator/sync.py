@@ -32,7 +32,7 @@ import msgspec
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from replicator import checkpoints, conflicts, outbox
+from replicator import checkpoints, conflicts, outbox, retention
 from replicator.apply import Counts, Settlement, apply_batch, reject
 from replicator.config import Config
 from replicator.errors import ConfigurationError, ConnectivityError, ReplicatorError
@@ -162,6 +162,7 @@ class SyncPass:
         try:
             with self.source.connect() as conn:
                 horizon = self.source.dialect.horizon(conn)
+                through = retention.pruned_through(conn)
             if horizon is None:
                 result.status = "deferred"
             while horizon is not None:
@@ -170,6 +171,8 @@ class SyncPass:
                     with self.target.begin() as tconn:
                         self.target.dialect.exclude_writers(tconn)
                         after = checkpoints.get(tconn, self.source.name, self.channel)
+                        # Never skip what retention deleted.
+                        retention.check_reader(self.source.name, self.target.name, after, through)
                         if after >= horizon:
                             break
                         if pending is not None and pending[0] == after:
@@ -511,6 +514,20 @@ class Replicator:
         if not is_empty(node):
             return None
         return self.bootstrap(node.name).position
+
+    def prune(self, keep: dt.timedelta | None = None) -> Any:
+        """Delete outbox events every reader has applied and older than
+        ``keep`` (default: the configured retention); see
+        :mod:`replicator.retention`. Returns its ``PruneResult``."""
+        from replicator.config import duration
+
+        keep = keep if keep is not None else duration(self.config.replication.retention)
+        outboxes = [(self.server, self.locals)] + [(node, [self.server]) for node in self.locals]
+        channels = [channel for channel, *_ in self.channels()]
+        try:
+            return retention.prune(outboxes, channels, keep, utcnow)
+        except SQLAlchemyError as e:
+            raise ReplicatorError(f"pruning failed: {_describe(e)}") from e
 
     def node(self, name: str) -> Node:
         """The configured node called ``name``; ConfigurationError if none is."""

@@ -92,6 +92,17 @@ outbox_writers = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
 )
 
+pruned = sa.Table(
+    "replicator_pruned",
+    metadata,
+    # One row (id = 1): every outbox event at or below `position` may have
+    # been deleted by retention; a reader whose checkpoint is below it has
+    # lost events and must be bootstrapped.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("pruned_at", sa.DateTime),
+)
+
 row_versions = sa.Table(
     "replicator_row_versions",
     metadata,

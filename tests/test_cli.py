@@ -296,3 +296,40 @@ def test_bootstrap_fills_an_empty_local_once(tmp_path):
     assert (report["position"], report["rows"]["vocabulary_items"]) == (15, 2)
     assert again.returncode == 1 and "not empty" in again.stderr
     assert server.returncode == 2 and "only a local is bootstrapped" in server.stderr
+
+
+def test_prune_reports_and_exits_1_when_a_replica_is_behind(tmp_path):
+    import json
+
+    from .cluster import NOW, app, member
+
+    sync_config(tmp_path, '[replication]\nretention = "0s"\n')
+    for name, role in (("server", "server"), ("phone", "local")):
+        m = member(name, f"sqlite:///{tmp_path / name}.sqlite", role=role)
+        if name == "server":
+            app.run_session(m.sessions, user_id="u-42", now=NOW)
+        m.close()
+    phone = sa.create_engine(f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    with phone.begin() as conn:  # the phone reached position 3 of the server's log, once
+        conn.exec_driver_sql(
+            "INSERT INTO replicator_checkpoints VALUES ('server', 'default', 3, '2026-11-24')"
+        )
+    phone.dispose()
+
+    first = run("prune", "--json", cwd=tmp_path)
+    bad = run("prune", "--retention", "soon", cwd=tmp_path)
+
+    assert first.returncode == 0, first.stderr
+    server_outbox = json.loads(first.stdout)["outboxes"][0]
+    assert (server_outbox["deleted"], server_outbox["through"]) == (3, 3)
+    assert bad.returncode == 2 and "--retention: 'soon' is not a duration" in bad.stderr
+    (tmp_path / "phone.sqlite").unlink()  # a new phone: behind what was pruned, not empty
+    m = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    from .cluster import add_vocabulary
+
+    add_vocabulary(m, "v-9", "own")
+    m.close()
+    behind = run("prune", cwd=tmp_path)
+    assert behind.returncode == 1
+    assert "phone has not applied events server has pruned" in behind.stderr
+    assert "replicator bootstrap --node phone" in behind.stderr

@@ -12,6 +12,7 @@ from replicator.migration import VERSION_TABLE
 from replicator.tables import metadata
 
 EXPECTED = {
+    "replicator_pruned": {"id", "position", "pruned_at"},
     "replicator_settlements": {"table_name", "row_key", "version", "kept"},
     "replicator_outbox": {
         "position",
@@ -82,7 +83,7 @@ def test_migrate_twice_creates_the_tables_once(database_url):
         assert primary_key_of(engine, "replicator_row_versions") == ["table_name", "row_key"]
         with engine.connect() as conn:
             assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [
-                ("0003",)
+                ("0004",)
             ]
     finally:
         engine.dispose()

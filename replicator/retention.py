@@ -1,0 +1,123 @@
+"""Retention: delete outbox events that every reader has applied and that
+are older than the retention period, and refuse readers that fell behind.
+
+Each outbox has its readers: the server's is read by every configured
+local, a local's by the server. An event may go once every reader's
+checkpoint (on every channel) has passed it and it is older than the
+retention period. Each outbox records how far it has been pruned
+(``replicator_pruned``); a reader whose checkpoint is below that has lost
+events it never applied, and a pass from that outbox refuses to run for it
+(see :func:`check_reader`) instead of silently skipping them: it must be
+emptied and bootstrapped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from replicator import checkpoints
+from replicator.clock import from_datetime
+from replicator.errors import ReplicatorError
+from replicator.node import Node
+from replicator.tables import outbox, pruned
+
+
+class Pruned(msgspec.Struct, kw_only=True):
+    """One outbox's pruning: events deleted, the position it is now pruned
+    through, the lowest checkpoint of its readers, and readers that are
+    behind it (by name, with their checkpoint)."""
+
+    node: str
+    deleted: int
+    through: int
+    acknowledged: int
+    behind: dict[str, int] = {}
+    unreachable: list[str] = []
+
+
+class PruneResult(msgspec.Struct, kw_only=True):
+    outboxes: list[Pruned]
+
+    @property
+    def behind(self) -> dict[str, str]:
+        """Reader -> the outbox it fell behind."""
+        return {reader: p.node for p in self.outboxes for reader in p.behind}
+
+    def to_json(self) -> bytes:
+        return msgspec.json.encode(self)
+
+
+def pruned_through(conn: Connection) -> int:
+    """The position up to which this node's outbox may have been pruned (0: never)."""
+    return conn.execute(sa.select(pruned.c.position).where(pruned.c.id == 1)).scalar() or 0
+
+
+def check_reader(source: str, reader: str, checkpoint: int, through: int) -> None:
+    """Raise when ``reader``'s checkpoint for ``source`` is below the
+    position ``source`` has pruned ``through``: the events between are gone."""
+    if checkpoint < through:
+        raise ReplicatorError(
+            f"node {reader} is behind {source}'s pruned log: it has applied up to "
+            f"position {checkpoint}, but events up to {through} were deleted by retention. "
+            f"Empty it (delete its database or its app tables' rows and replicator tables) "
+            f"and run `replicator bootstrap --node {reader}`"
+        )
+
+
+def prune(
+    outboxes: list[tuple[Node, list[Node]]],
+    channels: list[str],
+    retention: dt.timedelta,
+    now: Callable[[], dt.datetime],
+) -> PruneResult:
+    """Prune each ``(node, its readers)``: delete the events every reader
+    has applied on every channel and that are older than ``retention``."""
+    result = PruneResult(outboxes=[])
+    cutoff = from_datetime(now() - retention)
+    for node, readers in outboxes:
+        positions: dict[str, int] = {}
+        unreachable = []
+        for reader in readers:
+            try:
+                with reader.connect() as conn:
+                    stored = checkpoints.all_of(conn)
+            except (ReplicatorError, SQLAlchemyError):
+                unreachable.append(reader.name)
+                continue
+            positions[reader.name] = min(stored.get((node.name, ch), 0) for ch in channels)
+        # An unreachable reader may need everything: keep it all.
+        acknowledged = 0 if unreachable else min(positions.values(), default=0)
+        with node.begin() as conn:
+            c = outbox.c
+            doomed = sa.and_(c.position <= acknowledged, c.hlc < cutoff)
+            deleted, last = conn.execute(
+                sa.select(sa.func.count(), sa.func.max(c.position)).where(doomed)
+            ).one()
+            if deleted:
+                conn.execute(outbox.delete().where(doomed))
+            through = max(pruned_through(conn), last or 0)
+            if last:
+                conn.execute(
+                    pruned.update()
+                    .where(pruned.c.id == 1)
+                    .values(
+                        position=through, pruned_at=now().astimezone(dt.UTC).replace(tzinfo=None)
+                    )
+                )
+        result.outboxes.append(
+            Pruned(
+                node=node.name,
+                deleted=deleted,
+                through=through,
+                acknowledged=acknowledged,
+                behind={r: p for r, p in positions.items() if p < through},
+                unreachable=unreachable,
+            )
+        )
+    return result
