@@ -383,6 +383,57 @@ def prune(
         raise typer.Exit(1)
 
 
+@app.command(name="verify")
+def verify_command(
+    node: Annotated[
+        str | None, typer.Option("--node", "-n", help="The local to check (default: every one).")
+    ] = None,
+    table: Annotated[list[str] | None, typer.Option("--table", "-t", help="Only these.")] = None,
+    config: ConfigOption = config_module.DEFAULT_PATH,
+    as_json: JsonOption = False,
+) -> None:
+    """Check that a local holds the server's rows (within its scope), by checksums."""
+    import msgspec
+
+    from replicator.sync import Replicator
+    from replicator.verify import verify
+
+    try:
+        settings = config_module.load(config)
+        with Replicator(settings) as replicator:
+            targets = [replicator.node(node)] if node else replicator.locals
+            unscoped = {t: s.unscoped for t, s in settings.tables.items()}
+            results = [
+                verify(replicator.server, target, tables=table or None, unscoped=unscoped)
+                for target in targets
+                if target.role == "local"
+            ]
+    except ReplicatorError as e:
+        raise _fail(e) from e
+    if as_json:
+        sys.stdout.write(msgspec.json.encode({"nodes": results}).decode() + "\n")
+    else:
+        for result in results:
+            for check in result.tables:
+                state = (
+                    "[green]same[/]"
+                    if not check.differing
+                    else (
+                        f"[red]{len(check.differing)} differ:[/] "
+                        + escape(", ".join(check.differing[:10]))
+                        + (" ..." if len(check.differing) > 10 else "")
+                    )
+                )
+                console.print(
+                    f"{result.node} vs {result.server}: {check.table}: {check.local_rows} / "
+                    f"{check.server_rows} rows, {state}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+    if not all(result.equal for result in results):
+        raise typer.Exit(1)
+
+
 @app.command()
 def log(
     node: Annotated[str, typer.Option("--node", "-n", help="Whose log to read.")],

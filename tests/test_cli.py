@@ -333,3 +333,33 @@ def test_prune_reports_and_exits_1_when_a_replica_is_behind(tmp_path):
     assert behind.returncode == 1
     assert "phone has not applied events server has pruned" in behind.stderr
     assert "replicator bootstrap --node phone" in behind.stderr
+
+
+def test_verify_exits_1_naming_the_keys_that_differ(tmp_path):
+    import json
+
+    from .cluster import NOW, app, member
+
+    sync_config(tmp_path)
+    for name, role in (("server", "server"), ("phone", "local")):
+        m = member(name, f"sqlite:///{tmp_path / name}.sqlite", role=role)
+        if name == "phone":
+            app.run_session(m.sessions, user_id="u-42", now=NOW)
+        m.close()
+    assert run("sync", cwd=tmp_path).returncode == 0
+    same = run("verify", cwd=tmp_path)
+    phone = sa.create_engine(f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    with phone.begin() as conn:
+        conn.exec_driver_sql("UPDATE user_profiles SET display_name = 'X'")
+    phone.dispose()
+    differ = run("verify", "--table", "user_profiles", cwd=tmp_path)
+    as_json = run("verify", "--json", cwd=tmp_path)
+
+    assert same.returncode == 0, same.stderr
+    assert "phone vs server: messages: 2 / 2 rows, same" in same.stdout
+    assert differ.returncode == 1
+    assert 'user_profiles: 1 / 1 rows, 1 differ: ["u-42"]' in differ.stdout
+    [node] = json.loads(as_json.stdout)["nodes"]
+    assert [t["differing"] for t in node["tables"] if t["table"] == "user_profiles"] == [
+        ['["u-42"]']
+    ]
