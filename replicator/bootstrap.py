@@ -27,7 +27,7 @@ from replicator.errors import ReplicatorError
 from replicator.events import row_key
 from replicator.node import Node
 from replicator.sync import DEFAULT_CHANNEL, utcnow
-from replicator.tables import is_replicator_table, row_versions
+from replicator.tables import app_table_names, row_versions
 
 _VERSION_COLUMNS = ("table_name", "row_key", "version", "hlc", "origin", "deleted")
 # Rows fetched and written at a time.
@@ -54,7 +54,7 @@ def is_empty(node: Node) -> bool:
     with node.connect() as conn:
         if outbox.head(conn) or checkpoints.all_of(conn):
             return False
-        for table in _app_tables(conn):
+        for table in app_table_names(conn):
             if conn.execute(sa.select(sa.literal(1)).select_from(sa.table(table)).limit(1)).first():
                 return False
     return True
@@ -86,7 +86,7 @@ def bootstrap(
         )
     unscoped = dict(unscoped or {})
     with node.connect() as conn:
-        tables = [t for t in _app_tables(conn) if node.shape(conn, t) is not None]
+        tables = [t for t in app_table_names(conn) if node.shape(conn, t) is not None]
     copied: dict[str, int] = {}
     with node.begin() as target, server.dialect.snapshot(server.get_engine()) as (source, position):
         for done, table in enumerate(tables, 1):
@@ -151,10 +151,6 @@ def _copy_versions(
             )
         ).all()
     node.dialect.upsert_rows(target, row_versions, _VERSION_COLUMNS, [tuple(r) for r in found])
-
-
-def _app_tables(conn: Connection) -> list[str]:
-    return sorted(t for t in sa.inspect(conn).get_table_names() if not is_replicator_table(t))
 
 
 def _plain(value: object) -> object:

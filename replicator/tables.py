@@ -198,3 +198,8 @@ REQUIRED_FOR_CAPTURE = (outbox.name, row_versions.name)
 
 def is_replicator_table(name: str) -> bool:
     return name.startswith(PREFIX)
+
+
+def app_table_names(conn: sa.engine.Connection) -> list[str]:
+    """The app's tables on a node (every table but the replicator's), sorted."""
+    return sorted(t for t in sa.inspect(conn).get_table_names() if not is_replicator_table(t))

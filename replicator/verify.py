@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection
 
 from replicator.events import row_key
 from replicator.node import Node
-from replicator.tables import is_replicator_table
+from replicator.tables import app_table_names
 
 BUCKETS = 1024
 _MASK = (1 << 64) - 1
@@ -70,7 +70,7 @@ def verify(
     unscoped = dict(unscoped or {})
     checks = []
     with server.connect() as sconn, node.connect() as lconn:
-        names = tables or sorted(set(_app_tables(sconn)) & set(_app_tables(lconn)))
+        names = tables or sorted(set(app_table_names(sconn)) & set(app_table_names(lconn)))
         for table in names:
             shape, local_shape = server.shape(sconn, table), node.shape(lconn, table)
             if shape is None or local_shape is None:
@@ -183,7 +183,3 @@ def _canonical_time(value: dt.datetime | dt.date | dt.time) -> str:
             value = value.astimezone(dt.UTC).replace(tzinfo=None)
         return value.isoformat(sep=" ", timespec="microseconds")
     return value.isoformat()
-
-
-def _app_tables(conn: Connection) -> list[str]:
-    return [t for t in sa.inspect(conn).get_table_names() if not is_replicator_table(t)]

@@ -107,17 +107,23 @@ def sync_config(tmp_path: Path, extra: str = "") -> Path:
     return path
 
 
+def two_nodes(tmp_path: Path, session_on: str, extra: str = "") -> None:
+    """A config of a SQLite server and phone, both migrated, with the app's
+    study session captured on one of them."""
+    from .cluster import NOW, app, member
+
+    sync_config(tmp_path, extra)
+    for name, role in (("server", "server"), ("phone", "local")):
+        m = member(name, f"sqlite:///{tmp_path / name}.sqlite", role=role)
+        if name == session_on:
+            app.run_session(m.sessions, user_id="u-42", now=NOW)
+        m.close()
+
+
 def test_sync_applies_once_then_reports_nothing_to_apply(tmp_path):
     import json
 
-    from .cluster import NOW, app, member
-
-    sync_config(tmp_path)
-    for name, role in (("server", "server"), ("phone", "local")):
-        m = member(name, f"sqlite:///{tmp_path / name}.sqlite", role=role)
-        if name == "phone":
-            app.run_session(m.sessions, user_id="u-42", now=NOW)
-        m.close()
+    two_nodes(tmp_path, session_on="phone")
 
     first = run("sync", "--json", cwd=tmp_path)
     again = run("sync", "--json", cwd=tmp_path)
@@ -177,14 +183,7 @@ def test_sync_exits_1_when_a_node_cannot_be_reached(tmp_path):
 def test_replay_dry_run_then_replay_restore_a_tampered_local(tmp_path):
     import json
 
-    from .cluster import NOW, app, member
-
-    sync_config(tmp_path)
-    for name, role in (("server", "server"), ("phone", "local")):
-        m = member(name, f"sqlite:///{tmp_path / name}.sqlite", role=role)
-        if name == "phone":
-            app.run_session(m.sessions, user_id="u-42", now=NOW)
-        m.close()
+    two_nodes(tmp_path, session_on="phone")
     assert run("sync", cwd=tmp_path).returncode == 0
     phone = sa.create_engine(f"sqlite:///{tmp_path / 'phone.sqlite'}")
     with phone.begin() as conn:
@@ -278,14 +277,7 @@ def test_log_shows_a_rows_history_across_nodes_and_the_row_at_a_time(tmp_path):
 def test_bootstrap_fills_an_empty_local_once(tmp_path):
     import json
 
-    from .cluster import NOW, app, member
-
-    sync_config(tmp_path)
-    for name, role in (("server", "server"), ("phone", "local")):
-        m = member(name, f"sqlite:///{tmp_path / name}.sqlite", role=role)
-        if name == "server":
-            app.run_session(m.sessions, user_id="u-42", now=NOW)
-        m.close()
+    two_nodes(tmp_path, session_on="server")
 
     first = run("bootstrap", "--node", "phone", "--json", cwd=tmp_path)
     again = run("bootstrap", "--node", "phone", cwd=tmp_path)
@@ -301,14 +293,9 @@ def test_bootstrap_fills_an_empty_local_once(tmp_path):
 def test_prune_reports_and_exits_1_when_a_replica_is_behind(tmp_path):
     import json
 
-    from .cluster import NOW, app, member
+    from .cluster import member
 
-    sync_config(tmp_path, '[replication]\nretention = "0s"\n')
-    for name, role in (("server", "server"), ("phone", "local")):
-        m = member(name, f"sqlite:///{tmp_path / name}.sqlite", role=role)
-        if name == "server":
-            app.run_session(m.sessions, user_id="u-42", now=NOW)
-        m.close()
+    two_nodes(tmp_path, session_on="server", extra='[replication]\nretention = "0s"\n')
     phone = sa.create_engine(f"sqlite:///{tmp_path / 'phone.sqlite'}")
     with phone.begin() as conn:  # the phone reached position 3 of the server's log, once
         conn.exec_driver_sql(
@@ -338,14 +325,7 @@ def test_prune_reports_and_exits_1_when_a_replica_is_behind(tmp_path):
 def test_verify_exits_1_naming_the_keys_that_differ(tmp_path):
     import json
 
-    from .cluster import NOW, app, member
-
-    sync_config(tmp_path)
-    for name, role in (("server", "server"), ("phone", "local")):
-        m = member(name, f"sqlite:///{tmp_path / name}.sqlite", role=role)
-        if name == "phone":
-            app.run_session(m.sessions, user_id="u-42", now=NOW)
-        m.close()
+    two_nodes(tmp_path, session_on="phone")
     assert run("sync", cwd=tmp_path).returncode == 0
     same = run("verify", cwd=tmp_path)
     phone = sa.create_engine(f"sqlite:///{tmp_path / 'phone.sqlite'}")
