@@ -22,7 +22,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from replicator import checkpoints, outbox
+from replicator import checkpoints, outbox, retention
 from replicator.errors import ReplicatorError
 from replicator.events import row_key
 from replicator.node import Node
@@ -101,8 +101,11 @@ def bootstrap(
             copied[table] = _copy(source, target, server, node, table, columns, scope)
             if progress is not None:
                 progress(done, len(tables))
+        # A log pruned to its end still stands at the pruned position.
+        position = max(position, retention.pruned_through(source))
+        log_id = retention.log_id(source)
         for channel in channels:
-            checkpoints.advance(target, node.dialect, server.name, channel, position, now())
+            checkpoints.advance(target, node.dialect, server.name, channel, position, now(), log_id)
     return BootstrapResult(
         node=node.name,
         server=server.name,
@@ -121,36 +124,32 @@ def _copy(
     columns: list[str],
     scope: Mapping[str, object],
 ) -> int:
-    """Copy one table's rows in the scope, and their versions; the count."""
+    """Copy one table's rows in the scope, then their versions; the count.
+
+    One result streams at a time: a second query on the source connection
+    would cut a streaming result short (pymysql, DuckDB), so the versions
+    are read after the rows, keeping only the copied rows' keys.
+    """
     shape = node.shape(target, table)
     bare = sa.table(table, *(sa.column(c) for c in columns))
     select = sa.select(bare).where(*(bare.c[c] == v for c, v in scope.items()))
     at = [columns.index(c) for c in shape.key]
-    stored = node.dialect
-    count = 0
+    copied: set[str] = set()
     result = source.execution_options(stream_results=True, yield_per=_CHUNK).execute(select)
     for rows in result.partitions(_CHUNK):
         values = [tuple(_plain(v) for v in row) for row in rows]
-        stored.upsert_rows(target, shape.table(), columns, values)
-        keys = [row_key([row[i] for i in at]) for row in rows]
-        _copy_versions(source, target, node, table, keys)
-        count += len(rows)
-    return count
-
-
-def _copy_versions(
-    source: Connection, target: Connection, node: Node, table: str, keys: list[str]
-) -> None:
+        node.dialect.upsert_rows(target, shape.table(), columns, values)
+        copied.update(row_key([row[i] for i in at]) for row in rows)
     c = row_versions.c
-    found = []
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        found += source.execute(
-            sa.select(c.table_name, c.row_key, c.version, c.hlc, c.origin, c.deleted).where(
-                c.table_name == table, c.row_key.in_(chunk)
-            )
-        ).all()
-    node.dialect.upsert_rows(target, row_versions, _VERSION_COLUMNS, [tuple(r) for r in found])
+    versions = source.execution_options(stream_results=True, yield_per=_CHUNK).execute(
+        sa.select(c.table_name, c.row_key, c.version, c.hlc, c.origin, c.deleted).where(
+            c.table_name == table, sa.not_(c.deleted)
+        )
+    )
+    for found in versions.partitions(_CHUNK):
+        wanted = [tuple(r) for r in found if r.row_key in copied]
+        node.dialect.upsert_rows(target, row_versions, _VERSION_COLUMNS, wanted)
+    return len(copied)
 
 
 def _plain(value: object) -> object:

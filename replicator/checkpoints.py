@@ -17,28 +17,57 @@ from sqlalchemy.engine import Connection
 from replicator.dialects import Dialect
 from replicator.tables import checkpoints
 
-_COLUMNS = ("source", "channel", "position", "updated_at")
+_COLUMNS = ("source", "channel", "position", "updated_at", "log_id")
 
 
-def get(conn: Connection, source: str, channel: str) -> int:
-    """The source position applied up to on this node; 0 if never synced."""
+def get(conn: Connection, source: str, channel: str, log_id: str | None = None) -> int:
+    """The source position applied up to on this node; 0 if never synced,
+    and 0 when it counts positions of another log than ``log_id`` (the
+    source was made anew and numbers its outbox from 1 again)."""
     c = checkpoints.c
-    position = conn.execute(
-        sa.select(c.position).where(c.source == source, c.channel == channel)
-    ).scalar()
-    return position or 0
+    found = conn.execute(
+        sa.select(c.position, c.log_id).where(c.source == source, c.channel == channel)
+    ).first()
+    if found is None or (log_id and found.log_id and found.log_id != log_id):
+        return 0
+    return found.position
+
+
+def exists(conn: Connection, source: str, channel: str) -> bool:
+    c = checkpoints.c
+    return (
+        conn.execute(sa.select(c.position).where(c.source == source, c.channel == channel)).first()
+        is not None
+    )
 
 
 def advance(
-    conn: Connection, dialect: Dialect, source: str, channel: str, position: int, now: dt.datetime
+    conn: Connection,
+    dialect: Dialect,
+    source: str,
+    channel: str,
+    position: int,
+    now: dt.datetime,
+    log_id: str | None = None,
 ) -> None:
-    """Record that everything up to ``position`` is applied (in ``conn``'s
-    transaction, which must be the one that applied it)."""
+    """Record that everything up to ``position`` of the source's log
+    ``log_id`` is applied (in ``conn``'s transaction, which must be the one
+    that applied it)."""
     naive_utc = now.astimezone(dt.UTC).replace(tzinfo=None)
-    dialect.upsert_rows(conn, checkpoints, _COLUMNS, [(source, channel, position, naive_utc)])
+    dialect.upsert_rows(
+        conn, checkpoints, _COLUMNS, [(source, channel, position, naive_utc, log_id)]
+    )
 
 
 def all_of(conn: Connection) -> dict[tuple[str, str], int]:
     """Every checkpoint on this node: (source, channel) -> position."""
     c = checkpoints.c
     return {(s, ch): p for s, ch, p in conn.execute(sa.select(c.source, c.channel, c.position))}
+
+
+def of_log(conn: Connection, source: str, log_id: str) -> dict[str, int]:
+    """This node's checkpoints for ``source`` by channel, counting only those
+    of its log ``log_id`` (others as 0)."""
+    c = checkpoints.c
+    rows = conn.execute(sa.select(c.channel, c.position, c.log_id).where(c.source == source)).all()
+    return {ch: (p if not lid or lid == log_id else 0) for ch, p, lid in rows}

@@ -32,7 +32,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from replicator import checkpoints, outbox
+from replicator import checkpoints, outbox, retention
 from replicator.apply import Counts, apply_batch
 from replicator.clock import from_datetime
 from replicator.errors import ReplicatorError
@@ -105,10 +105,17 @@ def replay(
     clock = time.perf_counter()
     with log.connect() as conn:
         horizon = log.dialect.horizon(conn)
+        through = retention.pruned_through(conn)
+        log_id = retention.log_id(conn)
     if horizon is None:
         raise ReplicatorError(
             f"node {log.name}: its writers held the outbox too long to tell what has "
             "committed; try the replay again"
+        )
+    if start <= through and node.name != log.name:
+        raise ReplicatorError(
+            f"events up to position {through} of {log.name}'s log were deleted by retention: "
+            f"replay from {through + 1} or later, or bootstrap the node"
         )
     upto = horizon if end is None else min(end, horizon)
     result = ReplayResult(node=node.name, log=log.name, start=start, end=upto, dry_run=dry_run)
@@ -154,7 +161,7 @@ def replay(
                 node.dialect.exclude_writers(tconn)
                 position = apply(tconn, position)
         if node.name != log.name:
-            result.checkpoint = _advance_checkpoints(node, log.name, start, upto, now())
+            result.checkpoint = _advance_checkpoints(node, log.name, log_id, start, upto, now())
     for name in ("read", "applied", "skipped", "inserted", "updated", "deleted", "parked"):
         setattr(result, name, getattr(counts, name))
     result.conflicts = counts.conflicts + counts.held
@@ -162,16 +169,18 @@ def replay(
     return result
 
 
-def _advance_checkpoints(node: Node, log: str, start: int, upto: int, moment: dt.datetime) -> int:
+def _advance_checkpoints(
+    node: Node, log: str, log_id: str | None, start: int, upto: int, moment: dt.datetime
+) -> int:
     """Move the node's checkpoints for ``log`` to ``upto`` where the replay
     covered everything after them (it began at or before them); return the
     default channel's checkpoint afterwards."""
     with node.begin() as tconn:
-        stored = {ch: p for (src, ch), p in checkpoints.all_of(tconn).items() if src == log}
+        stored = checkpoints.of_log(tconn, log, log_id) if log_id else {}
         if not stored and start <= 1:
             stored = {DEFAULT_CHANNEL: 0}
         for channel, position in stored.items():
             if start - 1 <= position < upto:
-                checkpoints.advance(tconn, node.dialect, log, channel, upto, moment)
+                checkpoints.advance(tconn, node.dialect, log, channel, upto, moment, log_id)
                 stored[channel] = upto
     return stored.get(DEFAULT_CHANNEL, 0)

@@ -5,7 +5,7 @@ Each outbox has its readers: the server's is read by every configured
 local, a local's by the server. An event may go once every reader's
 checkpoint (on every channel) has passed it and it is older than the
 retention period. Each outbox records how far it has been pruned
-(``replicator_pruned``); a reader whose checkpoint is below that has lost
+(``replicator_log``); a reader whose checkpoint is below that has lost
 events it never applied, and a pass from that outbox refuses to run for it
 (see :func:`check_reader`) instead of silently skipping them: it must be
 emptied and bootstrapped.
@@ -25,7 +25,7 @@ from replicator import checkpoints
 from replicator.clock import from_datetime
 from replicator.errors import ReplicatorError
 from replicator.node import Node
-from replicator.tables import outbox, pruned
+from replicator.tables import log, outbox
 
 
 class Pruned(msgspec.Struct, kw_only=True):
@@ -55,7 +55,12 @@ class PruneResult(msgspec.Struct, kw_only=True):
 
 def pruned_through(conn: Connection) -> int:
     """The position up to which this node's outbox may have been pruned (0: never)."""
-    return conn.execute(sa.select(pruned.c.position).where(pruned.c.id == 1)).scalar() or 0
+    return conn.execute(sa.select(log.c.pruned_position).where(log.c.id == 1)).scalar() or 0
+
+
+def log_id(conn: Connection) -> str | None:
+    """The identity of this node's outbox (see ``replicator_log``)."""
+    return conn.execute(sa.select(log.c.log_id).where(log.c.id == 1)).scalar()
 
 
 def check_reader(source: str, reader: str, checkpoint: int, through: int) -> None:
@@ -83,19 +88,24 @@ def prune(
     for node, readers in outboxes:
         positions: dict[str, int] = {}
         unreachable = []
+        with node.connect() as conn:
+            identity = log_id(conn)
         for reader in readers:
             try:
                 with reader.connect() as conn:
-                    stored = checkpoints.all_of(conn)
+                    stored = checkpoints.of_log(conn, node.name, identity)
             except (ReplicatorError, SQLAlchemyError):
                 unreachable.append(reader.name)
                 continue
-            positions[reader.name] = min(stored.get((node.name, ch), 0) for ch in channels)
+            positions[reader.name] = min(stored.get(ch, 0) for ch in channels)
         # An unreachable reader may need everything: keep it all.
         acknowledged = 0 if unreachable else min(positions.values(), default=0)
         with node.begin() as conn:
             c = outbox.c
-            doomed = sa.and_(c.position <= acknowledged, c.hlc < cutoff)
+            # The newest event always stays: SQLite numbers a new row after
+            # the largest one left, and a position must never come back.
+            newest = conn.execute(sa.select(sa.func.max(c.position))).scalar() or 0
+            doomed = sa.and_(c.position <= acknowledged, c.position < newest, c.hlc < cutoff)
             deleted, last = conn.execute(
                 sa.select(sa.func.count(), sa.func.max(c.position)).where(doomed)
             ).one()
@@ -104,10 +114,11 @@ def prune(
             through = max(pruned_through(conn), last or 0)
             if last:
                 conn.execute(
-                    pruned.update()
-                    .where(pruned.c.id == 1)
+                    log.update()
+                    .where(log.c.id == 1)
                     .values(
-                        position=through, pruned_at=now().astimezone(dt.UTC).replace(tzinfo=None)
+                        pruned_position=through,
+                        pruned_at=now().astimezone(dt.UTC).replace(tzinfo=None),
                     )
                 )
         result.outboxes.append(

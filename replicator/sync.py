@@ -163,6 +163,7 @@ class SyncPass:
             with self.source.connect() as conn:
                 horizon = self.source.dialect.horizon(conn)
                 through = retention.pruned_through(conn)
+                log_id = retention.log_id(conn)
             if horizon is None:
                 result.status = "deferred"
             while horizon is not None:
@@ -170,9 +171,11 @@ class SyncPass:
                 try:
                     with self.target.begin() as tconn:
                         self.target.dialect.exclude_writers(tconn)
-                        after = checkpoints.get(tconn, self.source.name, self.channel)
+                        after, applied_to = self._checkpoint(tconn, log_id)
                         # Never skip what retention deleted.
-                        retention.check_reader(self.source.name, self.target.name, after, through)
+                        retention.check_reader(
+                            self.source.name, self.target.name, applied_to, through
+                        )
                         if after >= horizon:
                             break
                         if pending is not None and pending[0] == after:
@@ -191,6 +194,7 @@ class SyncPass:
                             self.channel,
                             reached,
                             started,
+                            log_id,
                         )
                     counts.add(applied)
                 except DBAPIError as e:
@@ -200,7 +204,8 @@ class SyncPass:
                     # one, only the database knows, and DuckDB has aborted the
                     # whole transaction. Apply the batch again one event per
                     # transaction, and park the events it refuses.
-                    for remaining in self._apply_singly(entries, reached, started, counts):
+                    singly = self._apply_singly(entries, reached, started, counts, log_id)
+                    for remaining in singly:
                         unhandled = remaining
                 counts.read += len(batch) - len(entries)
                 counts.skipped += len(batch) - len(entries)
@@ -219,6 +224,23 @@ class SyncPass:
         self._record(result, started)
         return result
 
+    def _checkpoint(self, tconn: Any, log_id: str | None) -> tuple[int, int]:
+        """Where this channel resumes, and how far the target has applied
+        the source's log for the retention check.
+
+        The first is the channel's checkpoint (0 when it counts an older
+        copy of the source's log, or there is none yet). A channel without
+        one, while the source's other channels have theirs, is new: its
+        tables were carried by those channels so far, so it reads from the
+        start (what is applied is skipped) but is as far as their lowest.
+        """
+        name = self.source.name
+        if checkpoints.exists(tconn, name, self.channel):
+            after = checkpoints.get(tconn, name, self.channel, log_id)
+            return after, after
+        others = checkpoints.of_log(tconn, name, log_id) if log_id else {}
+        return 0, min(others.values(), default=0)
+
     def _apply(self, tconn: Any, entries: list[Entry], careful: bool = False) -> Counts:
         return apply_batch(
             tconn,
@@ -231,7 +253,12 @@ class SyncPass:
         )
 
     def _apply_singly(
-        self, entries: list[Entry], reached: int, started: dt.datetime, counts: Counts
+        self,
+        entries: list[Entry],
+        reached: int,
+        started: dt.datetime,
+        counts: Counts,
+        log_id: str | None,
     ) -> Iterator[list[Entry]]:
         """Apply ``entries`` one per target transaction (each with its
         checkpoint), parking those the target refuses, into ``counts``.
@@ -244,7 +271,13 @@ class SyncPass:
                     self.target.dialect.exclude_writers(tconn)
                     counts.add(self._apply(tconn, [entry], careful=True))
                     checkpoints.advance(
-                        tconn, self.target.dialect, self.source.name, self.channel, upto, started
+                        tconn,
+                        self.target.dialect,
+                        self.source.name,
+                        self.channel,
+                        upto,
+                        started,
+                        log_id,
                     )
             except DBAPIError as e:
                 refusal = self.target.dialect.refusal(e)
@@ -264,7 +297,13 @@ class SyncPass:
                         )
                     )
                     checkpoints.advance(
-                        tconn, self.target.dialect, self.source.name, self.channel, upto, started
+                        tconn,
+                        self.target.dialect,
+                        self.source.name,
+                        self.channel,
+                        upto,
+                        started,
+                        log_id,
                     )
         yield []
 
@@ -508,12 +547,15 @@ class Replicator:
     def _bootstrap_if_empty(self, node: Node) -> int | None:
         from replicator.bootstrap import is_empty
 
-        with self.server.connect() as conn:
-            if not outbox.head(conn):
-                return None  # nothing to copy: the log is the whole story
-        if not is_empty(node):
-            return None
-        return self.bootstrap(node.name).position
+        try:
+            with self.server.connect() as conn:
+                if not outbox.head(conn):
+                    return None  # nothing to copy: the log is the whole story
+            if not is_empty(node):
+                return None
+            return self.bootstrap(node.name).position
+        except (ReplicatorError, SQLAlchemyError):
+            return None  # the pass reports what is wrong with the node
 
     def prune(self, keep: dt.timedelta | None = None) -> Any:
         """Delete outbox events every reader has applied and older than

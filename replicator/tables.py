@@ -92,14 +92,17 @@ outbox_writers = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
 )
 
-pruned = sa.Table(
-    "replicator_pruned",
+log = sa.Table(
+    "replicator_log",
     metadata,
-    # One row (id = 1): every outbox event at or below `position` may have
-    # been deleted by retention; a reader whose checkpoint is below it has
-    # lost events and must be bootstrapped.
+    # One row (id = 1). `log_id` names this database's outbox: a replica
+    # made anew numbers its outbox from 1 again under a new id, and a
+    # checkpoint of the old one no longer counts. Every event at or below
+    # `pruned_position` may have been deleted by retention: a reader whose
+    # checkpoint is below it has lost events and must be bootstrapped.
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("log_id", sa.String(32), nullable=False),
+    sa.Column("pruned_position", sa.BigInteger, nullable=False),
     sa.Column("pruned_at", sa.DateTime),
 )
 
@@ -141,6 +144,8 @@ checkpoints = sa.Table(
     sa.Column("channel", sa.String(64), primary_key=True),
     sa.Column("position", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+    # The source's log_id the position counts in (None: recorded before ids).
+    sa.Column("log_id", sa.String(32)),
 )
 
 review_items = sa.Table(

@@ -19,6 +19,7 @@ import datetime as dt
 import decimal
 import hashlib
 import json
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -70,10 +71,20 @@ def verify(
     unscoped = dict(unscoped or {})
     checks = []
     with server.connect() as sconn, node.connect() as lconn:
-        names = tables or sorted(set(app_table_names(sconn)) & set(app_table_names(lconn)))
+        names = tables or sorted(set(app_table_names(sconn)) | set(app_table_names(lconn)))
         for table in names:
             shape, local_shape = server.shape(sconn, table), node.shape(lconn, table)
             if shape is None or local_shape is None:
+                # A table one side lacks differs as a whole.
+                missing = server.name if shape is None else node.name
+                checks.append(
+                    TableCheck(
+                        table=table,
+                        server_rows=0,
+                        local_rows=0,
+                        differing=[f"(table missing on {missing})"],
+                    )
+                )
                 continue
             columns = [c for c in local_shape.columns if c in shape.columns]
             scope = node.scope if all(c in columns for c in node.scope) else {}
@@ -152,13 +163,19 @@ def _hash(text: str) -> int:
 def _canonical(value: Any) -> Any:
     """One form per value, whichever database it came from."""
     if isinstance(value, bool):
-        return int(value)
+        return "1" if value else "0"
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return _canonical_time(value)
-    if isinstance(value, float):  # a NUMERIC column reads back as a float from SQLite
+    if isinstance(value, dt.timedelta):
+        return str(value.total_seconds())
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    # Numbers as decimal text: 5, 5.0 and Decimal("5.00") are one value
+    # (a NUMERIC column reads back as a float or an int from SQLite).
+    if isinstance(value, float):
         value = decimal.Decimal(repr(value))
-    if isinstance(value, decimal.Decimal):
-        return format(value.normalize(), "f")
+    if isinstance(value, int | decimal.Decimal):
+        return format(decimal.Decimal(value).normalize(), "f")
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).hex()
     if isinstance(value, dict | list):

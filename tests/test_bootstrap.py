@@ -106,3 +106,57 @@ def test_an_event_committed_after_a_larger_position_is_not_lost(database_url, tm
     finally:
         phone.close()
         server.close()
+
+
+@pytest.mark.backends("mariadb", "duckdb", "sqlite")
+def test_bootstrap_copies_every_row_of_a_large_table(database_url, tmp_path):
+    # Rows stream from the server in chunks; reading their versions must
+    # not cut the stream short (pymysql and DuckDB allow one result at a time).
+    server = member("server", database_url, role="server")
+    phone = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}", scope=SCOPE)
+    try:
+        rows = [
+            {
+                "item_id": f"v-{i:05}",
+                "user_id": "u-42",
+                "word": "w",
+                "translation": "t",
+                "strength": 0.0,
+            }
+            for i in range(12_000)
+        ]
+        with server.engine.begin() as conn:
+            conn.execute(app.VocabularyItem.__table__.insert(), rows)
+        add_vocabulary(server, "v-last", "captured")  # one with a version
+
+        result = bootstrap(server.node, phone.node)
+
+        assert result.rows["vocabulary_items"] == 12_001
+        assert len(phone.rows("vocabulary_items")) == 12_001
+    finally:
+        phone.close()
+        server.close()
+
+
+def test_a_local_made_anew_has_its_new_changes_read_from_the_start(database_url, tmp_path):
+    # The server's checkpoint for the old copy counts another log: the new
+    # copy's outbox starts at 1 again and nothing of it may be skipped.
+    server = member("server", database_url, role="server")
+    path = tmp_path / "phone.sqlite"
+    phone = member("phone", f"sqlite:///{path}")
+    try:
+        for i in range(5):
+            add_vocabulary(phone, f"v-{i}", "old copy")
+        replicate(phone.node, server.node)
+        phone.close()
+        path.unlink()
+        phone = member("phone", f"sqlite:///{path}")
+        add_vocabulary(phone, "v-new", "new copy")  # before any sync: not empty
+
+        up = replicate(phone.node, server.node)
+
+        assert (up.read, up.applied) == (1, 1)
+        assert "v-new" in [r[0] for r in server.rows("vocabulary_items")]
+    finally:
+        phone.close()
+        server.close()

@@ -299,7 +299,8 @@ def test_prune_reports_and_exits_1_when_a_replica_is_behind(tmp_path):
     phone = sa.create_engine(f"sqlite:///{tmp_path / 'phone.sqlite'}")
     with phone.begin() as conn:  # the phone reached position 3 of the server's log, once
         conn.exec_driver_sql(
-            "INSERT INTO replicator_checkpoints VALUES ('server', 'default', 3, '2026-11-24')"
+            "INSERT INTO replicator_checkpoints (source, channel, position, updated_at) "
+            "VALUES ('server', 'default', 3, '2026-11-24')"
         )
     phone.dispose()
 

@@ -12,7 +12,7 @@ from replicator.migration import VERSION_TABLE
 from replicator.tables import metadata
 
 EXPECTED = {
-    "replicator_pruned": {"id", "position", "pruned_at"},
+    "replicator_log": {"id", "log_id", "pruned_position", "pruned_at"},
     "replicator_settlements": {"table_name", "row_key", "version", "kept"},
     "replicator_outbox": {
         "position",
@@ -30,7 +30,7 @@ EXPECTED = {
         "origin",
         "deleted",
     },
-    "replicator_checkpoints": {"source", "channel", "position", "updated_at"},
+    "replicator_checkpoints": {"source", "channel", "position", "updated_at", "log_id"},
     "replicator_outbox_writers": {"id"},
     "replicator_review_items": {
         "id",

@@ -45,15 +45,16 @@ def test_pruning_keeps_what_a_lagging_replica_needs_until_it_leaves_the_config(
             told = replicator.prune(dt.timedelta(0))
 
         assert [p.deleted for p in young.outboxes] == [0, 0, 0]
-        # The laptop has applied nothing: the server keeps all 16 events;
-        # the phone's one event, applied by the server, goes.
+        # The laptop has applied nothing: the server keeps all 16 events.
+        # The phone's one event, applied by the server, is its newest: an
+        # outbox always keeps its newest (SQLite would reuse its position).
         assert [(p.node, p.deleted) for p in lagging.outboxes] == [
             ("server", 0),
-            ("phone", 1),
+            ("phone", 0),
             ("laptop", 0),
         ]
         assert lagging.outboxes[0].acknowledged == 0 and kept == 16
-        assert (gone.outboxes[0].deleted, gone.outboxes[0].through, left) == (16, 16, 0)
+        assert (gone.outboxes[0].deleted, gone.outboxes[0].through, left) == (15, 15, 1)
         down = next(p for p in back.passes if p.target == "laptop")
         assert down.status == "failed"
         assert "behind server's pruned log" in down.error
@@ -64,3 +65,36 @@ def test_pruning_keeps_what_a_lagging_replica_needs_until_it_leaves_the_config(
     finally:
         for m in (laptop, phone, server):
             m.close()
+
+
+def test_after_pruning_everything_new_events_still_arrive_and_replay_refuses_the_gap(
+    database_url, tmp_path
+):
+    from replicator.errors import ReplicatorError
+    from replicator.replay import replay
+    from replicator.sync import replicate
+
+    server = member("server", database_url, role="server")
+    phone = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    engines = {m.name: m.engine for m in (server, phone)}
+    try:
+        for i in range(3):
+            add_vocabulary(server, f"v-{i}", "w")
+        with Replicator(config(server, phone), engines=engines) as replicator:
+            replicator.sync()
+            pruned = replicator.prune(dt.timedelta(0))
+        add_vocabulary(server, "v-after", "w")  # must not take a used position
+        down = replicate(server.node, phone.node)
+
+        assert pruned.outboxes[0].deleted == 2  # the newest stays
+        assert (down.read, down.applied) == (1, 1)
+        assert "v-after" in [r[0] for r in phone.rows("vocabulary_items")]
+        try:
+            replay(server.node, phone.node, start=1)
+        except ReplicatorError as e:
+            assert "deleted by retention: replay from 3 or later" in str(e)
+        else:
+            raise AssertionError("a replay over pruned events must be refused")
+    finally:
+        phone.close()
+        server.close()

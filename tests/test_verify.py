@@ -44,3 +44,21 @@ def test_verify_names_exactly_the_keys_that_differ_within_scope(database_url, tm
         "vocabulary_items": ['["v-01"]', '["v-03"]'],
     }
     assert repaired.equal
+
+
+def test_verify_reports_a_table_one_side_lacks(tmp_path):
+    server = member("server", f"sqlite:///{tmp_path / 'server.sqlite'}", role="server")
+    phone = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    try:
+        with phone.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE documents")
+        phone.node.forget_shapes()
+        result = verify(server.node, phone.node, tables=["documents", "messages"])
+    finally:
+        phone.close()
+        server.close()
+    assert not result.equal
+    assert [(t.table, t.differing) for t in result.tables] == [
+        ("documents", ["(table missing on phone)"]),
+        ("messages", []),
+    ]
