@@ -187,15 +187,7 @@ class SyncPass:
                             pending = (reached, ahead.submit(self._read, reached, horizon))
                         entries = unhandled = self._in_scope(tconn, batch)
                         applied = self._apply(tconn, entries)
-                        checkpoints.advance(
-                            tconn,
-                            self.target.dialect,
-                            self.source.name,
-                            self.channel,
-                            reached,
-                            started,
-                            log_id,
-                        )
+                        self._advance(tconn, reached, started, log_id)
                     counts.add(applied)
                 except DBAPIError as e:
                     if not entries or self.target.dialect.refusal(e) is None:
@@ -270,15 +262,7 @@ class SyncPass:
                 with self.target.begin() as tconn:
                     self.target.dialect.exclude_writers(tconn)
                     counts.add(self._apply(tconn, [entry], careful=True))
-                    checkpoints.advance(
-                        tconn,
-                        self.target.dialect,
-                        self.source.name,
-                        self.channel,
-                        upto,
-                        started,
-                        log_id,
-                    )
+                    self._advance(tconn, upto, started, log_id)
             except DBAPIError as e:
                 refusal = self.target.dialect.refusal(e)
                 if refusal is None:
@@ -296,16 +280,13 @@ class SyncPass:
                             now=self.now(),
                         )
                     )
-                    checkpoints.advance(
-                        tconn,
-                        self.target.dialect,
-                        self.source.name,
-                        self.channel,
-                        upto,
-                        started,
-                        log_id,
-                    )
+                    self._advance(tconn, upto, started, log_id)
         yield []
+
+    def _advance(self, tconn: Any, upto: int, started: dt.datetime, log_id: str | None) -> None:
+        checkpoints.advance(
+            tconn, self.target.dialect, self.source.name, self.channel, upto, started, log_id
+        )
 
     def _read(self, after: int, horizon: int) -> tuple[list[Entry], int]:
         with self.source.connect() as conn:

@@ -236,33 +236,10 @@ def test_log_shows_a_rows_history_across_nodes_and_the_row_at_a_time(tmp_path):
     edit_vocabulary(server, "v-1", translation="table")
     server.close()
 
-    found = run(
-        "log",
-        "--node",
-        "server",
-        "--table",
-        "vocabulary_items",
-        "--key",
-        "v-1",
-        "--json",
-        cwd=tmp_path,
-    )
-    then = run(
-        "log",
-        "--node",
-        "server",
-        "--table",
-        "vocabulary_items",
-        "--key",
-        "v-1",
-        "--at",
-        between.isoformat(),
-        "--json",
-        cwd=tmp_path,
-    )
-    text = run(
-        "log", "--node", "server", "--table", "vocabulary_items", "--key", '["v-1"]', cwd=tmp_path
-    )
+    row = ("log", "--node", "server", "--table", "vocabulary_items", "--key")
+    found = run(*row, "v-1", "--json", cwd=tmp_path)
+    then = run(*row, "v-1", "--at", between.isoformat(), "--json", cwd=tmp_path)
+    text = run(*row, '["v-1"]', cwd=tmp_path)
     bad = run("log", "--node", "server", "--key", "v-1", cwd=tmp_path)
 
     assert found.returncode == 0, found.stderr
