@@ -42,7 +42,7 @@ import decimal
 import json
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -67,9 +67,8 @@ _encode_json = msgspec.json.Encoder().encode
 IDENTICAL = "identical"
 
 
-@dataclass
-class Counts:
-    """What happened to the events of a batch or a pass.
+class Counts(msgspec.Struct, kw_only=True):
+    """What happened to the events of a batch, a pass or a replay.
 
     Every event read is counted once as applied, skipped, parked or failed.
     The events of a settled conflict count as applied; ``conflicts`` counts
@@ -91,17 +90,18 @@ class Counts:
     updated: int = 0
     deleted: int = 0
     held: int = 0
-    conflicts_by_policy: dict[str, int] = field(default_factory=dict)
+    conflicts_by_policy: dict[str, int] = {}
 
     def add(self, other: Counts) -> None:
-        for f in fields(self):
-            if f.name == "conflicts_by_policy":
+        """Add ``other``'s counts to these (a subclass's own fields aside)."""
+        for name in Counts.__struct_fields__:
+            if name == "conflicts_by_policy":
                 for policy, count in other.conflicts_by_policy.items():
                     self.conflicts_by_policy[policy] = (
                         self.conflicts_by_policy.get(policy, 0) + count
                     )
             else:
-                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+                setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def conflict(self, policy: str) -> None:
         self.conflicts += 1
@@ -771,16 +771,16 @@ def _upsert_rows(
     table = shape.table()
     if careful:
         for row in upserts.values():
-            dialect.write_row(conn, table, {c: _plain(v) for c, v in row.items()})
+            dialect.write_row(conn, table, {c: plain(v) for c, v in row.items()})
         return
     by_columns: dict[tuple[str, ...], list[tuple]] = {}
     for row in upserts.values():
-        by_columns.setdefault(tuple(row), []).append(tuple(_plain(v) for v in row.values()))
+        by_columns.setdefault(tuple(row), []).append(tuple(plain(v) for v in row.values()))
     for columns, rows in by_columns.items():
         dialect.upsert_rows(conn, table, columns, rows)
 
 
-def _plain(value: object) -> object:
+def plain(value: object) -> object:
     """A value as the database driver takes it (JSON documents as text)."""
     if isinstance(value, dict | list):
         return json.dumps(value)

@@ -14,7 +14,6 @@ next sync applies exactly the log's tail: no gap, no duplicate.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from collections.abc import Callable, Collection, Mapping
 
@@ -23,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from replicator import checkpoints, outbox, retention
+from replicator.apply import plain
 from replicator.errors import ReplicatorError
 from replicator.events import row_key
 from replicator.node import Node
@@ -137,7 +137,7 @@ def _copy(
     copied: set[str] = set()
     result = source.execution_options(stream_results=True, yield_per=_CHUNK).execute(select)
     for rows in result.partitions(_CHUNK):
-        values = [tuple(_plain(v) for v in row) for row in rows]
+        values = [tuple(plain(v) for v in row) for row in rows]
         node.dialect.upsert_rows(target, shape.table(), columns, values)
         copied.update(row_key([row[i] for i in at]) for row in rows)
     c = row_versions.c
@@ -150,9 +150,3 @@ def _copy(
         wanted = [tuple(r) for r in found if r.row_key in copied]
         node.dialect.upsert_rows(target, row_versions, _VERSION_COLUMNS, wanted)
     return len(copied)
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, dict | list):
-        return json.dumps(value)
-    return value

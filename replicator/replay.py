@@ -37,17 +37,18 @@ from replicator.apply import Counts, apply_batch
 from replicator.clock import from_datetime
 from replicator.errors import ReplicatorError
 from replicator.node import Node
-from replicator.sync import DEFAULT_CHANNEL, SyncPass, utcnow
+from replicator.sync import DEFAULT_CHANNEL, in_scope, utcnow
 from replicator.tables import outbox as outbox_table
 
 
-class ReplayResult(msgspec.Struct, kw_only=True):
-    """What a replay did (or, with ``dry_run``, would do).
+class ReplayResult(Counts, kw_only=True):
+    """What a replay did (or, with ``dry_run``, would do): its
+    :class:`Counts`, where ``conflicts`` counts the events concurrent with
+    the node's own unsent changes (left for the server to settle).
 
-    ``start`` and ``end`` are the positions replayed; ``conflicts`` the
-    events concurrent with the node's own unsent changes (left for the
-    server to settle); ``checkpoint`` the node's checkpoint for the log
-    afterwards (None when the node replays its own log).
+    ``start`` and ``end`` are the positions replayed; ``checkpoint`` the
+    node's checkpoint for the log afterwards (None when the node replays its
+    own log).
     """
 
     node: str
@@ -55,14 +56,6 @@ class ReplayResult(msgspec.Struct, kw_only=True):
     start: int
     end: int
     dry_run: bool
-    read: int = 0
-    applied: int = 0
-    skipped: int = 0
-    inserted: int = 0
-    updated: int = 0
-    deleted: int = 0
-    conflicts: int = 0
-    parked: int = 0
     checkpoint: int | None = None
     seconds: float = 0.0
 
@@ -119,15 +112,14 @@ def replay(
         )
     upto = horizon if end is None else min(end, horizon)
     result = ReplayResult(node=node.name, log=log.name, start=start, end=upto, dry_run=dry_run)
-    counts = Counts()
-    scoping = SyncPass(log, node, unscoped=unscoped)  # its scope rules, nothing else
+    counts = result  # the replay counts into its result
 
     def apply(tconn: Connection, after: int) -> int:
         with log.connect() as conn:
             entries, reached = outbox.read_batch(
                 conn, after=after, upto=upto, limit=batch_size, exclude_origin=None
             )
-        kept = scoping._in_scope(tconn, entries)
+        kept = in_scope(log, node, unscoped or {}, tconn, entries)
         counts.add(
             apply_batch(
                 tconn,
@@ -162,9 +154,7 @@ def replay(
                 position = apply(tconn, position)
         if node.name != log.name:
             result.checkpoint = _advance_checkpoints(node, log.name, log_id, start, upto, now())
-    for name in ("read", "applied", "skipped", "inserted", "updated", "deleted", "parked"):
-        setattr(result, name, getattr(counts, name))
-    result.conflicts = counts.conflicts + counts.held
+    result.conflicts += result.held  # on a replay, a held event is the conflict it meets
     result.seconds = round(time.perf_counter() - clock, 6)
     return result
 

@@ -21,7 +21,6 @@ change from one local through the server to every other local.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
@@ -50,15 +49,16 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class PassResult(msgspec.Struct, kw_only=True):
-    """What one pass over one link and channel did.
+class PassResult(Counts, kw_only=True):
+    """What one pass over one link and channel did: its :class:`Counts`
+    (``failed``: the events of the batch that could not be applied), and
+    how it ended.
 
     ``status`` is ``ok``, ``deferred`` (the source's writers held the
     outbox too long to establish what has committed: nothing was read this
     time, nothing skipped; the next pass catches up) or ``failed`` (then
     ``error`` says why; the batches committed before the failure stay
-    committed). ``failed`` counts the events of the batch that could not
-    be applied. ``conflicts_by_policy`` counts ``conflicts`` by the policy
+    committed). ``conflicts_by_policy`` counts ``conflicts`` by the policy
     that settled or parked them (``identical`` when both sides had made the
     same change).
     """
@@ -66,17 +66,6 @@ class PassResult(msgspec.Struct, kw_only=True):
     source: str
     target: str
     channel: str
-    read: int = 0
-    applied: int = 0
-    skipped: int = 0
-    conflicts: int = 0
-    parked: int = 0
-    failed: int = 0
-    inserted: int = 0
-    updated: int = 0
-    deleted: int = 0
-    held: int = 0
-    conflicts_by_policy: dict[str, int] = {}
     seconds: float = 0.0
     status: str = "ok"
     error: str | None = None
@@ -150,7 +139,7 @@ class SyncPass:
         """
         result = PassResult(source=self.source.name, target=self.target.name, channel=self.channel)
         started, clock = self.now(), time.perf_counter()
-        counts = Counts()
+        counts = result  # a pass counts into its result
         unhandled: list[Entry] = []  # the events a failure leaves unapplied
         # The next batch is read (and decoded) in a second thread while this
         # one applies the current batch: the source's reading and the
@@ -210,8 +199,6 @@ class SyncPass:
             counts.failed += len(unhandled)
         finally:
             ahead.shutdown(wait=True, cancel_futures=True)
-        for name, value in dataclasses.asdict(counts).items():
-            setattr(result, name, value)
         result.seconds = round(time.perf_counter() - clock, 6)
         self._record(result, started)
         return result
@@ -303,35 +290,7 @@ class SyncPass:
     # --- scopes ------------------------------------------------------------
 
     def _in_scope(self, tconn: Any, entries: list[Entry]) -> list[Entry]:
-        """The entries a scoped local may receive or send, rows that leave its
-        scope turned into deletes."""
-        if self.target.scope:
-            scope, shape_node = self.target.scope, self.target
-        elif self.source.scope:
-            scope, shape_node = self.source.scope, None
-        else:
-            return entries
-        kept = []
-        for entry in entries:
-            event = entry.event
-            if event is None:  # undecodable: parked by the target
-                kept.append(entry)
-                continue
-            has_scope = _has_columns(event, scope)
-            if shape_node is not None and not has_scope:
-                shape = shape_node.shape(tconn, event.table)
-                has_scope = shape is not None and all(c in shape.columns for c in scope)
-            if not has_scope:
-                if self.unscoped.get(event.table, "all") == "all":
-                    kept.append(entry)
-                continue
-            if shape_node is None:
-                kept.append(entry)  # capture refused writes outside the source's scope
-                continue
-            scoped = _scoped(entry, scope)
-            if scoped is not None:
-                kept.append(scoped)
-        return kept
+        return in_scope(self.source, self.target, self.unscoped, tconn, entries)
 
     # --- recording -------------------------------------------------------------
 
@@ -361,6 +320,40 @@ class SyncPass:
                 return
             except (ReplicatorError, SQLAlchemyError):
                 continue
+
+
+def in_scope(
+    source: Node, target: Node, unscoped: Mapping[str, str], tconn: Any, entries: list[Entry]
+) -> list[Entry]:
+    """The entries a scoped local may receive or send, rows that leave its
+    scope turned into deletes."""
+    if target.scope:
+        scope, shape_node = target.scope, target
+    elif source.scope:
+        scope, shape_node = source.scope, None
+    else:
+        return entries
+    kept = []
+    for entry in entries:
+        event = entry.event
+        if event is None:  # undecodable: parked by the target
+            kept.append(entry)
+            continue
+        has_scope = _has_columns(event, scope)
+        if shape_node is not None and not has_scope:
+            shape = shape_node.shape(tconn, event.table)
+            has_scope = shape is not None and all(c in shape.columns for c in scope)
+        if not has_scope:
+            if unscoped.get(event.table, "all") == "all":
+                kept.append(entry)
+            continue
+        if shape_node is None:
+            kept.append(entry)  # capture refused writes outside the source's scope
+            continue
+        scoped = _scoped(entry, scope)
+        if scoped is not None:
+            kept.append(scoped)
+    return kept
 
 
 def _has_columns(event: Any, scope: Mapping[str, Any]) -> bool:
