@@ -59,6 +59,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import bench_mariadb
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -187,16 +188,9 @@ def check_backend(backend: str) -> None:
     """Raise :class:`BackendUnavailable` when the backend cannot be used."""
     if backend != "mariadb":
         return
-    url = mariadb_server_url()
-    admin = sa.create_engine(url.set(database=None))
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
-    except sa.exc.DBAPIError as e:
-        shown = url.render_as_string(hide_password=True)
-        raise BackendUnavailable(f"{shown} is unreachable: {e.orig}") from e
-    finally:
-        admin.dispose()
+    problem = bench_mariadb.unreachable(mariadb_server_url())
+    if problem is not None:
+        raise BackendUnavailable(problem)
 
 
 @contextmanager
@@ -206,19 +200,8 @@ def fresh_database(backend: str) -> Iterator[str]:
         with tempfile.TemporaryDirectory(prefix="capture-bench-") as tmp:
             yield f"{backend}:///{Path(tmp) / f'bench.{backend}'}"
     elif backend == "mariadb":
-        server = mariadb_server_url()
-        name = f"bench_{uuid.uuid4().hex[:12]}"
-        admin = sa.create_engine(server.set(database=None))
-        try:
-            with admin.begin() as conn:
-                conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-            try:
-                yield server.set(database=name).render_as_string(hide_password=False)
-            finally:
-                with admin.begin() as conn:
-                    conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-        finally:
-            admin.dispose()
+        with bench_mariadb.database(mariadb_server_url(), f"bench_{uuid.uuid4().hex[:12]}") as url:
+            yield url
     else:
         raise ValueError(f"unknown backend {backend!r}")
 

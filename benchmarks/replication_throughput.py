@@ -63,13 +63,14 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import bench_mariadb
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
@@ -355,31 +356,9 @@ def progress(message: str) -> None:
 
 
 def check_mariadb(server: sa.URL) -> None:
-    admin = sa.create_engine(server.set(database=None))
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
-    except sa.exc.DBAPIError as e:
-        shown = server.render_as_string(hide_password=True)
-        raise BenchmarkError(f"MariaDB at {shown} is unreachable: {e.orig}") from e
-    finally:
-        admin.dispose()
-
-
-@contextmanager
-def mariadb_database(server: sa.URL, name: str) -> Iterator[str]:
-    """The URL of a new, empty MariaDB database ``name``, dropped afterwards."""
-    admin = sa.create_engine(server.set(database=None))
-    try:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-        try:
-            yield server.set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.begin() as conn:
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-    finally:
-        admin.dispose()
+    problem = bench_mariadb.unreachable(server)
+    if problem is not None:
+        raise BenchmarkError(f"MariaDB at {problem}")
 
 
 def create_app_tables(url: str, *, fresh: bool = False) -> None:
@@ -954,7 +933,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with ExitStack() as stack:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="repl-bench-")))
             db = {
-                role: stack.enter_context(mariadb_database(server, f"{prefix}_{role}"))
+                role: stack.enter_context(bench_mariadb.database(server, f"{prefix}_{role}"))
                 for role in ("target", "raw", "source")
             }
             directions.append(
