@@ -22,7 +22,7 @@ is on its way; either way what arrives later settles the row everywhere.
 Events that cannot be applied (a missing table or column, a different
 primary key, an undecodable payload), conflicts the policy leaves to a
 person, and a resolver that fails are parked in the target's review queue
-(:mod:`replicator.review`) with every version; the target keeps its row and
+(:mod:`replicator.parking`) with every version; the target keeps its row and
 the rest of the batch goes on. Constraint violations are found by the
 database when the batch is written; :mod:`replicator.sync` then applies the
 batch event by event and parks the refused ones with :func:`reject`.
@@ -49,13 +49,13 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from replicator import conflicts, outbox, review, versions
+from replicator import conflicts, outbox, parking, versions
 from replicator.conflicts import Conflict, Decision, Policy, Side
 from replicator.dialects import Dialect
 from replicator.dialects.base import TableShape
 from replicator.events import ChangeEvent, Operation, encode_event, new_id
 from replicator.outbox import Entry
-from replicator.review import Item, Parking, Reason
+from replicator.parking import Item, Parking, Reason
 from replicator.tables import row_versions, settlements
 from replicator.versions import Order, RowVersion
 
@@ -209,7 +209,7 @@ class _Batch:
         for table in keys:
             self.shapes.setdefault(table, self.shape_of(table))
         self.current = versions.load_many(self.conn, self.dialect, keys)
-        self.open = review.open_items(self.conn, self.dialect, keys)
+        self.open = parking.open_items(self.conn, self.dialect, keys)
 
     def apply(self, entries: list[Entry]) -> None:
         self.counts.read = len(entries)
@@ -653,7 +653,7 @@ class _Batch:
         if self.settle is not None:
             outbox.append_encoded(self.conn, self.dialect, self.outgoing)
         if self.parkings or self.joined or self.obsolete:
-            review.write(
+            parking.write(
                 self.conn, list(self.parkings.values()), self.joined, self.obsolete, self.now
             )
 

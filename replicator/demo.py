@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
-from replicator import outbox, review
+from replicator import outbox, parking
 from replicator.capture import capture
 from replicator.config import loads
 from replicator.events import ChangeEvent
@@ -79,7 +79,7 @@ class DemoRun:
     passes: list[PassResult]
     conflict_passes: list[PassResult]
     conflicts: list[Conflict]
-    parked: list[review.Item]
+    parked: list[parking.Item]
     tables: list[TableState]
 
 
@@ -139,7 +139,7 @@ def run(directory: Path, store: str = "duckdb", node: str = "local") -> DemoRun:
             for table, key, local, server in edits
         ]
         with engines["server"].connect() as conn:
-            parked = review.items(conn, status="open")
+            parked = parking.items(conn, status="open")
         tables = []
         for table in app.Base.metadata.sorted_tables:
             server_rows = _rows(engines["server"], table, USER)

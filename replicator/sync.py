@@ -38,7 +38,7 @@ from replicator.errors import ConfigurationError, ConnectivityError, ReplicatorE
 from replicator.events import Operation
 from replicator.node import Node
 from replicator.outbox import Entry
-from replicator.review import Reason
+from replicator.parking import Reason
 from replicator.tables import sync_runs
 
 Direction = Literal["up", "down", "bidirectional"]

@@ -152,7 +152,8 @@ review_items = sa.Table(
     "replicator_review_items",
     metadata,
     # The manual-review queue: every version of a conflict no policy settled,
-    # or an event that could not be applied, with the reason (see review.py).
+    # or an event that could not be applied, with the reason (see parking.py;
+    # people decide them through review.py).
     # `local` is the version the node that parked it holds, `remote` the
     # incoming one; `events` the encoded events involved, whole.
     serial_column("id", "replicator_review_items"),

@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
 import replicator
-from replicator import review, versions
+from replicator import parking, versions
 from replicator.events import ChangeEvent, decode_event
 from replicator.node import Node
 from replicator.sync import replicate
@@ -220,7 +220,7 @@ def check(members: dict[str, Member], writes: list[Write], policy: str) -> None:
 
     states = {name: rows_by_key(m) for name, m in members.items()}
     with members["server"].engine.connect() as conn:
-        parked = {item.key for item in review.items(conn, status="open")}
+        parked = {item.key for item in parking.items(conn, status="open")}
     for key in KEYS:
         mine = [w for w in writes if w.key == key]
         last = maximal(mine)

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from freezegun import freeze_time
 
-from replicator import review
+from replicator import parking
 from replicator.config import loads
 from replicator.errors import ConfigurationError
 from replicator.events import decode_event
@@ -40,7 +40,7 @@ def both_ways(server, local, **options):
 
 def open_items(m):
     with m.engine.connect() as conn:
-        return review.items(conn, status="open")
+        return parking.items(conn, status="open")
 
 
 def insert_vocabulary(m, value):
@@ -228,7 +228,7 @@ def test_manual_review_parks_every_version_and_later_events_join_the_item(pair):
     both_ways(server, local, policies={"vocabulary_items": "latest_timestamp"})
     assert open_items(server) == []
     with server.engine.connect() as conn:
-        [closed] = review.items(conn)
+        [closed] = parking.items(conn)
     assert closed.status == "obsolete" and "latest_timestamp settlement" in closed.resolution
     assert server.state() == local.state()
     assert vocabulary(local, "v-1") == ("bureau", 1.0)

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from replicator import review
+from replicator import parking
 from replicator.events import decode_event
 from replicator.sync import replicate
 
@@ -35,7 +35,7 @@ def pair(pair):
 
 def open_items(m):
     with m.engine.connect() as conn:
-        return review.items(conn, status="open")
+        return parking.items(conn, status="open")
 
 
 def vocabulary_keys(m):
