@@ -56,10 +56,9 @@ from replicator.dialects.base import TableShape
 from replicator.events import ChangeEvent, Operation, encode_event, new_id
 from replicator.outbox import Entry
 from replicator.parking import Item, Parking, Reason
-from replicator.tables import row_versions, settlements
+from replicator.tables import settlements
 from replicator.versions import Order, RowVersion
 
-_VERSION_COLUMNS = ("table_name", "row_key", "version", "hlc", "origin", "deleted")
 _encode_json = msgspec.json.Encoder().encode
 
 #: The label under which concurrent changes that reached the same row (both
@@ -396,7 +395,7 @@ class _Batch:
             origin=self.settle.node,
             table=table,
             key=last.key,
-            **_change(*before, after=row),
+            **change_fields(*before, after=row),
             version=version,
             hlc=hlc,
             txid=self.txid,
@@ -570,15 +569,7 @@ class _Batch:
     # --- reading the target's rows (conflicts and parking only) ---------------
 
     def _current_row(self, table: str, key: dict, hints: Mapping[str, Any]) -> dict | None:
-        """The target's row, its values typed like ``hints`` (the incoming
-        change's values): drivers return dates as text from SQLite, JSON
-        as text everywhere, booleans as integers from MariaDB."""
-        bare = self.shapes[table].table()
-        select = sa.select(bare).where(*(bare.c[c] == v for c, v in key.items()))
-        found = self.conn.execute(select).mappings().first()
-        if found is None:
-            return None
-        return {c: _like(v, hints.get(c)) for c, v in found.items()}
+        return read_row(self.conn, self.shapes[table], key, hints)
 
     def _current_rows(self, table: str, entries: dict[str, Entry]) -> dict[str, dict]:
         """The target's rows for these entries' keys, by row key, typed like
@@ -629,33 +620,50 @@ class _Batch:
             _upsert_rows(
                 self.conn, self.dialect, self.shapes[table], self.upserts.get(table, {}), careful
             )
-        self.dialect.upsert_rows(
-            self.conn,
-            row_versions,
-            _VERSION_COLUMNS,
-            [
-                (table, key, _encode_json(v.version).decode(), v.hlc, v.origin, v.deleted)
-                for (table, key), v in self.new_versions.items()
-            ],
-            hoist=("table_name", "origin", "deleted"),
+        versions.store(self.conn, self.dialect, self.new_versions)
+        record_settlements(
+            self.conn, self.dialect, {where: self.settled[where] for where in self.new_settled}
         )
-        if self.new_settled:
-            self.dialect.upsert_rows(
-                self.conn,
-                settlements,
-                ("table_name", "row_key", "version", "kept"),
-                [
-                    (table, key, _encode_json(v).decode(), _encode_json(k).decode())
-                    for (table, key), (v, k) in self.settled.items()
-                    if (table, key) in self.new_settled
-                ],
-            )
         if self.settle is not None:
             outbox.append_encoded(self.conn, self.dialect, self.outgoing)
         if self.parkings or self.joined or self.obsolete:
             parking.write(
                 self.conn, list(self.parkings.values()), self.joined, self.obsolete, self.now
             )
+
+
+def record_settlements(
+    conn: Connection, dialect: Dialect, settled: Mapping[tuple[str, str], tuple[dict, dict]]
+) -> None:
+    """Remember which change's row each settlement kept: ``(table, row key)
+    -> (the settlement's version, the kept change's version)``, replacing a
+    row's earlier one; nothing for none. See :meth:`_Batch._absorb`."""
+    if not settled:
+        return
+    dialect.upsert_rows(
+        conn,
+        settlements,
+        ("table_name", "row_key", "version", "kept"),
+        [
+            (table, key, _encode_json(v).decode(), _encode_json(k).decode())
+            for (table, key), (v, k) in settled.items()
+        ],
+    )
+
+
+def read_row(
+    conn: Connection, shape: TableShape, key: Mapping[str, Any], hints: Mapping[str, Any]
+) -> dict | None:
+    """A node's row with primary key ``key`` (None if it has none), its
+    values typed like ``hints`` (values of the same columns as an event
+    carries them): drivers return dates as text from SQLite, JSON as text
+    everywhere, booleans as integers from MariaDB."""
+    bare = shape.table()
+    select = sa.select(bare).where(*(bare.c[c] == v for c, v in key.items()))
+    found = conn.execute(select).mappings().first()
+    if found is None:
+        return None
+    return {c: _like(v, hints.get(c)) for c, v in found.items()}
 
 
 def _shape_problem(
@@ -695,7 +703,7 @@ def _base(events: list[ChangeEvent]) -> tuple[dict | None, set[str]]:
     return base, touched
 
 
-def _change(before: dict | None, also: dict | None, *, after: dict | None) -> dict[str, Any]:
+def change_fields(before: dict | None, also: dict | None, *, after: dict | None) -> dict[str, Any]:
     """``op``, ``row`` and ``changed`` of a change from ``before`` to ``after``.
 
     A settlement changes two rows at once: the server's (``before``) and the

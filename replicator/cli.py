@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich import box
@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from replicator import config as config_module
 from replicator.clock import to_datetime
@@ -504,6 +505,374 @@ def log(
     if moment is not None:
         state = "did not exist" if row is None else escape(repr(row))
         console.print(f"At {moment.isoformat()} the row {state}", highlight=False, soft_wrap=True)
+
+
+review_app = typer.Typer(
+    help="The manual-review queue: list, show, resolve and discard parked items.",
+    no_args_is_help=True,
+)
+app.add_typer(review_app, name="review")
+
+TableFilter = Annotated[str | None, typer.Option("--table", "-t", help="Only this table.")]
+NodeFilter = Annotated[str | None, typer.Option("--node", "-n", help="Only this node's queue.")]
+ReasonFilter = Annotated[
+    str | None, typer.Option("--reason", "-r", help="Only this reason (e.g. manual_review).")
+]
+OlderFilter = Annotated[
+    str | None, typer.Option("--older-than", help="Only items parked longer ago (e.g. 2h, 7d).")
+]
+ByOption = Annotated[
+    str | None, typer.Option("--by", help="Who decides (default: the operating-system user).")
+]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Decide and check everything, then write nothing.")
+]
+AllOption = Annotated[bool, typer.Option("--all", help="Every open item (no filter needed).")]
+ItemArgument = Annotated[
+    str | None,
+    typer.Argument(help="The item: NODE:NUMBER as listed, or NUMBER when one node has it."),
+]
+
+
+def _filter(table, node, reason, older_than):
+    from replicator.review import Filter
+
+    try:
+        period = config_module.duration(older_than) if older_than is not None else None
+    except ValueError as e:
+        errors.print(f"[bold red]error:[/] --older-than: {e}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    return Filter(table=table, node=node, reason=reason, older_than=period)
+
+
+@contextmanager
+def _queue(config: Path) -> Iterator:
+    """The configuration's review queue; library errors become exit codes."""
+    from replicator.sync import Replicator
+
+    try:
+        settings = config_module.load(config)
+        with Replicator(settings) as replicator:
+            yield replicator.review()
+    except ReplicatorError as e:
+        raise _fail(e) from e
+
+
+def _print_json(document: object) -> None:
+    import msgspec
+
+    sys.stdout.write(msgspec.json.encode(document).decode() + "\n")
+
+
+def _unreachable(listing) -> None:
+    for node, error in listing.unreachable.items():
+        errors.print(
+            f"[bold red]unreachable:[/] {node}: " + escape(error), highlight=False, soft_wrap=True
+        )
+    if listing.unreachable:
+        raise typer.Exit(1)
+
+
+@review_app.command("list")
+def review_list(
+    table: TableFilter = None,
+    node: NodeFilter = None,
+    reason: ReasonFilter = None,
+    older_than: OlderFilter = None,
+    sort: Annotated[
+        str, typer.Option("--sort", help="age (oldest first), newest, table, node or reason.")
+    ] = "age",
+    config: ConfigOption = config_module.DEFAULT_PATH,
+    as_json: JsonOption = False,
+) -> None:
+    """Open review items across every node, with counts by table and reason."""
+    where = _filter(table, node, reason, older_than)
+    with _queue(config) as queue:
+        listing = queue.list(where, sort=sort)
+    if as_json:
+        _print_json(listing)
+    else:
+        console.print(_item_table(listing.items, "Open review items"))
+        console.print(_summary(listing, "open"), highlight=False, soft_wrap=True)
+    _unreachable(listing)
+
+
+@review_app.command("history")
+def review_history(
+    table: TableFilter = None,
+    node: NodeFilter = None,
+    reason: ReasonFilter = None,
+    config: ConfigOption = config_module.DEFAULT_PATH,
+    as_json: JsonOption = False,
+) -> None:
+    """Closed items, newest first: who decided what, or what superseded them."""
+    where = _filter(table, node, reason, None)
+    with _queue(config) as queue:
+        listing = queue.history(where)
+    if as_json:
+        _print_json(listing)
+    else:
+        console.print(_item_table(listing.items, "Review history", closed=True))
+        console.print(_summary(listing, "closed"), highlight=False, soft_wrap=True)
+    _unreachable(listing)
+
+
+@review_app.command("show")
+def review_show(
+    item: Annotated[str, typer.Argument(help="The item: NODE:NUMBER, or NUMBER.")],
+    config: ConfigOption = config_module.DEFAULT_PATH,
+    as_json: JsonOption = False,
+) -> None:
+    """The base, the server's and the local's versions side by side, changed
+    fields marked, and the events involved."""
+    with _queue(config) as queue:
+        shown = queue.show(item)
+    if as_json:
+        _print_json(shown)
+        return
+    for line in _show_lines(shown):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+@review_app.command("resolve")
+def review_resolve(
+    item: ItemArgument = None,
+    take: Annotated[
+        str | None, typer.Option("--take", help="Keep this side's row: server or local.")
+    ] = None,
+    merge: Annotated[
+        str | None,
+        typer.Option("--merge", help="The server's row with these values: '{\"col\": value}'."),
+    ] = None,
+    by: ByOption = None,
+    table: TableFilter = None,
+    node: NodeFilter = None,
+    reason: ReasonFilter = None,
+    older_than: OlderFilter = None,
+    every: AllOption = False,
+    dry_run: DryRunOption = False,
+    config: ConfigOption = config_module.DEFAULT_PATH,
+    as_json: JsonOption = False,
+) -> None:
+    """Settle an item (or every matching one) by taking a side or a merged row;
+    the decision replicates to every node on the next sync."""
+    import json
+
+    if (take is None) == (merge is None):
+        _usage("give exactly one of --take server|local and --merge JSON")
+    if take is not None and take not in ("server", "local"):
+        _usage(f"--take must be server or local, not {take!r}")
+    values = None
+    if merge is not None:
+        try:
+            values = json.loads(merge)
+        except ValueError as e:
+            _usage(f"--merge: not JSON: {e}")
+        if not isinstance(values, dict) or not values:
+            _usage('--merge: give a JSON object of column values, e.g. \'{"title": "New"}\'')
+    where = _filter(table, node, reason, older_than)
+    if item is None:
+        if values is not None:
+            _usage("--merge settles one item: give its ID")
+        _decide_matching(config, where, every, take=take, by=by, dry_run=dry_run, as_json=as_json)
+        return
+    if where.any or every or dry_run:
+        _usage("give an item ID or filters (--table, --node, ...), not both")
+    with _queue(config) as queue:
+        decided = queue.resolve(item, take=take, merge=values, by=by)
+    _print_decided([decided], as_json)
+
+
+@review_app.command("discard")
+def review_discard(
+    item: ItemArgument = None,
+    by: ByOption = None,
+    table: TableFilter = None,
+    node: NodeFilter = None,
+    reason: ReasonFilter = None,
+    older_than: OlderFilter = None,
+    every: AllOption = False,
+    dry_run: DryRunOption = False,
+    config: ConfigOption = config_module.DEFAULT_PATH,
+    as_json: JsonOption = False,
+) -> None:
+    """Drop an item's incoming version and keep the row its node holds now
+    (which then replicates, so every node holds it)."""
+    where = _filter(table, node, reason, older_than)
+    if item is None:
+        _decide_matching(config, where, every, take=None, by=by, dry_run=dry_run, as_json=as_json)
+        return
+    if where.any or every or dry_run:
+        _usage("give an item ID or filters (--table, --node, ...), not both")
+    with _queue(config) as queue:
+        decided = queue.discard(item, by=by)
+    _print_decided([decided], as_json)
+
+
+def _decide_matching(config, where, every, *, take, by, dry_run, as_json) -> None:
+    """A bulk resolve (``take``) or discard (``take`` None)."""
+    if not where.any and not every:
+        _usage("give an item ID, filters (--table, --node, --reason, --older-than) or --all")
+    with _queue(config) as queue:
+        result = queue.resolve_matching(
+            where, take=take, discard=take is None, by=by, dry_run=dry_run
+        )
+    if as_json:
+        _print_json(result)
+        return
+    how = f"take {take}" if take else "discard"
+    verb = "would be decided" if dry_run else "decided"
+    console.print(
+        f"{len(result.decided)} of {result.matched} matching items {verb} ({how})"
+        + (": " + ", ".join(d.ref for d in result.decided) if result.decided else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _print_decided(decided, as_json: bool) -> None:
+    if as_json:
+        _print_json(decided[0])
+        return
+    for d in decided:
+        row = "(deleted)" if d.row is None else escape(repr(d.row))
+        tail = (
+            f"change {d.event_id} replicates on the next sync"
+            if d.event_id
+            else "nothing to replicate"
+        )
+        how = _DECISIONS[d.decision]
+        console.print(
+            f"{d.ref} resolved by {d.by} ({how}): {d.table} {d.key} is now {row}; {tail}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+_DECISIONS = {
+    "server": "took the server's row",
+    "local": "took the local's row",
+    "merge": "merged",
+    "discard": "discarded the incoming version",
+}
+
+
+def _usage(message: str) -> NoReturn:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _age(seconds: float) -> str:
+    """``45s``, ``12m``, ``3h 5m``, ``2d 4h``."""
+    minutes, hours, days = int(seconds // 60), int(seconds // 3600), int(seconds // 86400)
+    if days:
+        return f"{days}d {hours % 24}h"
+    if hours:
+        return f"{hours}h {minutes % 60}m"
+    if minutes:
+        return f"{minutes}m"
+    return f"{int(seconds)}s"
+
+
+def _item_table(items, title: str, closed: bool = False) -> Table:
+    if not items:
+        return Text()
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    columns = ["item", "table", "key", "reason"]
+    columns += ["closed (UTC)", "status", "by", "decision"] if closed else ["age", "detail"]
+    for column in columns:
+        table.add_column(column, overflow="fold", no_wrap=column in ("item", "age"))
+    for i in items:
+        row = [i.ref, i.table, i.key, i.reason]
+        if closed:
+            when = f"{i.resolved_at:%Y-%m-%d %H:%M:%S}" if i.resolved_at else ""
+            row += [when, i.status, i.resolved_by or "", i.resolution or ""]
+        else:
+            row += [_age(i.age_seconds), i.detail]
+        table.add_row(*(escape(v) for v in row))
+    return table
+
+
+def _summary(listing, state: str) -> str:
+    def counts(by: dict[str, int]) -> str:
+        return ", ".join(f"{name} {n}" for name, n in sorted(by.items()))
+
+    line = f"{len(listing.items)} {state} items"
+    if listing.items:
+        line += f"; by table: {counts(listing.by_table)}; by reason: {counts(listing.by_reason)}"
+    if listing.obsolete:
+        line += f" ({listing.obsolete} closed just now as obsolete: superseded by a later change)"
+    return line
+
+
+def _show_lines(shown) -> list:
+    """``review show``: the header, the rows side by side, the events."""
+    status = shown.status if shown.status != "open" else "[bold]open[/]"
+    lines: list = [
+        f"Item {shown.ref}: {escape(shown.table)} {escape(shown.key)}, {status}",
+        f"{shown.reason}: " + escape(shown.detail),
+        f"parked on {shown.node} at {shown.detected_at:%Y-%m-%d %H:%M:%S} UTC "
+        f"({_age(shown.age_seconds)} ago)",
+    ]
+    if shown.resolved_at is not None:
+        lines.append(
+            f"{shown.status} at {shown.resolved_at:%Y-%m-%d %H:%M:%S} UTC by "
+            f"{shown.resolved_by}: " + escape(shown.resolution or "")
+        )
+    sides = Table(box=box.SIMPLE_HEAD, caption="* changed from the base", caption_justify="left")
+    sides.add_column("column", no_wrap=True)
+    for heading in ("base", "server", f"local ({shown.local_node})"):
+        sides.add_column(heading, overflow="fold")
+
+    def cell(row, side: str | None, column: str) -> str:
+        if row is None:
+            return "[dim](deleted)[/]" if column == shown.columns[0] else ""
+        text = escape(repr(row.get(column)))
+        if side is not None and column in shown.changed[side]:
+            return f"[bold yellow]{text} *[/]"
+        return text
+
+    for column in shown.columns:
+        sides.add_row(
+            column,
+            cell(shown.base, None, column) if shown.base is not None else "",
+            cell(shown.server, "server", column),
+            cell(shown.local, "local", column),
+        )
+    sides.add_section()
+    for label, pick in (
+        ("version", lambda v: " ".join(f"{n}:{c}" for n, c in sorted(v.version.items()))),
+        ("made by", lambda v: v.origin),
+        ("at (UTC)", lambda v: v.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]),
+    ):
+        sides.add_row(
+            f"[dim]{label}[/]",
+            "",
+            *(pick(v) if v else "?" for v in (shown.server_version, shown.local_version)),
+        )
+    lines.append(sides)
+    events = Table(title="Events parked", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("origin", "op", "at (UTC)", "version", "changed", "event"):
+        events.add_column(column, overflow="fold")
+    for e in shown.events:
+        if not e.decodable:
+            events.add_row("?", "?", "", "", "", f"undecodable ({e.size} bytes)")
+            continue
+        events.add_row(
+            e.origin,
+            e.op,
+            e.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+            " ".join(f"{n}:{c}" for n, c in sorted(e.version.items())),
+            ", ".join(e.changed),
+            e.event_id,
+        )
+    lines.append(events)
+    if shown.status == "open":
+        lines.append(
+            f"Decide: replicator review resolve {shown.ref} --take server|local "
+            f"| --merge '{{...}}'  or  replicator review discard {shown.ref}"
+        )
+    return lines
 
 
 @contextmanager

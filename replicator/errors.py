@@ -33,3 +33,8 @@ class ConnectivityError(ReplicatorError):
 
 class ApplyError(ReplicatorError):
     """An event cannot be applied to a target node."""
+
+
+class ReviewError(ReplicatorError):
+    """A review item does not exist, is no longer open, or its decision
+    cannot be written (the node refused the row); nothing changed."""

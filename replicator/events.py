@@ -181,3 +181,12 @@ def encode_event(event: ChangeEvent) -> bytes:
 def decode_event(payload: bytes) -> ChangeEvent:
     """Decode an outbox payload; raises ``msgspec.DecodeError`` if corrupt."""
     return _DECODER.decode(payload)
+
+
+def decode_or_none(payload: bytes) -> ChangeEvent | None:
+    """Decode an outbox payload; None if it cannot be decoded (corrupt, or
+    written by an unknown version)."""
+    try:
+        return _DECODER.decode(payload)
+    except (msgspec.DecodeError, ValueError, TypeError):
+        return None

@@ -12,12 +12,11 @@ import itertools
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from replicator.dialects import Dialect
-from replicator.events import ChangeEvent, decode_event, encode_event
+from replicator.events import ChangeEvent, decode_event, decode_or_none, encode_event
 from replicator.tables import outbox
 
 _COLUMNS = ("origin", "table_name", "row_key", "hlc", "payload")
@@ -93,13 +92,6 @@ class Entry(NamedTuple):
     event: ChangeEvent | None
 
 
-def _decoded(payload: bytes) -> ChangeEvent | None:
-    try:
-        return decode_event(payload)
-    except (msgspec.DecodeError, ValueError, TypeError):
-        return None
-
-
 def read_batch(
     conn: Connection,
     *,
@@ -132,7 +124,7 @@ def read_batch(
 
     def fetch(start: int, count: int) -> list[Entry]:
         rows = conn.execute(select.where(c.position > start, c.position <= upto).limit(count)).all()
-        return [Entry(p, t, key, payload, _decoded(payload)) for p, t, key, payload in rows]
+        return [Entry(p, t, key, payload, decode_or_none(payload)) for p, t, key, payload in rows]
 
     entries = fetch(after, limit)
     if len(entries) < limit:

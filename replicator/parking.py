@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection
 from replicator import versions
 from replicator.conflicts import Side
 from replicator.dialects import Dialect
-from replicator.events import decode_event, from_ext, wire
+from replicator.events import decode_or_none, from_ext, wire
 from replicator.tables import review_items
 from replicator.versions import Order
 
@@ -84,10 +84,10 @@ class Item(msgspec.Struct, kw_only=True):
         can join one item). Never for an item with an undecodable event."""
         held = [self.local.version] if self.local is not None else []
         for payload in self.events:
-            try:
-                held.append(decode_event(payload).version)
-            except (msgspec.DecodeError, ValueError, TypeError):
+            event = decode_or_none(payload)
+            if event is None:
                 return False
+            held.append(event.version)
         return bool(held) and all(
             versions.compare(version, v) in (Order.AFTER, Order.EQUAL) for v in held
         )
@@ -152,6 +152,41 @@ def items(conn: Connection, *, status: str | None = None, table: str | None = No
     return [_item(row) for row in conn.execute(select)]
 
 
+def get(conn: Connection, item_id: int) -> Item | None:
+    """One item by its id (None if the node has none)."""
+    found = conn.execute(sa.select(review_items).where(review_items.c.id == item_id)).first()
+    return None if found is None else _item(found)
+
+
+def has_open(conn: Connection) -> bool:
+    """Whether the node has any open item (one cheap query)."""
+    c = review_items.c
+    return conn.execute(sa.select(c.id).where(c.status == Status.OPEN).limit(1)).first() is not None
+
+
+def sweep(conn: Connection, dialect: Dialect, now: dt.datetime) -> int:
+    """Close as obsolete the open items whose row's current version
+    descends from every version in them (a change made after seeing every
+    side superseded them), in the caller's transaction; how many.
+
+    A pass closes such items as the change arrives; this catches the rest
+    (an item parked in the same batch as the change that supersedes it).
+    """
+    pending = items(conn, status=Status.OPEN)
+    keys: dict[str, set[str]] = {}
+    for item in pending:
+        keys.setdefault(item.table, set()).add(item.key)
+    current = versions.load_many(conn, dialect, keys)
+    obsolete = {}
+    for item in pending:
+        seen = current.get(item.table, {}).get(item.key)
+        if seen is not None and item.superseded_by(seen.version):
+            origin = "deleted" if seen.deleted else "changed"
+            obsolete[item.id] = f"superseded: the row was {origin} by {seen.origin} since"
+    write(conn, [], {}, obsolete, now)
+    return len(obsolete)
+
+
 def open_items(
     conn: Connection, dialect: Dialect, keys: Mapping[str, Collection[str]]
 ) -> dict[tuple[str, str], Item]:
@@ -161,8 +196,7 @@ def open_items(
     otherwise one look-up per table and chunk of keys.
     """
     c = review_items.c
-    any_open = conn.execute(sa.select(c.id).where(c.status == Status.OPEN).limit(1)).first()
-    if any_open is None:
+    if not has_open(conn):
         return {}
     found: dict[tuple[str, str], Item] = {}
     for table, table_keys in keys.items():

@@ -518,6 +518,13 @@ class Replicator:
         except SQLAlchemyError as e:
             raise ReplicatorError(f"bootstrapping {name} failed: {_describe(e)}") from e
 
+    def review(self, **options: Any) -> Any:
+        """The review queues of every node, as one :class:`replicator.review.ReviewQueue`
+        (``options`` go to it)."""
+        from replicator.review import ReviewQueue
+
+        return ReviewQueue(self.nodes.values(), **options)
+
     def _bootstrap_if_empty(self, node: Node) -> int | None:
         from replicator.bootstrap import is_empty
 

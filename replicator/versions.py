@@ -138,6 +138,22 @@ def load_many(
 _COLUMNS = ("table_name", "row_key", "version", "hlc", "origin", "deleted")
 
 
+def store(conn: Connection, dialect: Dialect, rows: Mapping[tuple[str, str], RowVersion]) -> None:
+    """Write rows' versions as given (``(table, row key) -> version``),
+    replacing what is stored; nothing for none. For a node that decided a
+    row's version itself (applying, settling, resolving a review item)."""
+    dialect.upsert_rows(
+        conn,
+        row_versions,
+        _COLUMNS,
+        [
+            (table, key, _json_encode(v.version).decode(), v.hlc, v.origin, v.deleted)
+            for (table, key), v in rows.items()
+        ],
+        hoist=("table_name", "origin", "deleted"),
+    )
+
+
 class Bump(NamedTuple):
     """One change a node makes to one row, before it has its version."""
 

@@ -1,0 +1,388 @@
+"""The review queue as people use it (the library the CLI calls): a decision
+is a new change that descends from every version in the item, so it
+replicates to every node and settles the row everywhere; bad input changes
+nothing. The server runs on every backend, the locals on SQLite."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from replicator import outbox, parking, versions
+from replicator.errors import ConfigurationError, ConnectivityError, ReviewError
+from replicator.node import Node
+from replicator.review import Filter, ReviewQueue, parse_ref
+from replicator.sync import replicate
+from replicator.versions import Order, RowVersion
+
+from .cluster import add_vocabulary, delete_vocabulary, edit_vocabulary, member, vocabulary
+
+REVIEW = {"policies": {"vocabulary_items": "manual_review"}}
+START = dt.datetime(2026, 11, 24, 9, 0, tzinfo=dt.UTC)
+
+
+def sync(server, *local_members):
+    """Every local's changes up, then the server's down to each."""
+    for m in local_members:
+        replicate(m.node, server.node, **REVIEW)
+    for m in local_members:
+        replicate(server.node, m.node)
+
+
+def apart(server, phone, count=1):
+    """``count`` rows (v-0, v-1, ...) both sides edited between two syncs,
+    parked on the server under manual_review."""
+    for i in range(count):
+        add_vocabulary(phone, f"v-{i}", f"word {i}")
+    sync(server, phone)
+    for i in range(count):
+        edit_vocabulary(phone, f"v-{i}", translation=f"phone {i}")
+        edit_vocabulary(server, f"v-{i}", translation=f"server {i}", strength=0.5)
+    sync(server, phone)
+
+
+def queue(*members, now=lambda: START + dt.timedelta(hours=1)):
+    return ReviewQueue([m.node for m in members], now=now)
+
+
+def open_items(m):
+    with m.engine.connect() as conn:
+        return parking.items(conn, status="open")
+
+
+def head(m):
+    with m.engine.connect() as conn:
+        return outbox.head(conn)
+
+
+def test_each_decision_settles_the_row_on_both_replicas(pair):
+    server, phone = pair
+    apart(server, phone, count=4)
+    q = queue(server, phone)
+    assert [i.ref for i in q.list().items] == [f"server:{n}" for n in (1, 2, 3, 4)]
+
+    took_server = q.resolve("server:1", take="server", by="ana")
+    took_local = q.resolve("server:2", take="local")
+    merged = q.resolve("server:3", merge={"translation": "both", "strength": 2})
+    discarded = q.discard("server:4", by="ana")
+    sync(server, phone)
+
+    expected = {
+        "v-0": ("server 0", 0.5),  # the server's row
+        "v-1": ("phone 1", 0.0),  # the phone's row
+        "v-2": ("both", 2.0),  # the server's row with the merged values
+        "v-3": ("server 3", 0.5),  # the server held it; the phone's edit is dropped
+    }
+    for key, row in expected.items():
+        assert vocabulary(server, key) == vocabulary(phone, key) == row, key
+    assert server.state() == phone.state()
+    assert q.list().items == []
+    assert [d.row["translation"] for d in (took_server, took_local, merged, discarded)] == [
+        "server 0",
+        "phone 1",
+        "both",
+        "server 3",
+    ]
+    history = {i.ref: i for i in q.history().items}
+    assert history["server:1"].resolved_by == "ana" and history["server:1"].status == "resolved"
+    assert history["server:3"].resolution.startswith('merged {"translation": "both"')
+    assert history["server:4"].resolution.startswith("discarded")
+    assert history["server:2"].resolved_by  # the OS user when no one is named
+
+
+def test_a_decision_descends_from_every_version_so_no_replica_finds_a_conflict(pair, tmp_path):
+    server, phone = pair
+    laptop = member("laptop", f"sqlite:///{tmp_path / 'laptop.sqlite'}")
+    try:
+        add_vocabulary(phone, "v-1", "mesa")
+        sync(server, phone, laptop)
+        edit_vocabulary(phone, "v-1", translation="desk")
+        edit_vocabulary(laptop, "v-1", translation="bureau")
+        edit_vocabulary(server, "v-1", translation="table")
+        sync(server, phone, laptop)  # both locals' edits join one item
+        [item] = open_items(server)
+        assert len(item.events) == 2
+
+        decided = queue(server, phone, laptop).resolve(item.id, take="local")
+
+        for parked in [item.local.version, *(e.version for e in map(decode, item.events))]:
+            assert versions.compare(decided.version, parked) is Order.AFTER
+        results = [replicate(m.node, server.node, **REVIEW) for m in (phone, laptop)]
+        results += [replicate(server.node, m.node) for m in (phone, laptop)]
+        assert [r.conflicts for r in results] == [0, 0, 0, 0]
+        assert [r.applied for r in results[2:]] == [1, 1]
+        # "local" is the newest version parked: the laptop's, which joined last.
+        for m in (server, phone, laptop):
+            assert vocabulary(m, "v-1") == ("bureau", 0.0), m.name
+    finally:
+        laptop.close()
+
+
+def decode(payload):
+    from replicator.events import decode_event
+
+    return decode_event(payload)
+
+
+def test_a_local_edit_after_taking_its_row_is_a_sequential_edit(pair):
+    """The decision records which version's row it kept: the phone's later
+    edit, made before the decision reached it, descends from that row."""
+    server, phone = pair
+    apart(server, phone)
+    queue(server, phone).resolve("server:1", take="local")
+    edit_vocabulary(phone, "v-0", strength=3.0)  # before the decision arrives
+
+    up = replicate(phone.node, server.node, **REVIEW)
+    replicate(server.node, phone.node)
+
+    assert (up.applied, up.conflicts, up.parked) == (1, 0, 0)
+    assert vocabulary(server, "v-0") == vocabulary(phone, "v-0") == ("phone 0", 3.0)
+    assert open_items(server) == []
+
+
+def test_deciding_an_item_again_fails_and_changes_nothing(pair):
+    server, phone = pair
+    apart(server, phone)
+    q = queue(server, phone)
+    q.resolve("server:1", take="server", by="ana")
+    before = (head(server), vocabulary(server, "v-0"), q.show("server:1"))
+
+    for attempt in (
+        lambda: q.resolve("server:1", take="local"),
+        lambda: q.discard("server:1"),
+        lambda: q.resolve("server:1", merge={"translation": "x"}),
+    ):
+        with pytest.raises(ReviewError, match=r"server:1 is already resolved .*by ana"):
+            attempt()
+
+    assert (head(server), vocabulary(server, "v-0"), q.show("server:1")) == before
+    with pytest.raises(ReviewError, match="no review item 7 on server, phone"):
+        q.resolve(7, take="server")
+    with pytest.raises(ReviewError, match=r"no review item 7 on server$"):
+        q.resolve("server:7", take="server")
+
+
+@pytest.mark.parametrize(
+    "merge, message",
+    [
+        ({"colour": "red"}, "has no column 'colour'"),
+        ({"strength": "strong"}, "column 'strength' takes a number, not 'strong'"),
+        ({"translation": 3}, "column 'translation' takes text, not 3"),
+        ({"item_id": "v-9"}, "column 'item_id' is part of the row's key"),
+    ],
+)
+def test_a_bad_merge_names_the_column_and_changes_nothing(pair, merge, message):
+    server, phone = pair
+    apart(server, phone)
+    q = queue(server, phone)
+    before = (head(server), vocabulary(server, "v-0"))
+
+    with pytest.raises(ConfigurationError, match=message):
+        q.resolve("server:1", merge=merge)
+
+    assert (head(server), vocabulary(server, "v-0")) == before
+    assert [i.status for i in q.list().items] == ["open"]
+
+
+def test_show_puts_the_sides_next_to_each_other_with_changes_marked(pair):
+    server, phone = pair
+    apart(server, phone)
+
+    shown = queue(server, phone).show("server:1")
+
+    assert (shown.node, shown.local_node, shown.reason, shown.status) == (
+        "server",
+        "phone",
+        "manual_review",
+        "open",
+    )
+    assert shown.base["translation"] == "?"
+    assert (shown.server["translation"], shown.server["strength"]) == ("server 0", 0.5)
+    assert (shown.local["translation"], shown.local["strength"]) == ("phone 0", 0.0)
+    assert shown.changed == {"server": ["translation", "strength"], "local": ["translation"]}
+    assert shown.columns[:2] == ["item_id", "user_id"]
+    assert shown.server_version.origin == "server" and shown.local_version.origin == "phone"
+    [event] = shown.events
+    assert (event.origin, event.op, event.changed) == ("phone", "update", ["translation"])
+    assert event.version == shown.local_version.version
+
+
+def test_a_deleted_side_is_shown_as_none_and_taking_it_deletes_everywhere(pair):
+    server, phone = pair
+    add_vocabulary(phone, "v-1", "mesa")
+    sync(server, phone)
+    delete_vocabulary(phone, "v-1")
+    edit_vocabulary(server, "v-1", translation="table")
+    sync(server, phone)
+    q = queue(server, phone)
+
+    shown = q.show(1)
+    assert shown.local is None and shown.server["translation"] == "table"
+    assert shown.changed["local"] == shown.columns  # every column went away
+
+    q.resolve(1, take="local")
+    sync(server, phone)
+    assert vocabulary(server, "v-1") is vocabulary(phone, "v-1") is None
+
+
+def test_an_item_parked_on_a_local_is_decided_there_and_reaches_the_server(pair):
+    server, phone = pair
+    for m in pair:
+        Labels.metadata.create_all(m.engine)
+    with server.sessions.begin() as session:
+        session.add(Label(label_id="l-server", name="verbs"))
+    with phone.sessions.begin() as session:
+        session.add(Label(label_id="l-phone", name="verbs"))
+    replicate(server.node, phone.node)  # the phone refuses the server's label
+    [item] = open_items(phone)
+    assert item.reason == "constraint_violation"
+    q = queue(server, phone)
+
+    with pytest.raises(ReviewError, match="phone refused the decided row of labels"):
+        q.resolve("phone:1", take="server")  # still refused: nothing changes
+    assert [i.ref for i in q.list().items] == ["phone:1"]
+    with phone.sessions.begin() as session:  # someone renames the phone's label
+        session.get(Label, "l-phone").name = "nouns"
+    q.resolve("phone:1", take="server")
+    replicate(phone.node, server.node)
+    replicate(server.node, phone.node)
+
+    for m in pair:
+        with m.engine.connect() as conn:
+            rows = conn.execute(sa.select(Label.__table__).order_by("label_id")).all()
+        assert rows == [("l-phone", "nouns"), ("l-server", "verbs")], m.name
+    assert q.list().items == []
+
+
+class Labels(DeclarativeBase):
+    pass
+
+
+class Label(Labels):
+    __tablename__ = "labels"
+    label_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(50), unique=True)
+
+
+def test_bulk_decides_every_matching_item_and_dry_run_writes_nothing(pair):
+    server, phone = pair
+    apart(server, phone, count=3)
+    add_vocabulary(server, "v-9", "other")
+    q = queue(server, phone)
+
+    preview = q.resolve_matching(Filter(table="vocabulary_items"), take="local", dry_run=True)
+    assert (preview.matched, len(preview.decided), preview.dry_run) == (3, 3, True)
+    assert len(q.list().items) == 3 and vocabulary(server, "v-0") == ("server 0", 0.5)
+    assert q.resolve_matching(Filter(table="documents"), take="local").matched == 0
+
+    done = q.resolve_matching(Filter(table="vocabulary_items"), take="local", by="ops")
+    sync(server, phone)
+
+    assert [d.ref for d in done.decided] == ["server:1", "server:2", "server:3"]
+    assert q.list().items == []
+    for i in range(3):
+        assert vocabulary(server, f"v-{i}") == vocabulary(phone, f"v-{i}") == (f"phone {i}", 0.0)
+    assert {i.resolved_by for i in q.history().items} == {"ops"}
+
+
+def test_bulk_changes_nothing_when_one_item_cannot_be_decided(pair):
+    server, phone = pair
+    apart(server, phone, count=2)
+    # The second row's phone version would break a unique key the server has.
+    with server.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE UNIQUE INDEX one_meaning ON vocabulary_items (translation)")
+    add_vocabulary(server, "v-9", "uno")
+    edit_vocabulary(server, "v-9", translation="phone 1")
+    q = queue(server, phone)
+    before = (head(server), server.state())
+
+    with pytest.raises(ReviewError, match="refused the decided row"):
+        q.resolve_matching(Filter(reason="manual_review"), take="local")
+
+    assert (head(server), server.state()) == before
+    assert [i.status for i in q.list().items] == ["open", "open"]
+
+
+def test_listing_filters_sorts_and_counts(pair):
+    server, phone = pair
+    apart(server, phone, count=2)
+    with server.engine.begin() as conn:  # the first item was parked a day earlier
+        conn.execute(
+            parking.review_items.update()
+            .where(parking.review_items.c.id == 1)
+            .values(detected_at=dt.datetime(2026, 11, 23, 9, 0))
+        )
+    now = dt.datetime.now(dt.UTC)
+    q = queue(server, phone, now=lambda: now)
+
+    listing = q.list()
+    assert [i.ref for i in listing.items] == ["server:1", "server:2"]
+    assert listing.by_table == {"vocabulary_items": 2}
+    assert listing.by_reason == {"manual_review": 2}
+    assert [i.ref for i in q.list(sort="newest").items] == ["server:2", "server:1"]
+    assert [i.ref for i in q.list(Filter(older_than=dt.timedelta(hours=12))).items] == ["server:1"]
+    assert q.list(Filter(node="phone")).items == []
+    assert q.list(Filter(reason="constraint_violation")).items == []
+    assert q.list(Filter(table="documents")).items == []
+    with pytest.raises(ConfigurationError, match="unknown node 'tablet'"):
+        q.list(Filter(node="tablet"))
+    with pytest.raises(ConfigurationError, match="sort must be one of"):
+        q.list(sort="size")
+
+
+def test_an_unreachable_node_is_named_and_nothing_changes(pair, tmp_path):
+    server, phone = pair
+    apart(server, phone)
+    gone = Node("tablet", url=f"sqlite:///{tmp_path / 'missing' / 'tablet.sqlite'}")
+    q = ReviewQueue([server.node, phone.node, gone])
+
+    listing = q.list()
+    assert [i.ref for i in listing.items] == ["server:1"]
+    assert list(listing.unreachable) == ["tablet"]
+    assert "tablet" in listing.unreachable["tablet"]
+    with pytest.raises(ConnectivityError, match=r"node tablet .* cannot be reached"):
+        q.resolve("tablet:1", take="server")
+    with pytest.raises(ReviewError, match="nothing was decided: node tablet"):
+        q.resolve_matching(Filter(table="vocabulary_items"), take="server")
+    assert [i.status for i in q.list().items] == ["open"]
+
+
+def test_an_item_a_later_change_superseded_is_closed_when_the_queue_is_read(pair):
+    """A change that descends from every version in the item (here written
+    straight into the row's version, as a pass does when an item was parked
+    in the same batch as the change that supersedes it) closes it."""
+    server, phone = pair
+    apart(server, phone, count=2)
+    [first, second] = open_items(server)
+    fixed = versions.merge(first.local.version, first.remote.version, {"server": 9})
+    with server.engine.begin() as conn:
+        versions.store(
+            conn,
+            server.node.dialect,
+            {("vocabulary_items", first.key): RowVersion(fixed, 1, "x", False)},
+        )
+
+    listing = queue(server, phone).list()
+
+    assert [i.ref for i in listing.items] == [f"server:{second.id}"]
+    assert listing.obsolete == 1
+    with server.engine.connect() as conn:
+        closed = parking.get(conn, first.id)
+    assert closed.status == "obsolete" and "superseded" in closed.resolution
+
+
+@pytest.mark.parametrize(
+    "text, ref",
+    [("server:3", ("server", 3)), ("3", (None, 3)), ("a:b:12", ("a:b", 12)), (4, (None, 4))],
+)
+def test_item_references(text, ref):
+    assert parse_ref(text) == ref
+
+
+@pytest.mark.parametrize("text", ["", "server:", "x", "server:-1", "1.5"])
+def test_bad_item_references(text):
+    with pytest.raises(ConfigurationError, match="is not a review item"):
+        parse_ref(text)
