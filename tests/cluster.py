@@ -18,6 +18,7 @@ from replicator.config import Config, loads
 from replicator.events import ChangeEvent
 from replicator.node import Node
 from replicator.resources import load_example
+from replicator.sync import replicate
 
 app = load_example("learning_app")
 NOW = dt.datetime(2026, 11, 24, 9, 30)
@@ -95,3 +96,27 @@ def config(server: Member, *local_members: Member, extra: str = "") -> Config:
         for m in (server, *local_members)
     )
     return loads(nodes + extra)
+
+
+# Conflicts left to a person: vocabulary under manual_review.
+REVIEW = {"policies": {"vocabulary_items": "manual_review"}}
+
+
+def sync(server, *local_members):
+    """Every local's changes up, then the server's down to each."""
+    for m in local_members:
+        replicate(m.node, server.node, **REVIEW)
+    for m in local_members:
+        replicate(server.node, m.node)
+
+
+def apart(server, phone, count=1):
+    """``count`` rows (v-0, v-1, ...) both sides edited between two syncs,
+    parked on the server under manual_review."""
+    for i in range(count):
+        add_vocabulary(phone, f"v-{i}", f"word {i}")
+    sync(server, phone)
+    for i in range(count):
+        edit_vocabulary(phone, f"v-{i}", translation=f"phone {i}")
+        edit_vocabulary(server, f"v-{i}", translation=f"server {i}", strength=0.5)
+    sync(server, phone)

@@ -18,30 +18,18 @@ from replicator.review import Filter, ReviewQueue, parse_ref
 from replicator.sync import replicate
 from replicator.versions import Order, RowVersion
 
-from .cluster import add_vocabulary, delete_vocabulary, edit_vocabulary, member, vocabulary
+from .cluster import (
+    REVIEW,
+    add_vocabulary,
+    apart,
+    delete_vocabulary,
+    edit_vocabulary,
+    member,
+    sync,
+    vocabulary,
+)
 
-REVIEW = {"policies": {"vocabulary_items": "manual_review"}}
 START = dt.datetime(2026, 11, 24, 9, 0, tzinfo=dt.UTC)
-
-
-def sync(server, *local_members):
-    """Every local's changes up, then the server's down to each."""
-    for m in local_members:
-        replicate(m.node, server.node, **REVIEW)
-    for m in local_members:
-        replicate(server.node, m.node)
-
-
-def apart(server, phone, count=1):
-    """``count`` rows (v-0, v-1, ...) both sides edited between two syncs,
-    parked on the server under manual_review."""
-    for i in range(count):
-        add_vocabulary(phone, f"v-{i}", f"word {i}")
-    sync(server, phone)
-    for i in range(count):
-        edit_vocabulary(phone, f"v-{i}", translation=f"phone {i}")
-        edit_vocabulary(server, f"v-{i}", translation=f"server {i}", strength=0.5)
-    sync(server, phone)
 
 
 def queue(*members, now=lambda: START + dt.timedelta(hours=1)):

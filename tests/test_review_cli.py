@@ -1,0 +1,203 @@
+"""`replicator review`, run as an operator would: the installed command in a
+subprocess, against a MariaDB server and a SQLite local (end to end), and
+its input errors on SQLite alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from replicator.cli import app
+
+from .cluster import apart, member, vocabulary
+from .test_cli import run
+
+
+def write_config(tmp_path: Path, *members, extra: str = "") -> Path:
+    nodes = "".join(
+        f'[nodes.{m.name}]\nurl = "{m.node.url}"\nrole = "{m.node.role}"\n' for m in members
+    )
+    path = tmp_path / "replicator.toml"
+    path.write_text(nodes + '[tables.vocabulary_items]\npolicy = "manual_review"\n' + extra)
+    return path
+
+
+def review(config: Path, *args: str):
+    return run("review", *args, "--config", str(config))
+
+
+def as_json(result) -> dict:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def parked(database_url, tmp_path):
+    """A MariaDB server and a SQLite phone with four rows both edited while
+    apart, parked on the server; and their configuration file."""
+    server = member("server", database_url, role="server")
+    phone = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    apart(server, phone, count=4)
+    yield server, phone, write_config(tmp_path, server, phone)
+    phone.close()
+    server.close()
+
+
+@pytest.mark.backends("mariadb")
+def test_an_operator_lists_shows_and_decides_every_item_then_sync_settles_them(parked):
+    server, phone, config = parked
+
+    listed = review(config, "list")
+    assert listed.returncode == 0, listed.stderr
+    for n in (1, 2, 3, 4):
+        assert f"server:{n}" in listed.stdout
+    assert "4 open items; by table: vocabulary_items 4; by reason: manual_review 4" in (
+        " ".join(listed.stdout.split())
+    )
+    items = as_json(review(config, "list", "--json"))["items"]
+    assert [(i["id"], i["node"], i["status"], i["reason"]) for i in items] == [
+        (n, "server", "open", "manual_review") for n in (1, 2, 3, 4)
+    ]
+    assert {"table", "key", "detected_at"} <= items[0].keys()
+
+    shown = review(config, "show", "server:1")
+    assert shown.returncode == 0, shown.stderr
+    assert "'server 0' *" in shown.stdout and "'phone 0' *" in shown.stdout
+    assert "local (phone)" in shown.stdout and "Events parked" in shown.stdout
+    document = as_json(review(config, "show", "server:1", "--json"))
+    assert document["base"]["translation"] == "?"
+    assert document["server"]["translation"] == "server 0"
+    assert document["local"]["translation"] == "phone 0"
+    assert document["changed"] == {"server": ["translation", "strength"], "local": ["translation"]}
+
+    bad = review(config, "resolve", "server:3", "--merge", '{"colour": "red"}')
+    assert bad.returncode == 2 and "no column 'colour'" in bad.stderr
+
+    for args in (
+        ("resolve", "server:1", "--take", "server"),
+        ("resolve", "server:2", "--take", "local", "--by", "ana"),
+        ("resolve", "server:3", "--merge", '{"translation": "both", "strength": 2}'),
+        ("discard", "server:4"),
+    ):
+        decided = review(config, *args)
+        assert decided.returncode == 0, decided.stderr
+        assert "replicates on the next sync" in decided.stdout
+
+    def state():
+        item = as_json(review(config, "show", "server:1", "--json"))
+        del item["age_seconds"]
+        return item, server.events(), server.state()
+
+    before = state()
+    again = review(config, "resolve", "server:1", "--take", "local")
+    assert again.returncode == 1
+    assert "server:1 is already resolved" in " ".join(again.stderr.split())
+    assert state() == before
+
+    synced = run("sync", "--config", str(config))
+    assert synced.returncode == 0, synced.stderr
+
+    decided_rows = {
+        "v-0": ("server 0", 0.5),
+        "v-1": ("phone 1", 0.0),
+        "v-2": ("both", 2.0),
+        "v-3": ("server 3", 0.5),
+    }
+    for key, row in decided_rows.items():
+        assert vocabulary(server, key) == vocabulary(phone, key) == row, key
+    assert server.state() == phone.state()
+    assert as_json(review(config, "list", "--json"))["items"] == []
+    history = as_json(review(config, "history", "--json"))["items"]
+    assert sorted((i["ref"], i["status"]) for i in history) == [
+        (f"server:{n}", "resolved") for n in (1, 2, 3, 4)
+    ]
+    assert {i["ref"]: i["resolved_by"] for i in history}["server:2"] == "ana"
+
+
+@pytest.mark.backends("mariadb")
+def test_bulk_resolve_with_a_dry_run_first(parked):
+    server, phone, config = parked
+
+    preview = review(
+        config, "resolve", "--table", "vocabulary_items", "--take", "local", "--dry-run"
+    )
+    assert preview.returncode == 0, preview.stderr
+    assert "4 of 4 matching items would be decided (take local)" in preview.stdout
+    assert len(as_json(review(config, "list", "--json"))["items"]) == 4
+
+    done = as_json(
+        review(config, "resolve", "--table", "vocabulary_items", "--take", "local", "--json")
+    )
+    assert (done["matched"], len(done["decided"]), done["dry_run"]) == (4, 4, False)
+    assert run("sync", "--config", str(config)).returncode == 0
+    for i in range(4):
+        assert vocabulary(server, f"v-{i}") == vocabulary(phone, f"v-{i}") == (f"phone {i}", 0.0)
+
+
+@pytest.fixture
+def sqlite_parked(tmp_path):
+    server = member("server", f"sqlite:///{tmp_path / 'server.sqlite'}", role="server")
+    phone = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    apart(server, phone, count=2)
+    yield server, phone, write_config(tmp_path, server, phone)
+    phone.close()
+    server.close()
+
+
+USAGE_ERRORS = [
+    (("resolve", "server:1"), "give exactly one of --take"),
+    (("resolve", "server:1", "--take", "server", "--merge", "{}"), "give exactly one"),
+    (("resolve", "server:1", "--take", "both"), "--take must be server or local"),
+    (("resolve", "server:1", "--merge", "{oops"), "--merge: not JSON"),
+    (("resolve", "server:1", "--merge", "[1]"), "give a JSON object"),
+    (("resolve", "server:1", "--merge", '{"strength": "x"}'), "column 'strength' takes"),
+    (("resolve", "--take", "server"), "give an item ID, filters"),
+    (("resolve", "server:1", "--take", "server", "--table", "t"), "not both"),
+    (("resolve", "--merge", '{"word": "x"}', "--all"), "--merge settles one item"),
+    (("discard", "server:x"), "is not a review item"),
+    (("list", "--older-than", "soon"), "--older-than"),
+    (("list", "--sort", "size"), "sort must be one of"),
+    (("list", "--node", "tablet"), "unknown node 'tablet'"),
+]
+
+
+def test_usage_errors_exit_2_say_what_was_wrong_and_change_nothing(sqlite_parked):
+    """In process (typer's runner): the same command, without a start-up per case."""
+    server, _, config = sqlite_parked
+    before = server.events(), server.state()
+    runner = CliRunner()
+
+    for args, message in USAGE_ERRORS:
+        result = runner.invoke(app, ["review", *args, "--config", str(config)])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.stderr.split()), (args, result.stderr)
+
+    assert (server.events(), server.state()) == before
+    assert len(as_json(review(config, "list", "--json"))["items"]) == 2
+
+
+def test_an_unknown_item_or_unreachable_node_exits_1_and_says_which(sqlite_parked, tmp_path):
+    server, phone, _ = sqlite_parked
+    config = write_config(
+        tmp_path,
+        server,
+        phone,
+        extra='[nodes.tablet]\nurl = "mysql+pymysql://root@127.0.0.1:1/gone"\nrole = "local"\n',
+    )
+
+    listed = review(config, "list", "--json")
+    assert listed.returncode == 1
+    assert len(json.loads(listed.stdout)["items"]) == 2  # what could be read is listed
+    assert "unreachable: tablet" in listed.stderr
+
+    unknown = review(config, "show", "server:9")
+    assert unknown.returncode == 1 and "no review item 9 on server" in unknown.stderr
+    gone = review(config, "resolve", "tablet:1", "--take", "server")
+    assert gone.returncode == 1
+    assert "node tablet" in gone.stderr and "cannot be reached" in gone.stderr
+    bulk = review(config, "discard", "--all")
+    assert bulk.returncode == 1 and "nothing was decided" in " ".join(bulk.stderr.split())
+    assert len(as_json(review(config, "list", "--node", "server", "--json"))["items"]) == 2
