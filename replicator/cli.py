@@ -112,11 +112,22 @@ def demo(
     console.print(_conflict_table(run.conflicts))
     for item in run.parked:
         console.print(
-            f"Parked for review on the server: item {item.id}, {item.table} {item.key}: "
+            f"Parked for review on the server: item {item.ref}, {item.table} {item.key}: "
             f"{item.reason} ({item.detail}). Both versions are kept in its review queue.",
             highlight=False,
             soft_wrap=True,
         )
+    decided = run.resolution
+    console.print(
+        f"\nA person resolves it, writing a version that keeps both:\n"
+        f"  $ replicator review resolve {decided.ref} --merge "
+        f'\'{{"content": "{decided.row["content"]}"}}\' --by {decided.by}\n'
+        "The decision is a new change on the server that descends from both versions, "
+        "so the next sync carries it to the device without a conflict:",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(pass_table(run.resolution_passes))
     result = Table(
         title="Both nodes after the syncs (rows of user u-42)",
         title_justify="left",
@@ -125,11 +136,15 @@ def demo(
     for column in ("table", "server rows", "local rows", "same"):
         result.add_column(column, justify="left" if column == "table" else "right")
     for state in run.tables:
-        same = "[green]yes[/]" if not state.differing else "[red]no[/]"
-        if state.differing and state.equal:
-            same = f"[yellow]{state.differing} row parked for review[/]"
+        same = "[green]yes[/]" if state.equal else "[red]no[/]"
         result.add_row(state.table, str(len(state.server)), str(len(state.local)), same)
     console.print(result)
+    console.print(
+        f"Try the commands on these databases: replicator review history "
+        f"--config {directory / 'replicator.toml'}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if not all(state.equal for state in run.tables):
         raise typer.Exit(1)
 

@@ -53,6 +53,7 @@ from typing import Any
 import msgspec
 
 from replicator.errors import ConfigurationError
+from replicator.resources import load_example
 
 
 class Side(msgspec.Struct, frozen=True, kw_only=True):
@@ -149,6 +150,11 @@ BUILT_IN: dict[str, Policy] = {
 }
 
 
+#: Modules of the reference app (``examples/``) are named under this prefix,
+#: so a configuration can name its resolver wherever the package is installed.
+EXAMPLES = "replicator_examples."
+
+
 def load(name: str) -> Policy:
     """The policy called ``name``: a built-in one or ``"module:function"``.
 
@@ -162,8 +168,11 @@ def load(name: str) -> Policy:
             f"unknown policy {name!r}; use one of {', '.join(BUILT_IN)} or 'module:function'"
         )
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
+        if module_name.startswith(EXAMPLES):  # the reference app shipped with the package
+            module = load_example(module_name.removeprefix(EXAMPLES))
+        else:
+            module = importlib.import_module(module_name)
+    except (ImportError, FileNotFoundError) as e:
         raise ConfigurationError(f"policy {name!r}: cannot import {module_name!r}: {e}") from e
     policy = getattr(module, function, None)
     if not callable(policy):

@@ -6,9 +6,11 @@ replicator's tables on both and turns capture on. The app then writes on
 both sides (a study session on the device; a tutor's additions on the
 server), and one ``sync`` runs every pass. Then both sides edit the same
 row of each table while apart, each table under another conflict policy,
-and a second ``sync`` settles them, parking the one left to a person. The
-demo returns what was captured, what each pass did, each conflict's
-outcome, the parked item and both sides' tables afterwards.
+and a second ``sync`` settles them, parking the one left to a person, who
+then resolves it; a third ``sync`` carries the decision. The demo returns
+what was captured, what each pass did, each conflict's outcome, the parked
+item and its resolution, and both sides' tables afterwards. The directory
+also gets a ``replicator.toml`` naming both nodes, to try the commands on.
 """
 
 from __future__ import annotations
@@ -21,16 +23,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
-from replicator import outbox, parking
+from replicator import outbox
 from replicator.capture import capture
 from replicator.config import loads
 from replicator.events import ChangeEvent
 from replicator.migration import migrate
 from replicator.resources import load_example
+from replicator.review import Decided, Listed
 from replicator.sync import PassResult, Replicator
 
 STORES = ("duckdb", "sqlite")
 USER = "u-42"
+#: The document a person writes to settle the parked conflict.
+MERGED = "Café con leche y churros, o café solo con tostadas."
 
 
 # Each table's conflict policy: one of each kind.
@@ -50,12 +55,10 @@ class TableState:
     server: list[tuple[Any, ...]]
     local: list[tuple[Any, ...]]
     differing: int  # rows not the same on both sides
-    parked: int  # rows with an open review item (they may differ)
 
     @property
     def equal(self) -> bool:
-        """Equal, apart from rows parked for review."""
-        return self.differing <= self.parked
+        return not self.differing
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,9 @@ class DemoRun:
     passes: list[PassResult]
     conflict_passes: list[PassResult]
     conflicts: list[Conflict]
-    parked: list[parking.Item]
+    parked: list[Listed]  # open after the second sync
+    resolution: Decided  # a person's decision on the parked item
+    resolution_passes: list[PassResult]  # the sync that carried it
     tables: list[TableState]
 
 
@@ -107,18 +112,15 @@ def run(directory: Path, store: str = "duckdb", node: str = "local") -> DemoRun:
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
         app.run_session(factories[node], user_id=USER, now=now)
         _tutor_edits(app, factories["server"])
-        config = loads(
-            f"""
-            [nodes.server]
-            url = "{urls["server"]}"
-            role = "server"
-            [nodes.{node}]
-            url = "{urls[node]}"
-            role = "local"
-            scope = {{ user_id = "{USER}" }}
-            """
+        text = (
+            f'[nodes.server]\nurl = "{urls["server"]}"\nrole = "server"\n\n'
+            f'[nodes.{node}]\nurl = "{urls[node]}"\nrole = "local"\n'
+            f'scope = {{ user_id = "{USER}" }}\n\n'
             + "".join(f'[tables.{t}]\npolicy = "{p}"\n' for t, p in POLICIES.items())
         )
+        # Kept next to the databases, so the commands can be tried on them.
+        (directory / "replicator.toml").write_text(text)
+        config = loads(text, directory / "replicator.toml")
         with Replicator(config, engines=engines) as replicator:
             passes = replicator.sync().passes
             with engines[node].connect() as conn:
@@ -127,6 +129,11 @@ def run(directory: Path, store: str = "duckdb", node: str = "local") -> DemoRun:
                 server_events = [(p, e) for p, e in outbox.read(conn) if e.origin == "server"]
             edits = _concurrent_edits(app, factories[node], factories["server"])
             conflict_passes = replicator.sync().passes
+            queue = replicator.review()
+            parked = queue.list().items
+            # A person reads both versions and writes one that keeps both.
+            resolution = queue.resolve(parked[0].ref, merge={"content": MERGED}, by="demo")
+            resolution_passes = replicator.sync().passes
         conflicts = [
             Conflict(
                 table,
@@ -138,8 +145,6 @@ def run(directory: Path, store: str = "duckdb", node: str = "local") -> DemoRun:
             )
             for table, key, local, server in edits
         ]
-        with engines["server"].connect() as conn:
-            parked = parking.items(conn, status="open")
         tables = []
         for table in app.Base.metadata.sorted_tables:
             server_rows = _rows(engines["server"], table, USER)
@@ -150,7 +155,6 @@ def run(directory: Path, store: str = "duckdb", node: str = "local") -> DemoRun:
                     server_rows,
                     local_rows,
                     _differing(table, server_rows, local_rows),
-                    sum(item.table == table.name for item in parked),
                 )
             )
     finally:
@@ -167,6 +171,8 @@ def run(directory: Path, store: str = "duckdb", node: str = "local") -> DemoRun:
         conflict_passes,
         conflicts,
         parked,
+        resolution,
+        resolution_passes,
         tables,
     )
 

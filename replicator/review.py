@@ -527,14 +527,18 @@ class _Sides:
 
     @classmethod
     def read(cls, conn: Connection, node: Node, item: Item) -> _Sides:
+        """An open item's sides now; a closed one's as they were parked (the
+        row now is what was decided)."""
         shape = node.shape(conn, item.table)
         key = _key_values(item, shape)
+        if item.status != Status.OPEN:
+            holding = item.local or Side(row=None, version={}, hlc=0, origin=node.name)
+            return cls(item, node.role, shape, key, holding, item.remote)
         text_key = row_key(tuple(key.values())) if key is not None else item.key
         seen = versions.load(conn, item.table, [text_key], node.dialect).get(text_key)
-        hints = _hints(item)
         row = None
         if shape is not None and key is not None:
-            row = read_row(conn, shape, key, hints)
+            row = read_row(conn, shape, key, _hints(item))
         holding = Side(
             row=row,
             version=seen.version if seen else {},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -36,8 +37,19 @@ def test_demo_prints_captured_events(tmp_path):
     ):
         assert policy in conflicts
     assert "level=3, xp=55" in conflicts  # merged
-    assert "Parked for review on the server: item 1, documents" in result.stdout
-    assert "1 row parked for review" in result.stdout
+    assert "Parked for review on the server: item server:1, documents" in result.stdout
+    assert "replicator review resolve server:1 --merge" in result.stdout
+    passes = result.stdout.split("without a conflict")[1].split("Both nodes")[0]
+    assert "server -> local  default     1        1        0          0" in passes
+    assert "Café con leche y churros, o café solo" in conflicts  # both now hold it
+    assert (tmp_path / "replicator.toml").exists()
+    history = run("review", "history", "--json", "--config", str(tmp_path / "replicator.toml"))
+    [decided] = json.loads(history.stdout)["items"]
+    assert (decided["ref"], decided["status"], decided["resolved_by"]) == (
+        "server:1",
+        "resolved",
+        "demo",
+    )
     engine = sa.create_engine(f"duckdb:///{tmp_path / 'local.duckdb'}")
     with engine.connect() as conn:
         # The session's 15 events, then one edit per table while apart.

@@ -84,3 +84,33 @@ def test_the_custom_policy_example_is_the_demo_apps_resolver():
     ]:
         case = conflict(server, local)
         assert namespace["keep_longer_message"](case) == app.keep_longer_message(case)
+
+
+def test_the_review_example_decides_through_the_library(tmp_path):
+    from .cluster import add_vocabulary, edit_vocabulary, member, vocabulary
+    from .cluster import sync as sync_members
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (tmp_path / "example.py").write_text(next(b for b in blocks if "r.review()" in b))
+    (tmp_path / "replicator.toml").write_text(
+        '[nodes.server]\nurl = "sqlite:///server.sqlite"\nrole = "server"\n'
+        '[nodes.phone]\nurl = "sqlite:///phone.sqlite"\nrole = "local"\n'
+    )
+    server = member("server", f"sqlite:///{tmp_path / 'server.sqlite'}", role="server")
+    phone = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    add_vocabulary(phone, "v-1", "mesa")
+    sync_members(server, phone)  # under manual_review: the next conflict is parked
+    edit_vocabulary(phone, "v-1", translation="table")
+    edit_vocabulary(server, "v-1", strength=0.5)  # the server changed only the strength
+    sync_members(server, phone)
+
+    result = subprocess.run(
+        [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "0 open\n"
+    sync_members(server, phone)
+    assert vocabulary(server, "v-1") == vocabulary(phone, "v-1") == ("table", 0.0)
+    phone.close()
+    server.close()
