@@ -53,7 +53,7 @@ from replicator import conflicts, outbox, parking, versions
 from replicator.conflicts import Conflict, Decision, Policy, Side
 from replicator.dialects import Dialect
 from replicator.dialects.base import TableShape
-from replicator.events import ChangeEvent, Operation, encode_event, new_id
+from replicator.events import ChangeEvent, Operation, encode_event, key_from_text, new_id
 from replicator.outbox import Entry
 from replicator.parking import Item, Parking, Reason
 from replicator.tables import settlements
@@ -599,13 +599,7 @@ class _Batch:
 
     def _key_values(self, entry: Entry) -> dict | None:
         shape = self.shapes.get(entry.table)
-        try:
-            values = json.loads(entry.row_key)
-        except ValueError:
-            return None
-        if shape is None or not isinstance(values, list) or len(values) != len(shape.key):
-            return None
-        return dict(zip(shape.key, values, strict=True))
+        return None if shape is None else key_from_text(entry.row_key, shape.key)
 
     # --- writing ---------------------------------------------------------------
 

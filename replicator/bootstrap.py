@@ -23,10 +23,11 @@ from sqlalchemy.engine import Connection
 
 from replicator import checkpoints, outbox, retention
 from replicator.apply import plain
+from replicator.clock import utcnow
 from replicator.errors import ReplicatorError
 from replicator.events import row_key
 from replicator.node import Node
-from replicator.sync import DEFAULT_CHANNEL, utcnow
+from replicator.sync import DEFAULT_CHANNEL
 from replicator.tables import app_table_names, row_versions
 
 _VERSION_COLUMNS = ("table_name", "row_key", "version", "hlc", "origin", "deleted")

@@ -70,6 +70,11 @@ class HybridLogicalClock:
             self._last = max(self._last, remote)
 
 
+def utcnow() -> dt.datetime:
+    """The current time, aware, in UTC (what stamps runs and decisions)."""
+    return dt.datetime.now(dt.UTC)
+
+
 def to_datetime(hlc: int) -> dt.datetime:
     """The physical (UTC) time part of a timestamp."""
     return dt.datetime.fromtimestamp((hlc >> COUNTER_BITS) / 1000, tz=dt.UTC)

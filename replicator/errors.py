@@ -8,6 +8,15 @@ configuration, wait for the network, look at the review queue.
 from __future__ import annotations
 
 
+def describe(error: Exception) -> str:
+    """A one-line account of ``error``: a replicator error's message, or a
+    driver's exception (the original one SQLAlchemy wraps) by type."""
+    if isinstance(error, ReplicatorError):
+        return str(error)
+    orig = getattr(error, "orig", None)
+    return f"{type(orig or error).__name__}: {orig or error}".splitlines()[0]
+
+
 class ReplicatorError(Exception):
     """Base class of every error the replicator raises on purpose."""
 

@@ -96,6 +96,18 @@ def row_key(values: tuple[Any, ...] | list[Any]) -> str:
     return _JSON_ENCODER.encode(list(values)).decode()
 
 
+def key_from_text(text: str, columns: tuple[str, ...]) -> dict[str, Any] | None:
+    """The inverse of :func:`row_key`: ``columns`` -> values, or None when
+    ``text`` is not a key of that many columns."""
+    try:
+        values = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(values, list) or len(values) != len(columns):
+        return None
+    return dict(zip(columns, values, strict=True))
+
+
 # --- msgpack encoding --------------------------------------------------------
 #
 # msgspec encodes dates, decimals and UUIDs as plain strings, which would come

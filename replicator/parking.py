@@ -78,18 +78,26 @@ class Item(msgspec.Struct, kw_only=True):
     resolved_by: str | None = None
     resolution: str | None = None
 
+    @property
+    def undecodable(self) -> bool:
+        """Whether one of its events cannot be decoded (its version is unknown)."""
+        return any(decode_or_none(payload) is None for payload in self.events)
+
+    def versions(self) -> list[dict[str, int]]:
+        """Every known version in the item: the target's and every decodable
+        parked event's (several nodes' events can join one item)."""
+        held = [self.local.version] if self.local is not None else []
+        events = map(decode_or_none, self.events)
+        return held + [event.version for event in events if event is not None]
+
     def superseded_by(self, version: Mapping[str, int]) -> bool:
         """Whether ``version`` descends from (or equals) every version in the
-        item: the target's and every parked event's (several nodes' events
-        can join one item). Never for an item with an undecodable event."""
-        held = [self.local.version] if self.local is not None else []
-        for payload in self.events:
-            event = decode_or_none(payload)
-            if event is None:
-                return False
-            held.append(event.version)
-        return bool(held) and all(
-            versions.compare(version, v) in (Order.AFTER, Order.EQUAL) for v in held
+        item. Never for an item with an undecodable event."""
+        held = self.versions()
+        return (
+            bool(held)
+            and not self.undecodable
+            and all(versions.compare(version, v) in (Order.AFTER, Order.EQUAL) for v in held)
         )
 
 
@@ -164,12 +172,12 @@ def has_open(conn: Connection) -> bool:
     return conn.execute(sa.select(c.id).where(c.status == Status.OPEN).limit(1)).first() is not None
 
 
-def sweep(conn: Connection, dialect: Dialect, now: dt.datetime) -> int:
-    """Close as obsolete the open items whose row's current version
-    descends from every version in them (a change made after seeing every
-    side superseded them), in the caller's transaction; how many.
+def superseded(conn: Connection, dialect: Dialect) -> dict[int, str]:
+    """The open items whose row's current version descends from every
+    version in them (a change made after seeing every side superseded
+    them), by id, with what superseded them; ``{}`` for none. Reads only.
 
-    A pass closes such items as the change arrives; this catches the rest
+    A pass closes such items as the change arrives; this finds the rest
     (an item parked in the same batch as the change that supersedes it).
     """
     pending = items(conn, status=Status.OPEN)
@@ -177,12 +185,19 @@ def sweep(conn: Connection, dialect: Dialect, now: dt.datetime) -> int:
     for item in pending:
         keys.setdefault(item.table, set()).add(item.key)
     current = versions.load_many(conn, dialect, keys)
-    obsolete = {}
+    found = {}
     for item in pending:
         seen = current.get(item.table, {}).get(item.key)
         if seen is not None and item.superseded_by(seen.version):
-            origin = "deleted" if seen.deleted else "changed"
-            obsolete[item.id] = f"superseded: the row was {origin} by {seen.origin} since"
+            how = "deleted" if seen.deleted else "changed"
+            found[item.id] = f"superseded: the row was {how} by {seen.origin} since"
+    return found
+
+
+def sweep(conn: Connection, dialect: Dialect, now: dt.datetime) -> int:
+    """Close the :func:`superseded` items as obsolete, in the caller's
+    transaction; how many."""
+    obsolete = superseded(conn, dialect)
     write(conn, [], {}, obsolete, now)
     return len(obsolete)
 

@@ -33,8 +33,9 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from replicator import checkpoints, conflicts, outbox, retention
 from replicator.apply import Counts, Settlement, apply_batch, reject
+from replicator.clock import utcnow
 from replicator.config import Config
-from replicator.errors import ConfigurationError, ConnectivityError, ReplicatorError
+from replicator.errors import ConfigurationError, ConnectivityError, ReplicatorError, describe
 from replicator.events import Operation
 from replicator.node import Node
 from replicator.outbox import Entry
@@ -43,10 +44,6 @@ from replicator.tables import sync_runs
 
 Direction = Literal["up", "down", "bidirectional"]
 DEFAULT_CHANNEL = "default"
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class PassResult(Counts, kw_only=True):
@@ -195,7 +192,7 @@ class SyncPass:
             raise
         except (ReplicatorError, SQLAlchemyError) as e:
             result.status = "failed"
-            result.error = _describe(e)
+            result.error = describe(e)
             counts.failed += len(unhandled)
         finally:
             ahead.shutdown(wait=True, cancel_futures=True)
@@ -262,7 +259,7 @@ class SyncPass:
                             self.target.dialect,
                             entry,
                             Reason(refusal),
-                            f"the target refused the row: {_describe(e)}",
+                            f"the target refused the row: {describe(e)}",
                             shape_of=lambda table: self.target.shape(tconn, table),
                             now=self.now(),
                         )
@@ -384,13 +381,6 @@ def _scoped(entry: Entry, scope: Mapping[str, Any]) -> Entry | None:
 
 def _naive(moment: dt.datetime) -> dt.datetime:
     return moment.astimezone(dt.UTC).replace(tzinfo=None)
-
-
-def _describe(error: Exception) -> str:
-    if isinstance(error, ReplicatorError):
-        return str(error)
-    orig = getattr(error, "orig", None)
-    return f"{type(orig or error).__name__}: {orig or error}".splitlines()[0]
 
 
 def _check_policies(config: Config) -> None:
@@ -516,7 +506,7 @@ class Replicator:
                 progress=progress,
             )
         except SQLAlchemyError as e:
-            raise ReplicatorError(f"bootstrapping {name} failed: {_describe(e)}") from e
+            raise ReplicatorError(f"bootstrapping {name} failed: {describe(e)}") from e
 
     def review(self, **options: Any) -> Any:
         """The review queues of every node, as one :class:`replicator.review.ReviewQueue`
@@ -550,7 +540,7 @@ class Replicator:
         try:
             return retention.prune(outboxes, channels, keep, utcnow)
         except SQLAlchemyError as e:
-            raise ReplicatorError(f"pruning failed: {_describe(e)}") from e
+            raise ReplicatorError(f"pruning failed: {describe(e)}") from e
 
     def node(self, name: str) -> Node:
         """The configured node called ``name``; ConfigurationError if none is."""
