@@ -673,29 +673,25 @@ def review_resolve(
     the decision replicates to every node on the next sync."""
     import json
 
-    if (take is None) == (merge is None):
-        _usage("give exactly one of --take server|local and --merge JSON")
-    if take is not None and take not in ("server", "local"):
-        _usage(f"--take must be server or local, not {take!r}")
     values = None
     if merge is not None:
         try:
             values = json.loads(merge)
         except ValueError as e:
             _usage(f"--merge: not JSON: {e}")
-        if not isinstance(values, dict) or not values:
-            _usage('--merge: give a JSON object of column values, e.g. \'{"title": "New"}\'')
     where = _filter(table, node, reason, older_than)
     if item is None:
         if values is not None:
             _usage("--merge settles one item: give its ID")
+        if take is None:
+            _usage("give exactly one of --take and --merge")
         _decide_matching(config, where, every, take=take, by=by, dry_run=dry_run, as_json=as_json)
         return
-    if where.any or every or dry_run:
+    if where.any or every:
         _usage("give an item ID or filters (--table, --node, ...), not both")
     with _queue(config) as queue:
-        decided = queue.resolve(item, take=take, merge=values, by=by)
-    _print_decided([decided], as_json)
+        decided = queue.resolve(item, take=take, merge=values, by=by, dry_run=dry_run)  # type: ignore[arg-type]
+    _print_decided(decided, dry_run, as_json)
 
 
 @review_app.command("discard")
@@ -717,11 +713,11 @@ def review_discard(
     if item is None:
         _decide_matching(config, where, every, take=None, by=by, dry_run=dry_run, as_json=as_json)
         return
-    if where.any or every or dry_run:
+    if where.any or every:
         _usage("give an item ID or filters (--table, --node, ...), not both")
     with _queue(config) as queue:
-        decided = queue.discard(item, by=by)
-    _print_decided([decided], as_json)
+        decided = queue.discard(item, by=by, dry_run=dry_run)
+    _print_decided(decided, dry_run, as_json)
 
 
 def _decide_matching(config, where, every, *, take, by, dry_run, as_json) -> None:
@@ -745,23 +741,30 @@ def _decide_matching(config, where, every, *, take, by, dry_run, as_json) -> Non
     )
 
 
-def _print_decided(decided, as_json: bool) -> None:
+def _print_decided(d, dry_run: bool, as_json: bool) -> None:
     if as_json:
-        _print_json(decided[0])
+        _print_json(d)
         return
-    for d in decided:
-        row = "(deleted)" if d.row is None else escape(repr(d.row))
-        tail = (
-            f"change {d.event_id} replicates on the next sync"
-            if d.event_id
-            else "nothing to replicate"
-        )
-        how = _DECISIONS[d.decision]
+    row = "(deleted)" if d.row is None else escape(repr(d.row))
+    if d.event_id is None:
+        tail = "nothing is written or replicated"
+        row = "unchanged"
+    else:
+        tail = f"change {d.event_id} replicates on the next sync"
+    how = _DECISIONS[d.decision]
+    if dry_run:
         console.print(
-            f"{d.ref} resolved by {d.by} ({how}): {d.table} {d.key} is now {row}; {tail}",
+            f"Dry run, nothing written: {d.ref} would be resolved ({how}): {d.table} "
+            f"{d.key} would be {row}",
             highlight=False,
             soft_wrap=True,
         )
+        return
+    console.print(
+        f"{d.ref} resolved by {d.by} ({how}): {d.table} {d.key} is now {row}; {tail}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 _DECISIONS = {
@@ -882,7 +885,9 @@ def _show_lines(shown) -> list:
             e.event_id,
         )
     lines.append(events)
-    if shown.status == "open":
+    if shown.status == "open" and not all(e.decodable for e in shown.events):
+        lines.append(f"Close it (nothing can be written): replicator review discard {shown.ref}")
+    elif shown.status == "open":
         lines.append(
             f"Decide: replicator review resolve {shown.ref} --take server|local "
             f"| --merge '{{...}}'  or  replicator review discard {shown.ref}"

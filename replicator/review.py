@@ -34,8 +34,8 @@ import getpass
 import json
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from contextlib import ExitStack
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -46,11 +46,11 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from replicator import outbox, parking, versions
 from replicator.apply import change_fields, plain, read_row, record_settlements
-from replicator.clock import HybridLogicalClock, to_datetime
+from replicator.clock import HybridLogicalClock, to_datetime, utcnow
 from replicator.conflicts import Side
 from replicator.dialects.base import TableShape
-from replicator.errors import ConfigurationError, ReplicatorError, ReviewError
-from replicator.events import ChangeEvent, decode_or_none, new_id, row_key
+from replicator.errors import ConfigurationError, ReplicatorError, ReviewError, describe
+from replicator.events import ChangeEvent, decode_or_none, key_from_text, new_id, row_key
 from replicator.node import Node
 from replicator.parking import Item, Status
 from replicator.tables import review_items
@@ -60,10 +60,6 @@ Take = Literal["server", "local"]
 SIDES: tuple[Take, ...] = ("server", "local")
 #: How a listing can be ordered: oldest first, newest first, or by a field.
 SORTS = ("age", "newest", "table", "node", "reason")
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class Ref(NamedTuple):
@@ -82,7 +78,7 @@ def parse_ref(text: str | int) -> tuple[str | None, int]:
     Raises :class:`ConfigurationError` for anything else.
     """
     node, _, number = str(text).strip().rpartition(":")
-    if not number.isdigit():
+    if not (number.isascii() and number.isdigit()):
         raise ConfigurationError(f"{text!r} is not a review item; use a number or NODE:NUMBER")
     return node or None, int(number)
 
@@ -193,7 +189,6 @@ class BulkResult(msgspec.Struct, kw_only=True):
     matched: int
     decided: list[Decided]
     dry_run: bool
-    unreachable: dict[str, str] = {}
 
 
 def default_user() -> str:
@@ -252,7 +247,7 @@ class ReviewQueue:
                 with node.connect() as conn:
                     items = parking.items(conn, status=status, table=where.table)
             except (ReplicatorError, SQLAlchemyError) as e:
-                unreachable[node.name] = _describe(e)
+                unreachable[node.name] = describe(e)
                 continue
             found += [_listed(node, item, now) for item in items if _matches(item, where, now)]
         found.sort(key=lambda i: (i.detected_at, i.node, i.id), reverse=sort == "newest")
@@ -281,7 +276,7 @@ class ReviewQueue:
     def show(self, ref: str | int | Ref) -> Shown:
         """One item in full, whatever its status."""
         node, item_id = self.find(ref)
-        with node.connect() as conn:
+        with _translated(f"reading item {node.name}:{item_id}"), node.connect() as conn:
             item = _get(conn, node, item_id)
             sides = _Sides.read(conn, node, item)
         return sides.shown(node, item, self.now())
@@ -290,13 +285,15 @@ class ReviewQueue:
         """The node holding item ``ref`` and its number there.
 
         A bare number is looked up on every node. Raises
-        :class:`ReviewError` when no node has it (naming nodes that could
-        not be asked) and :class:`ConfigurationError` for an unknown node
-        or a number several nodes have.
+        :class:`ReviewError` for an unknown node, when no node has it, or
+        when a node that cannot be asked might have it too, and
+        :class:`ConfigurationError` for a number several nodes have.
         """
         name, item_id = (ref.node, ref.id) if isinstance(ref, Ref) else parse_ref(ref)
         if name is not None:
-            return self._node(name), item_id
+            if name not in self.nodes:
+                raise ReviewError(f"no review item {name}:{item_id}: there is no node {name!r}")
+            return self.nodes[name], item_id
         holders, unreachable = [], {}
         for node in self.nodes.values():
             try:
@@ -305,13 +302,18 @@ class ReviewQueue:
                     if conn.execute(sa.select(c.id).where(c.id == item_id)).first():
                         holders.append(node)
             except (ReplicatorError, SQLAlchemyError) as e:
-                unreachable[node.name] = _describe(e)
+                unreachable[node.name] = describe(e)
         if len(holders) > 1:
             names = " and ".join(f"{n.name}:{item_id}" for n in holders)
             raise ConfigurationError(f"item {item_id} exists on several nodes; say which: {names}")
-        if holders:
+        if holders and not unreachable:
             return holders[0], item_id
         problem = f"no review item {item_id} on {', '.join(self.nodes)}"
+        if holders:
+            problem = (
+                f"item {item_id} is on {holders[0].name}, but a node that cannot be asked may "
+                f"have an item {item_id} too; say {holders[0].name}:{item_id}"
+            )
         if unreachable:
             problem += "; " + "; ".join(unreachable.values())
         raise ReviewError(problem)
@@ -325,27 +327,47 @@ class ReviewQueue:
         take: Take | None = None,
         merge: Mapping[str, Any] | None = None,
         by: str | None = None,
+        dry_run: bool = False,
     ) -> Decided:
         """Settle one open item by taking a side or a merged row (exactly one
-        of ``take`` and ``merge``); the decision replicates.
+        of ``take`` and ``merge``); the decision replicates. With
+        ``dry_run`` it is made and checked, then rolled back.
 
         Raises :class:`ReviewError` when the item does not exist or is not
-        open, or the node refuses the decided row, and
+        open, when it holds an undecodable event (only :meth:`discard`
+        closes it), or when the node refuses the decided row; and
         :class:`ConfigurationError` for a bad ``take`` or ``merge`` (an
-        unknown column, a value of the wrong type, a changed key). Nothing
-        changes when it raises.
+        unknown column, a value of the wrong type, a changed key, a row
+        outside a local's scope). Nothing changes when it raises.
         """
         decision = _decision(take, merge)
         node, item_id = self.find(ref)
-        with node.begin() as conn:
-            return self._decide(conn, node, item_id, decision, merge, by)
+        return self._decide_one(node, item_id, decision, merge, by, dry_run)
 
-    def discard(self, ref: str | int | Ref, *, by: str | None = None) -> Decided:
+    def discard(
+        self, ref: str | int | Ref, *, by: str | None = None, dry_run: bool = False
+    ) -> Decided:
         """Drop the item's incoming version and keep the holding node's row as
-        it is now; that row replicates, so the other side takes it too."""
+        it is now; that row replicates, so the other side takes it too. An
+        item with an undecodable event is closed without writing anything
+        (the replicas may then differ: ``replicator verify`` tells)."""
         node, item_id = self.find(ref)
-        with node.begin() as conn:
-            return self._decide(conn, node, item_id, "discard", None, by)
+        return self._decide_one(node, item_id, "discard", None, by, dry_run)
+
+    def _decide_one(
+        self,
+        node: Node,
+        item_id: int,
+        decision: str,
+        merge: Mapping[str, Any] | None,
+        by: str | None,
+        dry_run: bool,
+    ) -> Decided:
+        with _translated(f"deciding item {node.name}:{item_id}"), node.connect() as conn:
+            transaction = conn.begin()
+            decided = self._decide(conn, node, item_id, decision, merge, by)
+            transaction.rollback() if dry_run else transaction.commit()
+            return decided
 
     def resolve_matching(
         self,
@@ -361,33 +383,49 @@ class ReviewQueue:
         when every node's items were settled; with ``dry_run`` every
         decision is made and checked, then rolled back.
 
-        Raises like :meth:`resolve` (then nothing changes anywhere), and
-        :class:`ConnectivityError` when a node with matching items cannot be
-        reached, before anything is written.
+        Raises like :meth:`resolve`, before anything is committed, and
+        :class:`ReviewError` when a node cannot be read. The locals' work
+        comes first and the server's last, so the server's writers wait
+        (MariaDB) only while its own items are decided. A commit can still
+        fail after other nodes' commits succeeded; the error then says
+        which nodes committed.
         """
         if discard == (take is not None):
             raise ConfigurationError("give exactly one of take and discard")
         decision = "discard" if discard else _decision(take, None)
-        listing = self.list(where, sweep=not dry_run)
+        listing = self.list(where, sweep=False)
         if listing.unreachable:
-            node, error = next(iter(listing.unreachable.items()))
-            raise ReviewError(f"nothing was decided: {error}")
+            raise ReviewError("nothing was decided: " + "; ".join(listing.unreachable.values()))
         by_node: dict[str, list[int]] = {}
         for listed in listing.items:
             by_node.setdefault(listed.node, []).append(listed.id)
+        nodes = sorted((self.nodes[n] for n in by_node), key=lambda n: n.role == "server")
         decided: list[Decided] = []
         with ExitStack() as stack:
             transactions = []
-            for name, ids in by_node.items():
-                node = self.nodes[name]
-                conn = stack.enter_context(node.connect())
-                transactions.append(conn.begin())
-                decided += [self._decide(conn, node, i, decision, None, by) for i in ids]
-            for transaction in transactions:
+            for node in nodes:
+                with _translated(f"deciding {node.name}'s items"):
+                    conn = stack.enter_context(node.connect())
+                    transactions.append((node.name, conn.begin()))
+                    for item_id in by_node[node.name]:
+                        decided.append(self._decide(conn, node, item_id, decision, None, by))
+            committed: list[str] = []
+            for name, transaction in transactions:
                 if dry_run:
                     transaction.rollback()
-                else:
+                    continue
+                try:
                     transaction.commit()
+                except SQLAlchemyError as e:
+                    raise ReviewError(
+                        f"committing {name}'s decisions failed: {describe(e)}; "
+                        + (
+                            f"{', '.join(committed)} committed theirs"
+                            if committed
+                            else "nothing was committed"
+                        )
+                    ) from e
+                committed.append(name)
         return BulkResult(matched=len(listing.items), decided=decided, dry_run=dry_run)
 
     def _decide(
@@ -420,14 +458,12 @@ class ReviewQueue:
         by = by or default_user()
         note = _note(decision, merge, sides)
         version = event_id = None
-        if sides.shape is not None and sides.key is not None:
+        if sides.writable:
+            _check_row(node, sides, row)
             version, event_id = self._write(conn, node, sides, row, kept)
             note += f"; change {event_id}"
-        elif row is not None:
-            raise ReviewError(
-                f"item {node.name}:{item_id}: table {item.table!r} does not exist on {node.name}, "
-                "so it cannot hold the decided row; only discard settles this item"
-            )
+        else:
+            note += "; nothing written: " + sides.why_not_writable()
         c = review_items.c
         closed = conn.execute(
             review_items.update()
@@ -504,9 +540,13 @@ class ReviewQueue:
         return [self._node(name)] if name is not None else list(self.nodes.values())
 
     def _sweep(self, node: Node, now: dt.datetime) -> int:
-        """Close the node's open items that a later change superseded."""
+        """Close the node's open items that a later change superseded.
+
+        Found with plain reads first; only when there are some does it take
+        the writers' lock (a pass could be adding an event to one of them)
+        and close them, looking again under the lock."""
         with node.connect() as conn:
-            if not parking.has_open(conn):
+            if not parking.superseded(conn, node.dialect):
                 return 0
         with node.begin() as conn:
             node.dialect.exclude_writers(conn)
@@ -519,11 +559,28 @@ class _Sides:
     other side's newest parked version."""
 
     item: Item
+    node: str
     role: str
     shape: TableShape | None
     key: dict[str, Any] | None
-    holding: Side  # the holding node's row and version, now
+    holding: Side  # the holding node's row and version, now ({}: it has none)
     other: Side | None  # None: the incoming event could not be decoded
+
+    @property
+    def writable(self) -> bool:
+        """Whether a decision can be written as a change: the table and the
+        row's key are known here, and every version in the item is."""
+        return self.shape is not None and self.key is not None and not self.item.undecodable
+
+    def why_not_writable(self) -> str:
+        if self.item.undecodable:
+            return (
+                "an event of the item cannot be decoded, so no change can descend from it; "
+                "the replicas may differ (replicator verify tells)"
+            )
+        if self.shape is None:
+            return f"table {self.item.table!r} does not exist on {self.node}"
+        return f"the row's key does not match {self.item.table!r}'s primary key on {self.node}"
 
     @classmethod
     def read(cls, conn: Connection, node: Node, item: Item) -> _Sides:
@@ -533,7 +590,7 @@ class _Sides:
         key = _key_values(item, shape)
         if item.status != Status.OPEN:
             holding = item.local or Side(row=None, version={}, hlc=0, origin=node.name)
-            return cls(item, node.role, shape, key, holding, item.remote)
+            return cls(item, node.name, node.role, shape, key, holding, item.remote)
         text_key = row_key(tuple(key.values())) if key is not None else item.key
         seen = versions.load(conn, item.table, [text_key], node.dialect).get(text_key)
         row = None
@@ -545,7 +602,7 @@ class _Sides:
             hlc=seen.hlc if seen else 0,
             origin=seen.origin if seen else node.name,
         )
-        return cls(item, node.role, shape, key, holding, item.remote)
+        return cls(item, node.name, node.role, shape, key, holding, item.remote)
 
     @property
     def other_row(self) -> dict[str, Any] | None:
@@ -558,11 +615,7 @@ class _Sides:
 
     def versions(self) -> list[dict[str, int]]:
         """Every version in the item, and the row's current one."""
-        found = [self.holding.version]
-        found += [s.version for s in (self.item.local, self.item.remote) if s is not None]
-        events = map(decode_or_none, self.item.events)
-        # An undecodable event has no version to descend from.
-        return found + [event.version for event in events if event is not None]
+        return [self.holding.version, *self.item.versions()]
 
     def latest_hlc(self) -> int:
         sides = (self.holding, self.item.local, self.item.remote)
@@ -575,22 +628,26 @@ class _Sides:
         (None for a merged row)."""
         if decision == "discard":
             return self.holding.row, self.holding.version
+        if self.item.undecodable:
+            raise ReviewError(
+                f"item {self.node}:{self.item.id} holds an event that cannot be decoded, so no "
+                "decision can descend from it; only discard closes it (writing nothing)"
+            )
         if decision == "merge":
             assert merge is not None
             return self._merged(merge), None
         side = self.side(decision)  # type: ignore[arg-type]
-        if side is None:
+        assert side is not None  # decodable events: the item has both sides
+        if not self.writable:
             raise ReviewError(
-                f"item {self.item.id}: the incoming version could not be decoded, so there is "
-                f"no {decision} row to take; take the other side, merge, or discard"
+                f"item {self.node}:{self.item.id}: {self.why_not_writable()}, so it cannot hold "
+                "the decided row; only discard closes this item"
             )
         return side.row, side.version
 
     def _merged(self, merge: Mapping[str, Any]) -> dict[str, Any]:
         if self.shape is None or self.key is None:
-            raise ConfigurationError(
-                f"--merge: table {self.item.table!r} does not exist on this node"
-            )
+            raise ReviewError(f"item {self.node}:{self.item.id}: {self.why_not_writable()}")
         start = next(
             (s.row for s in (self.side("server"), self.side("local")) if s and s.row),
             dict(self.key),
@@ -606,16 +663,21 @@ class _Sides:
                 raise ConfigurationError(
                     f"--merge: column {column!r} is part of the row's key; it cannot change"
                 )
-            row[column] = _typed(column, value, self._evidence(column))
+            row[column] = _typed(column, value, self._like(column))
         return row
 
-    def _evidence(self, column: str) -> Any:
-        """A value the column holds in this item (None if every side has none)."""
+    def _like(self, column: str) -> Any:
+        """A value of the column's type: one the item's rows hold, else one
+        of its declared type (None when neither tells)."""
         rows = [self.holding.row, self.other_row, self.item.base]
         rows += [s.row for s in (self.item.local,) if s is not None]
-        return next((r[column] for r in rows if r and r.get(column) is not None), None)
+        held = next((r[column] for r in rows if r and r.get(column) is not None), None)
+        if held is not None or self.shape is None:
+            return held
+        return _of_declared_type(self.shape.declared(column))
 
     def shown(self, node: Node, item: Item, now: dt.datetime) -> Shown:
+        """What ``review show`` prints: both sides as they stand."""
         server, local = self.side("server"), self.side("local")
         rows = {"server": server.row if server else None, "local": local.row if local else None}
         columns = list(self.shape.columns) if self.shape is not None else []
@@ -692,18 +754,45 @@ def _get(conn: Connection, node: Node, item_id: int) -> Item:
 
 
 def _key_values(item: Item, shape: TableShape | None) -> dict[str, Any] | None:
-    """The row's primary key as column -> value: from its events, else from
-    the item's key text matched to the table's key columns."""
+    """The row's primary key as column -> value (typed as its events carry
+    it), or None when the table is absent or keyed otherwise here."""
+    if shape is None:
+        return None
     for event in map(decode_or_none, item.events):
         if event is not None:
-            return dict(event.key)
+            return dict(event.key) if tuple(event.key) == shape.key else None
+    return key_from_text(item.key, shape.key)
+
+
+def _check_row(node: Node, sides: _Sides, row: dict[str, Any] | None) -> None:
+    """Refuse a decided row the node's table cannot hold, or that a scoped
+    local may not (capture refuses the same write from the app)."""
+    if row is None:
+        return
+    assert sides.shape is not None
+    unknown = [c for c in row if c not in sides.shape.columns]
+    if unknown:
+        raise ReviewError(
+            f"item {node.name}:{sides.item.id}: table {sides.shape.name!r} on {node.name} has no "
+            f"column {', '.join(map(repr, unknown))}; add it (a migration), or discard"
+        )
+    if node.role == "local" and all(c in row for c in node.scope):
+        for column, value in node.scope.items():
+            if row[column] != value:
+                raise ConfigurationError(
+                    f"the decided row has {column} = {row[column]!r}, outside {node.name}'s "
+                    f"scope ({column} = {value!r}); decide on the server instead"
+                )
+
+
+@contextmanager
+def _translated(doing: str) -> Iterator[None]:
+    """A database error while ``doing`` as a :class:`ReviewError` (its
+    transaction rolled back: nothing changed)."""
     try:
-        values = json.loads(item.key)
-    except ValueError:
-        return None
-    if shape is None or not isinstance(values, list) or len(values) != len(shape.key):
-        return None
-    return dict(zip(shape.key, values, strict=True))
+        yield
+    except SQLAlchemyError as e:
+        raise ReviewError(f"{doing} failed: {describe(e)}; nothing changed") from e
 
 
 def _hints(item: Item) -> dict[str, Any]:
@@ -714,6 +803,32 @@ def _hints(item: Item) -> dict[str, Any]:
             if hints.get(column) is None:
                 hints[column] = value
     return hints
+
+
+def _of_declared_type(declared: str) -> Any:
+    """A value of the Python type a column of this declared type holds (None
+    when the name does not say, e.g. JSON: any value is taken)."""
+    for names, value in _DECLARED:
+        if any(name in declared for name in names):
+            return value
+    return None
+
+
+# Declared type names (as the databases spell them, lower case) and a value
+# of the Python type their columns hold; the first match wins.
+_DECLARED: list[tuple[tuple[str, ...], Any]] = [
+    (("json",), None),
+    (("bool",), False),
+    (("int",), 0),
+    (("dec", "numeric"), decimal.Decimal(0)),
+    (("real", "floa", "doub"), 0.0),
+    (("timestamp", "datetime"), dt.datetime(2000, 1, 1)),
+    (("date",), dt.date(2000, 1, 1)),
+    (("time",), dt.time()),
+    (("uuid",), uuid.UUID(int=0)),
+    (("char", "text", "clob", "string"), ""),
+    (("blob", "binary", "bytea"), b""),
+]
 
 
 def _typed(column: str, value: Any, like: Any) -> Any:
@@ -796,7 +911,7 @@ def _matches(item: Item, where: Filter, now: dt.datetime) -> bool:
 
 
 def _version(side: Side | None) -> Version | None:
-    if side is None:
+    if side is None or not side.version:  # the node has no version of the row
         return None
     return Version(version=side.version, hlc=side.hlc, at=to_datetime(side.hlc), origin=side.origin)
 
@@ -815,9 +930,3 @@ def _event_shown(payload: bytes) -> EventShown:
         changed=sorted(event.changed) if event.op.value == "update" else [],
         size=len(payload),
     )
-
-
-def _describe(error: Exception) -> str:
-    if isinstance(error, DBAPIError):
-        return f"{type(error.orig).__name__}: {error.orig}"
-    return str(error)

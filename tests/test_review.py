@@ -6,12 +6,14 @@ nothing. The server runs on every backend, the locals on SQLite."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from replicator import outbox, parking, versions
+from replicator.clock import HybridLogicalClock
 from replicator.errors import ConfigurationError, ConnectivityError, ReviewError
 from replicator.node import Node
 from replicator.review import Filter, ReviewQueue, parse_ref
@@ -22,6 +24,7 @@ from .cluster import (
     REVIEW,
     add_vocabulary,
     apart,
+    app,
     delete_vocabulary,
     edit_vocabulary,
     member,
@@ -374,3 +377,198 @@ def test_item_references(text, ref):
 def test_bad_item_references(text):
     with pytest.raises(ConfigurationError, match="is not a review item"):
         parse_ref(text)
+
+
+def corrupt_last_event(m):
+    with m.engine.begin() as conn:
+        position = conn.execute(sa.select(sa.func.max(outbox.outbox.c.position))).scalar()
+        conn.execute(
+            outbox.outbox.update()
+            .where(outbox.outbox.c.position == position)
+            .values(payload=b"\xc1 not msgpack")
+        )
+
+
+def test_an_item_with_an_undecodable_event_is_only_discarded_and_nothing_is_written(pair):
+    """No change can descend from a version nobody can read: writing one
+    would conflict with (and could overwrite) the change it stood for."""
+    server, phone = pair
+    add_vocabulary(phone, "v-1", "mesa")
+    sync(server, phone)
+    edit_vocabulary(phone, "v-1", translation="desk")
+    corrupt_last_event(phone)
+    sync(server, phone)
+    [item] = open_items(server)
+    assert item.reason == "corrupt_payload"
+    q = queue(server, phone)
+    before = (server.events(), server.state())
+
+    for decide in (
+        lambda: q.resolve(item.id, take="server"),
+        lambda: q.resolve(item.id, take="local"),
+        lambda: q.resolve(item.id, merge={"translation": "x"}),
+    ):
+        with pytest.raises(ReviewError, match=r"cannot be decoded.*only discard"):
+            decide()
+    assert [e.decodable for e in q.show(item.id).events] == [False]
+    decided = q.discard(item.id)
+
+    assert (server.events(), server.state()) == before
+    assert decided.event_id is None and decided.version is None
+    [closed] = q.history().items
+    assert "nothing written: an event of the item cannot be decoded" in closed.resolution
+
+
+def test_an_item_on_a_scoped_local_is_decided_within_its_scope(database_url, tmp_path):
+    server = member("server", database_url, role="server")
+    phone = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}", scope={"user_id": "u-42"})
+    try:
+        with phone.engine.begin() as conn:  # the phone allows a word once
+            conn.exec_driver_sql("CREATE UNIQUE INDEX one_word ON vocabulary_items (word)")
+        add_vocabulary(phone, "v-phone", "mesa")
+        add_vocabulary(server, "v-server", "mesa")
+        replicate(server.node, phone.node)  # refused on the phone
+        [item] = open_items(phone)
+        assert item.reason == "constraint_violation"
+        q = queue(server, phone)
+
+        with pytest.raises(ConfigurationError, match="user_id = 'u-7', outside phone's scope"):
+            q.resolve("phone:1", merge={"user_id": "u-7", "word": "mesa (2)"})
+        q.resolve("phone:1", merge={"word": "mesa (2)"})
+        sync(server, phone)
+
+        assert server.rows("vocabulary_items") == phone.rows("vocabulary_items")
+        assert [r[2] for r in server.rows("vocabulary_items")] == ["mesa", "mesa (2)"]
+    finally:
+        phone.close()
+        server.close()
+
+
+class Extended(DeclarativeBase):
+    pass
+
+
+class ServerLabel(Extended):
+    """The server's labels table has a column the phone's lacks."""
+
+    __tablename__ = "labels"
+    label_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(50), unique=True)
+    colour: Mapped[str | None] = mapped_column(sa.String(20))
+
+
+def test_a_row_the_table_cannot_hold_is_refused_by_name(pair):
+    server, phone = pair
+    Extended.metadata.create_all(server.engine)
+    Labels.metadata.create_all(phone.engine)
+    with server.sessions.begin() as session:
+        session.add(ServerLabel(label_id="l-1", name="verbs", colour="red"))
+    replicate(server.node, phone.node)
+    [item] = open_items(phone)
+    assert item.reason == "missing_column"
+    q = queue(server, phone)
+
+    with pytest.raises(ReviewError, match="table 'labels' on phone has no column 'colour'"):
+        q.resolve("phone:1", take="server")
+    assert [i.status for i in q.list().items] == ["open"]
+
+
+class Scores(DeclarativeBase):
+    pass
+
+
+class Score(Scores):
+    __tablename__ = "scores"
+    score_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    note: Mapped[str] = mapped_column(sa.String(50))
+    points: Mapped[float | None] = mapped_column(sa.Float)
+    day: Mapped[dt.date | None] = mapped_column(sa.Date)
+
+
+def test_a_merge_value_is_checked_against_the_declared_type_when_no_side_has_one(pair):
+    server, phone = pair
+    for m in pair:
+        Scores.metadata.create_all(m.engine)
+    with phone.sessions.begin() as session:
+        session.add(Score(score_id="s-1", note="first"))
+    review = {"policies": {"scores": "manual_review"}}
+    replicate(phone.node, server.node, **review)
+    replicate(server.node, phone.node)
+    for m, note in ((phone, "phone"), (server, "server")):
+        with m.sessions.begin() as session:
+            session.get(Score, "s-1").note = note
+    replicate(phone.node, server.node, **review)
+    q = queue(server, phone)
+
+    with pytest.raises(ConfigurationError, match="column 'points' takes a number, not 'high'"):
+        q.resolve("server:1", merge={"points": "high"})
+    with pytest.raises(ConfigurationError, match="column 'day' takes a date in ISO form"):
+        q.resolve("server:1", merge={"day": "Tuesday"})
+    decided = q.resolve("server:1", merge={"points": 2, "day": "2026-11-24"})
+
+    assert (decided.row["points"], decided.row["day"]) == (2.0, dt.date(2026, 11, 24))
+
+
+def test_a_decision_is_timed_after_every_version_it_settles_whatever_the_wall_clock(pair):
+    server, phone = pair
+    apart(server, phone)
+    [item] = open_items(server)
+    stopped = HybridLogicalClock(wall=lambda: 0)  # a clock far behind
+
+    ReviewQueue([server.node, phone.node], clock=stopped).resolve(item.id, take="local")
+
+    decision = server.events()[-1]
+    assert decision.hlc > max(item.local.hlc, item.remote.hlc)
+
+
+def test_bulk_commits_no_node_when_a_later_node_refuses(pair):
+    """The locals' decisions are made first, the server's last; a refusal
+    on the server leaves the phone's decision uncommitted too."""
+    server, phone = pair
+    for m in pair:
+        Labels.metadata.create_all(m.engine)
+    with server.sessions.begin() as session:
+        session.add(Label(label_id="l-server", name="verbs"))
+    with phone.sessions.begin() as session:
+        session.add(Label(label_id="l-phone", name="verbs"))
+    replicate(server.node, phone.node)  # phone:1: the server's label, refused there
+    replicate(phone.node, server.node)  # server:1: the phone's label, refused there
+    q = queue(server, phone)
+    before = [(m.events(), m.state()) for m in pair]
+
+    # Taking the local side deletes the server's label on the phone (which
+    # works) and writes the phone's label on the server (refused).
+    with pytest.raises(ReviewError, match="server refused the decided row of labels"):
+        q.resolve_matching(Filter(table="labels"), take="local")
+
+    assert [(m.events(), m.state()) for m in pair] == before
+    assert sorted(i.ref for i in q.list().items) == ["phone:1", "server:1"]
+
+
+@pytest.mark.backends("mariadb")
+def test_a_decision_waits_for_an_app_transaction_changing_the_row(pair):
+    """Otherwise it would decide on a version the app is about to replace,
+    and the app's change would be lost (or the decision's)."""
+    server, phone = pair
+    apart(server, phone)
+    q = queue(server, phone)
+    session = server.sessions()
+    session.begin()
+    session.get(app.VocabularyItem, "v-0").strength = 9.0
+    session.flush()  # the app's transaction holds the writers' lock, shared
+    decided = []
+    deciding = threading.Thread(target=lambda: decided.append(q.resolve(1, take="server")))
+    deciding.start()
+    deciding.join(0.3)
+    assert deciding.is_alive(), "the decision did not wait for the app's transaction"
+    session.commit()
+    session.close()
+    deciding.join(10)
+
+    [decision] = decided
+    assert decision.row["strength"] == 9.0  # the app's change, taken as the server's row
+    with server.engine.connect() as conn:
+        stored = versions.load(conn, "vocabulary_items", ['["v-0"]'])['["v-0"]']
+    assert stored.version == decision.version
+    sync(server, phone)
+    assert vocabulary(server, "v-0") == vocabulary(phone, "v-0") == ("server 0", 9.0)

@@ -26,6 +26,14 @@ class TableShape(NamedTuple):
     name: str
     columns: tuple[str, ...]
     key: tuple[str, ...]
+    #: Each column's declared type as the database names it, lower case
+    #: (``"varchar(64)"``, ``"double"``); ``""`` where unknown.
+    types: tuple[str, ...] = ()
+
+    def declared(self, column: str) -> str:
+        """``column``'s declared type (``""`` when unknown)."""
+        at = self.columns.index(column)
+        return self.types[at] if at < len(self.types) else ""
 
     def table(self) -> sa.Table:
         """A bare :class:`sa.Table` of this shape, for the bulk statements
@@ -235,9 +243,10 @@ class Dialect:
         inspector = sa.inspect(conn)
         if not inspector.has_table(name):
             return None
-        columns = tuple(c["name"] for c in inspector.get_columns(name))
+        reflected = inspector.get_columns(name)
+        columns = tuple(c["name"] for c in reflected)
         key = tuple(inspector.get_pk_constraint(name)["constrained_columns"])
-        return TableShape(name, columns, key)
+        return TableShape(name, columns, key, tuple(_type_name(c["type"]) for c in reflected))
 
     # --- reading the outbox in commit order ------------------------------
 
@@ -306,6 +315,13 @@ class Dialect:
 
 
 @functools.cache
+def _type_name(type_: Any) -> str:
+    try:
+        return str(type_).lower()
+    except Exception:  # a type SQLAlchemy cannot spell (reflected as NullType)
+        return ""
+
+
 def _bare_table(shape: TableShape) -> sa.Table:
     return sa.Table(
         shape.name,

@@ -101,25 +101,23 @@ class DuckDBDialect(Dialect):
 
     def describe(self, conn: Connection, name: str) -> TableShape | None:
         # duckdb-engine's reflection queries pg_catalog tables DuckDB lacks.
-        columns = (
-            conn.exec_driver_sql(
-                "SELECT column_name FROM information_schema.columns "
-                "WHERE table_name = ? AND table_schema = current_schema() "
-                "ORDER BY ordinal_position",
-                (name,),
-            )
-            .scalars()
-            .all()
-        )
-        if not columns:
+        reflected = conn.exec_driver_sql(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = ? AND table_schema = current_schema() "
+            "ORDER BY ordinal_position",
+            (name,),
+        ).all()
+        if not reflected:
             return None
+        columns = [column for column, _ in reflected]
         key = conn.exec_driver_sql(
             "SELECT constraint_column_names FROM duckdb_constraints() "
             "WHERE table_name = ? AND schema_name = current_schema() "
             "AND constraint_type = 'PRIMARY KEY'",
             (name,),
         ).scalar()
-        return TableShape(name, tuple(columns), tuple(key or ()))
+        types = tuple(type_.lower() for _, type_ in reflected)
+        return TableShape(name, tuple(columns), tuple(key or ()), types)
 
 
 def _columnar_select(
