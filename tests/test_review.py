@@ -373,7 +373,7 @@ def test_item_references(text, ref):
     assert parse_ref(text) == ref
 
 
-@pytest.mark.parametrize("text", ["", "server:", "x", "server:-1", "1.5"])
+@pytest.mark.parametrize("text", ["", "server:", "x", "server:-1", "1.5", "server:³"])
 def test_bad_item_references(text):
     with pytest.raises(ConfigurationError, match="is not a review item"):
         parse_ref(text)
