@@ -679,19 +679,21 @@ def review_resolve(
             values = json.loads(merge)
         except ValueError as e:
             _usage(f"--merge: not JSON: {e}")
-    where = _filter(table, node, reason, older_than)
-    if item is None:
-        if values is not None:
-            _usage("--merge settles one item: give its ID")
-        if take is None:
-            _usage("give exactly one of --take and --merge")
-        _decide_matching(config, where, every, take=take, by=by, dry_run=dry_run, as_json=as_json)
-        return
-    if where.any or every:
-        _usage("give an item ID or filters (--table, --node, ...), not both")
-    with _queue(config) as queue:
-        decided = queue.resolve(item, take=take, merge=values, by=by, dry_run=dry_run)  # type: ignore[arg-type]
-    _print_decided(decided, dry_run, as_json)
+    if item is None and values is not None:
+        _usage("--merge settles one item: give its ID")
+    if item is None and take is None:
+        _usage("give exactly one of --take and --merge")
+    _decide(
+        config,
+        item,
+        _filter(table, node, reason, older_than),
+        every,
+        dry_run,
+        as_json,
+        take=take,
+        one=lambda queue: queue.resolve(item, take=take, merge=values, by=by, dry_run=dry_run),
+        by=by,
+    )
 
 
 @review_app.command("discard")
@@ -709,19 +711,29 @@ def review_discard(
 ) -> None:
     """Drop an item's incoming version and keep the row its node holds now
     (which then replicates, so every node holds it)."""
-    where = _filter(table, node, reason, older_than)
-    if item is None:
-        _decide_matching(config, where, every, take=None, by=by, dry_run=dry_run, as_json=as_json)
+    _decide(
+        config,
+        item,
+        _filter(table, node, reason, older_than),
+        every,
+        dry_run,
+        as_json,
+        take=None,
+        one=lambda queue: queue.discard(item, by=by, dry_run=dry_run),
+        by=by,
+    )
+
+
+def _decide(config, item, where, every, dry_run, as_json, *, take, one, by) -> None:
+    """One item (``one(queue)`` decides it) or, without an item, every
+    matching one: a bulk resolve (``take``) or discard (``take`` None)."""
+    if item is not None:
+        if where.any or every:
+            _usage("give an item ID or filters (--table, --node, ...), not both")
+        with _queue(config) as queue:
+            decided = one(queue)
+        _print_decided(decided, dry_run, as_json)
         return
-    if where.any or every:
-        _usage("give an item ID or filters (--table, --node, ...), not both")
-    with _queue(config) as queue:
-        decided = queue.discard(item, by=by, dry_run=dry_run)
-    _print_decided(decided, dry_run, as_json)
-
-
-def _decide_matching(config, where, every, *, take, by, dry_run, as_json) -> None:
-    """A bulk resolve (``take``) or discard (``take`` None)."""
     if not where.any and not every:
         _usage("give an item ID, filters (--table, --node, --reason, --older-than) or --all")
     with _queue(config) as queue:

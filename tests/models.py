@@ -106,3 +106,15 @@ class Price(Base):
     amount: Mapped[decimal.Decimal] = mapped_column(sa.Numeric(10, 2), primary_key=True)
     label: Mapped[str] = mapped_column(sa.String(20))
     priced_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime)
+
+
+class Labels(DeclarativeBase):
+    """Tables for parking and review tests, apart from the capture models."""
+
+
+class Label(Labels):
+    """A unique name: a row one node holds can make another refuse its own."""
+
+    __tablename__ = "labels"
+    label_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(50), unique=True)

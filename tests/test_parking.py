@@ -14,22 +14,13 @@ from replicator.events import decode_event
 from replicator.sync import replicate
 
 from .cluster import add_vocabulary, app, edit_vocabulary
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Label(Base):
-    __tablename__ = "labels"
-    label_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(50), unique=True)
+from .models import Label, Labels
 
 
 @pytest.fixture
 def pair(pair):
     for m in pair:
-        Base.metadata.create_all(m.engine)
+        Labels.metadata.create_all(m.engine)
     return pair
 
 
@@ -125,7 +116,11 @@ def test_an_undecodable_event_is_parked_whole_and_its_neighbours_applied(pair):
     assert vocabulary_keys(server) == ["v-0", "v-1", "v-2"]
 
 
-class Score(Base):
+class Checked(DeclarativeBase):
+    pass
+
+
+class Score(Checked):
     __tablename__ = "scores"
     score_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
     points: Mapped[int]
@@ -136,8 +131,8 @@ def test_a_row_failing_a_check_constraint_on_mariadb_is_parked(pair):
     # pymysql reports a CHECK violation as an OperationalError, not an
     # IntegrityError: the dialect still knows it for a refused row.
     server, local = pair
+    Checked.metadata.create_all(local.engine)
     with server.engine.begin() as conn:
-        conn.exec_driver_sql("DROP TABLE scores")
         conn.exec_driver_sql(
             "CREATE TABLE scores (score_id VARCHAR(36) PRIMARY KEY, "
             "points INTEGER NOT NULL CHECK (points >= 0))"

@@ -31,6 +31,7 @@ from .cluster import (
     sync,
     vocabulary,
 )
+from .models import Label, Labels
 
 START = dt.datetime(2026, 11, 24, 9, 0, tzinfo=dt.UTC)
 
@@ -246,16 +247,6 @@ def test_an_item_parked_on_a_local_is_decided_there_and_reaches_the_server(pair)
             rows = conn.execute(sa.select(Label.__table__).order_by("label_id")).all()
         assert rows == [("l-phone", "nouns"), ("l-server", "verbs")], m.name
     assert q.list().items == []
-
-
-class Labels(DeclarativeBase):
-    pass
-
-
-class Label(Labels):
-    __tablename__ = "labels"
-    label_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(50), unique=True)
 
 
 def test_bulk_decides_every_matching_item_and_dry_run_writes_nothing(pair):
