@@ -220,14 +220,17 @@ def test_a_deleted_side_is_shown_as_none_and_taking_it_deletes_everywhere(pair):
     assert vocabulary(server, "v-1") is vocabulary(phone, "v-1") is None
 
 
+def both_name_a_label_verbs(server, phone):
+    """Labels l-server and l-phone, each named "verbs" (a unique name)."""
+    for m, label_id in ((server, "l-server"), (phone, "l-phone")):
+        Labels.metadata.create_all(m.engine)
+        with m.sessions.begin() as session:
+            session.add(Label(label_id=label_id, name="verbs"))
+
+
 def test_an_item_parked_on_a_local_is_decided_there_and_reaches_the_server(pair):
     server, phone = pair
-    for m in pair:
-        Labels.metadata.create_all(m.engine)
-    with server.sessions.begin() as session:
-        session.add(Label(label_id="l-server", name="verbs"))
-    with phone.sessions.begin() as session:
-        session.add(Label(label_id="l-phone", name="verbs"))
+    both_name_a_label_verbs(server, phone)
     replicate(server.node, phone.node)  # the phone refuses the server's label
     [item] = open_items(phone)
     assert item.reason == "constraint_violation"
@@ -516,12 +519,7 @@ def test_bulk_commits_no_node_when_a_later_node_refuses(pair):
     """The locals' decisions are made first, the server's last; a refusal
     on the server leaves the phone's decision uncommitted too."""
     server, phone = pair
-    for m in pair:
-        Labels.metadata.create_all(m.engine)
-    with server.sessions.begin() as session:
-        session.add(Label(label_id="l-server", name="verbs"))
-    with phone.sessions.begin() as session:
-        session.add(Label(label_id="l-phone", name="verbs"))
+    both_name_a_label_verbs(server, phone)
     replicate(server.node, phone.node)  # phone:1: the server's label, refused there
     replicate(phone.node, server.node)  # server:1: the phone's label, refused there
     q = queue(server, phone)
