@@ -30,9 +30,12 @@ batch event by event and parks the refused ones with :func:`reject`.
 The batch is written with one bulk statement per table and kind (deletes,
 upserts by column set, version state) through the dialect. Writes go
 through Core on plain tables, which capture ignores: an applied event is
-never captured again (no echo). A server appends every event it applied to
-its outbox unchanged, so other nodes receive it with its original origin
-and version, and appends its settlements.
+never captured again (no echo). Every node appends the events it applied
+to its outbox unchanged, with their original origin and version: the
+server so that other nodes receive them (and its settlements), a local so
+that its log holds every change to its tables, in the order they were
+made there, for what follows the node (a vector sink). A local sends the
+server only its own changes.
 """
 
 from __future__ import annotations
@@ -291,6 +294,7 @@ class _Batch:
                 self.counts.skipped += 1
                 continue
             self._write(table, key, event.key, wanted, existed=row is not None)
+            self._log(table, entry)
             self.counts.applied += 1
 
     def _decide_row(self, table: str, key: str, entries: list[Entry]) -> None:
@@ -339,9 +343,13 @@ class _Batch:
             RowVersion(event.version, event.hlc, event.origin, deleted),
             f"event {event.event_id} from {event.origin}",
         )
-        if self.settle is not None:
-            self.outgoing.append((event.origin, table, entry.row_key, event.hlc, entry.payload))
+        self._log(table, entry)
         self.counts.applied += 1
+
+    def _log(self, table: str, entry: Entry) -> None:
+        """Append an applied event to the target's outbox (see the module doc)."""
+        event = entry.event
+        self.outgoing.append((event.origin, table, entry.row_key, event.hlc, entry.payload))
 
     def _content_version(self, table: str, key: str, seen: RowVersion) -> dict:
         """The version of the change that made the row as it stands: the row's
@@ -618,8 +626,7 @@ class _Batch:
         record_settlements(
             self.conn, self.dialect, {where: self.settled[where] for where in self.new_settled}
         )
-        if self.settle is not None:
-            outbox.append_encoded(self.conn, self.dialect, self.outgoing)
+        outbox.append_encoded(self.conn, self.dialect, self.outgoing)
         if self.parkings or self.joined or self.obsolete:
             parking.write(
                 self.conn, list(self.parkings.values()), self.joined, self.obsolete, self.now

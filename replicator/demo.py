@@ -123,8 +123,8 @@ def run(directory: Path, store: str = "duckdb", node: str = "local") -> DemoRun:
         config = loads(text, directory / "replicator.toml")
         with Replicator(config, engines=engines) as replicator:
             passes = replicator.sync().passes
-            with engines[node].connect() as conn:
-                events = list(outbox.read(conn))
+            with engines[node].connect() as conn:  # its own (its log also holds what it applied)
+                events = [(p, e) for p, e in outbox.read(conn) if e.origin == node]
             with engines["server"].connect() as conn:
                 server_events = [(p, e) for p, e in outbox.read(conn) if e.origin == "server"]
             edits = _concurrent_edits(app, factories[node], factories["server"])

@@ -98,6 +98,7 @@ def read_batch(
     after: int,
     upto: int,
     limit: int,
+    origin: str | None = None,
     exclude_origin: str | None = None,
     tables: Collection[str] | None = None,
     exclude_tables: Collection[str] = (),
@@ -107,14 +108,17 @@ def read_batch(
     Events with ``after < position <= upto`` (``upto`` a horizon, see
     :meth:`Dialect.horizon`), in position order: at most ``limit``, except
     that a batch never ends inside a source transaction (it takes the rest
-    of the last event's transaction). Events made by ``exclude_origin``
-    (the target itself), and those of tables not in ``tables`` or in
+    of the last event's transaction). Only events made by ``origin`` are
+    read when it is given; events made by ``exclude_origin`` (the target
+    itself), and those of tables not in ``tables`` or in
     ``exclude_tables``, are left out. The second value is the position the
     reader has now seen everything up to: ``upto`` when the batch is short,
     else the last event's position. ``([], upto)`` when nothing is left.
     """
     c = outbox.c
     select = sa.select(c.position, c.table_name, c.row_key, c.payload).order_by(c.position)
+    if origin is not None:
+        select = select.where(c.origin == origin)
     if exclude_origin is not None:
         select = select.where(c.origin != exclude_origin)
     if tables is not None:

@@ -36,7 +36,7 @@ from replicator.apply import Counts, Settlement, apply_batch, reject
 from replicator.clock import utcnow
 from replicator.config import Config
 from replicator.errors import ConfigurationError, ConnectivityError, ReplicatorError, describe
-from replicator.events import Operation
+from replicator.events import Operation, encode_event
 from replicator.node import Node
 from replicator.outbox import Entry
 from replicator.parking import Reason
@@ -274,12 +274,16 @@ class SyncPass:
 
     def _read(self, after: int, horizon: int) -> tuple[list[Entry], int]:
         with self.source.connect() as conn:
+            # A local's log also holds what it applied; it sends only its own
+            # changes. The server sends everything but the target's own.
+            own = self.source.role == "local"
             return outbox.read_batch(
                 conn,
                 after=after,
                 upto=horizon,
                 limit=self.batch_size,
-                exclude_origin=self.target.name,
+                origin=self.source.name if own else None,
+                exclude_origin=None if own else self.target.name,
                 tables=self.tables,
                 exclude_tables=self.exclude_tables,
             )
@@ -375,7 +379,7 @@ def _scoped(entry: Entry, scope: Mapping[str, Any]) -> Entry | None:
         return entry  # stays in scope, or enters it (the upsert inserts it)
     if before:  # the row left the scope: gone from this local
         gone = msgspec.structs.replace(event, op=Operation.DELETE, row=None, changed=event.row)
-        return entry._replace(event=gone)
+        return entry._replace(event=gone, payload=encode_event(gone))
     return None
 
 

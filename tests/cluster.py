@@ -36,8 +36,13 @@ class Member:
         return self.node.name
 
     def events(self) -> list[ChangeEvent]:
+        """The node's log: its own changes and those it applied."""
         with self.engine.connect() as conn:
             return [event for _, event in outbox.read(conn)]
+
+    def own_events(self) -> list[ChangeEvent]:
+        """The changes captured on this node."""
+        return [event for event in self.events() if event.origin == self.name]
 
     def rows(self, table: str) -> list[tuple[Any, ...]]:
         """A table's rows in key order, as typed values."""

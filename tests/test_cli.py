@@ -53,7 +53,8 @@ def test_demo_prints_captured_events(tmp_path):
     engine = sa.create_engine(f"duckdb:///{tmp_path / 'local.duckdb'}")
     with engine.connect() as conn:
         # The session's 15 events, then one edit per table while apart.
-        assert conn.exec_driver_sql("SELECT count(*) FROM replicator_outbox").scalar() == 21
+        own = "SELECT count(*) FROM replicator_outbox WHERE origin = 'local'"
+        assert conn.exec_driver_sql(own).scalar() == 21
         # The tutor's addition for this user arrived; the one for another user did not.
         words = conn.exec_driver_sql("SELECT word FROM vocabulary_items ORDER BY word").scalars()
         assert list(words) == ["café", "cuenta", "pan"]

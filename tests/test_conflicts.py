@@ -293,7 +293,7 @@ def test_latest_timestamp_follows_causality_when_a_clock_is_hours_behind(pair):
 
     assert (up.conflicts, up.applied) == (0, 1)
     assert vocabulary(server, "v-1") == vocabulary(local, "v-1") == ("desk", 0.0)
-    [last] = [e for e in local.events() if e.key == {"item_id": "v-1"}]
+    [last] = [e for e in local.own_events() if e.key == {"item_id": "v-1"}]
     server_edit = [e for e in server.events() if e.origin == "server"][-1]
     assert last.hlc > server_edit.hlc  # ordered after what it saw, not by its wall clock
 

@@ -69,7 +69,7 @@ def test_rows_leaving_and_entering_the_scope_on_the_server_leave_and_reach_the_l
     assert phone.rows("vocabulary_items") == [
         r for r in server.rows("vocabulary_items") if r[1] == "u-42"
     ]
-    assert phone.events() == []  # nothing the server sent was captured on the phone
+    assert phone.own_events() == []  # nothing the server sent was captured on the phone
     # Back in scope later: the row arrives again, with its latest values.
     edit_vocabulary(server, "v-1", user_id="u-42", translation="table")
     replicate(server.node, phone.node)

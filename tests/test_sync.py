@@ -58,7 +58,9 @@ def test_updates_and_deletes_flow_both_ways_without_echo(pair):
     assert (up.read, up.applied) == (0, 0)  # the local captured nothing while applying
     assert local.rows("vocabulary_items") == server.rows("vocabulary_items")
     assert [r[3] for r in local.rows("vocabulary_items")] == ["table"]
-    assert [e.origin for e in local.events()] == ["phone", "phone"]
+    # Its log holds its two inserts and the two changes it applied, as made.
+    assert [e.origin for e in local.events()] == ["phone", "phone", "server", "server"]
+    assert local.events()[2:] == [e for e in server.events() if e.origin == "server"]
 
 
 def test_a_concurrent_edit_is_detected_and_both_sides_pick_the_same_row(pair):
