@@ -33,6 +33,19 @@ def get(conn: Connection, source: str, channel: str, log_id: str | None = None) 
     return found.position
 
 
+def position(conn: Connection, source: str, channel: str, log_id: str | None) -> int | None:
+    """The position applied up to on this node, None when there is no
+    checkpoint of ``source``'s log ``log_id`` (never applied, or applied
+    from a log the source has since made anew)."""
+    c = checkpoints.c
+    found = conn.execute(
+        sa.select(c.position, c.log_id).where(c.source == source, c.channel == channel)
+    ).first()
+    if found is None or (log_id and found.log_id and found.log_id != log_id):
+        return None
+    return found.position
+
+
 def exists(conn: Connection, source: str, channel: str) -> bool:
     c = checkpoints.c
     return (

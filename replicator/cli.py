@@ -128,6 +128,20 @@ def demo(
         soft_wrap=True,
     )
     console.print(pass_table(run.resolution_passes))
+    console.print(
+        "After each sync the device's documents follow into its ChromaDB collection "
+        "(this sync's part):",
+        highlight=False,
+    )
+    console.print(sink_table(run.sinks))
+    console.print(
+        f"Searching the device's vector store for {demo_module.QUERY!r} (offline hashing "
+        "embeddings; name a real model with embedding_function):",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for doc_id, document, distance in run.search:
+        console.print(f"  {distance:.3f}  {escape(document)}  ({doc_id[:8]}…)", highlight=False)
     result = Table(
         title="Both nodes after the syncs (rows of user u-42)",
         title_justify="left",
@@ -139,9 +153,10 @@ def demo(
         same = "[green]yes[/]" if state.equal else "[red]no[/]"
         result.add_row(state.table, str(len(state.server)), str(len(state.local)), same)
     console.print(result)
+    settings = directory / "replicator.toml"
     console.print(
-        f"Try the commands on these databases: replicator review history "
-        f"--config {directory / 'replicator.toml'}",
+        f"Try the commands on these databases: replicator review history --config {settings}; "
+        f"replicator sink query documents 'la cuenta' --config {settings}",
         highlight=False,
         soft_wrap=True,
     )
@@ -230,6 +245,15 @@ def sync(
         sys.stdout.write(result.to_json().decode() + "\n")
     else:
         console.print(pass_table(result.passes))
+        if result.sinks:
+            console.print(sink_table(result.sinks))
+        for s in result.sinks:
+            if not s.ok:
+                errors.print(
+                    f"[bold red]failed:[/] sink {s.sink}: " + escape(s.error or ""),
+                    highlight=False,
+                    soft_wrap=True,
+                )
         for p in result.passes:
             if p.status == "deferred":
                 errors.print(
@@ -948,6 +972,126 @@ def pass_table(passes) -> Table:
         table.caption = "conflicts by policy: " + "; ".join(by_policy)
         table.caption_justify = "left"
     return table
+
+
+def sink_table(results) -> Table:
+    """What each vector sink did in a sync or a rebuild."""
+    table = Table(box=box.SIMPLE_HEAD, title="Vector sinks", title_justify="left", pad_edge=False)
+    table.add_column("sink", no_wrap=True)
+    table.add_column("node", no_wrap=True)
+    names = ("read", "upserted", "metadata_only", "deleted", "embedded", "parked", "lag")
+    for name in names:
+        table.add_column(name.replace("_", " "), justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("started over", no_wrap=True)
+    for r in results:
+        table.add_row(
+            r.sink,
+            r.node,
+            *(str(getattr(r, n)) for n in names),
+            f"{r.seconds:.3f}",
+            f"from the {r.rebuilt}" if r.rebuilt else ("[red]failed[/]" if not r.ok else ""),
+        )
+    return table
+
+
+sink_app = typer.Typer(
+    help="Vector sinks: a node's table followed into a ChromaDB collection.",
+    no_args_is_help=True,
+)
+app.add_typer(sink_app, name="sink")
+
+
+@sink_app.command("status")
+def sink_status(
+    config: ConfigOption = config_module.DEFAULT_PATH, as_json: JsonOption = False
+) -> None:
+    """Each sink's node, collection, checkpoint and lag (events not yet indexed)."""
+    import msgspec
+
+    from replicator.sync import Replicator
+
+    try:
+        settings = config_module.load(config)
+        with Replicator(settings) as replicator:
+            found = [
+                {
+                    "sink": name,
+                    "node": sink.node.name,
+                    "table": sink.settings.table,
+                    "collection": sink.settings.collection,
+                    "path": str(sink.path),
+                    "lag": sink.lag(),
+                    "documents": sink.collection().count(),
+                }
+                for name, sink in replicator.sinks.items()
+            ]
+    except ReplicatorError as e:
+        raise _fail(e) from e
+    if as_json:
+        sys.stdout.write(msgspec.json.encode({"sinks": found}).decode() + "\n")
+        return
+    for f in found:
+        console.print(
+            f"{f['sink']}: {f['node']}'s {f['table']} -> {f['collection']} in {f['path']}: "
+            f"{f['documents']} documents, {f['lag']} events behind",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if not found:
+        console.print("no sinks are configured")
+
+
+SinkArgument = Annotated[str, typer.Argument(help="The sink, as named in [sinks.NAME].")]
+
+
+@sink_app.command("rebuild")
+def sink_rebuild(
+    name: SinkArgument,
+    config: ConfigOption = config_module.DEFAULT_PATH,
+    as_json: JsonOption = False,
+) -> None:
+    """Empty the collection and rebuild it from the node's log (or, when the
+    log no longer tells the whole story, a snapshot of the table)."""
+    from replicator.sync import Replicator
+
+    try:
+        settings = config_module.load(config)
+        with Replicator(settings) as replicator:
+            result = replicator.sink(name).rebuild()
+    except ReplicatorError as e:
+        raise _fail(e) from e
+    if as_json:
+        _print_json(result)
+    else:
+        console.print(sink_table([result]))
+    if not result.ok:
+        errors.print(f"[bold red]failed:[/] {escape(result.error or '')}", soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@sink_app.command("query")
+def sink_query(
+    name: SinkArgument,
+    text: Annotated[str, typer.Argument(help="What to look for.")],
+    count: Annotated[int, typer.Option("--count", "-n", help="How many documents.")] = 3,
+    config: ConfigOption = config_module.DEFAULT_PATH,
+    as_json: JsonOption = False,
+) -> None:
+    """The documents nearest ``text`` in the sink's collection."""
+    from replicator.sync import Replicator
+
+    try:
+        settings = config_module.load(config)
+        with Replicator(settings) as replicator:
+            found = replicator.sink(name).query(text, count)
+    except ReplicatorError as e:
+        raise _fail(e) from e
+    if as_json:
+        _print_json({"results": [{"id": i, "document": d, "distance": x} for i, d, x in found]})
+        return
+    for doc_id, document, distance in found:
+        console.print(f"{distance:.3f}  {doc_id}  {escape(document)}", highlight=False)
 
 
 def _by_policy(counts: dict[str, int]) -> str:

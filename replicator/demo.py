@@ -7,7 +7,9 @@ both sides (a study session on the device; a tutor's additions on the
 server), and one ``sync`` runs every pass. Then both sides edit the same
 row of each table while apart, each table under another conflict policy,
 and a second ``sync`` settles them, parking the one left to a person, who
-then resolves it; a third ``sync`` carries the decision. The demo returns
+then resolves it; a third ``sync`` carries the decision, and the device's
+documents follow into a ChromaDB collection (offline embeddings), where
+one similarity query runs. The demo returns
 what was captured, what each pass did, each conflict's outcome, the parked
 item and its resolution, and both sides' tables afterwards. The directory
 also gets a ``replicator.toml`` naming both nodes, to try the commands on.
@@ -30,12 +32,27 @@ from replicator.events import ChangeEvent
 from replicator.migration import migrate
 from replicator.resources import load_example
 from replicator.review import Decided, Listed
+from replicator.sink import SinkResult
 from replicator.sync import PassResult, Replicator
 
 STORES = ("duckdb", "sqlite")
 USER = "u-42"
 #: The document a person writes to settle the parked conflict.
 MERGED = "Café con leche y churros, o café solo con tostadas."
+#: What the demo looks for in the device's vector store.
+QUERY = "churros con café"
+# The device's documents, followed into a ChromaDB collection next to it.
+SINK = """
+[sinks.documents]
+kind = "chroma"
+node = "{node}"
+path = "chroma"
+collection = "documents"
+table = "documents"
+id_column = "document_id"
+text_column = "content"
+metadata_columns = ["user_id", "language", "filename"]
+"""
 
 
 # Each table's conflict policy: one of each kind.
@@ -85,6 +102,8 @@ class DemoRun:
     parked: list[Listed]  # open after the second sync
     resolution: Decided  # a person's decision on the parked item
     resolution_passes: list[PassResult]  # the sync that carried it
+    sinks: list[SinkResult]  # the device's documents in its vector store, that sync
+    search: list[tuple[str, str, float]]  # QUERY's nearest documents there
     tables: list[TableState]
 
 
@@ -117,6 +136,7 @@ def run(directory: Path, store: str = "duckdb", node: str = "local") -> DemoRun:
             f'[nodes.{node}]\nurl = "{urls[node]}"\nrole = "local"\n'
             f'scope = {{ user_id = "{USER}" }}\n\n'
             + "".join(f'[tables.{t}]\npolicy = "{p}"\n' for t, p in POLICIES.items())
+            + SINK.format(node=node)
         )
         # Kept next to the databases, so the commands can be tried on them.
         (directory / "replicator.toml").write_text(text)
@@ -133,7 +153,9 @@ def run(directory: Path, store: str = "duckdb", node: str = "local") -> DemoRun:
             parked = queue.list().items
             # A person reads both versions and writes one that keeps both.
             resolution = queue.resolve(parked[0].ref, merge={"content": MERGED}, by="demo")
-            resolution_passes = replicator.sync().passes
+            last = replicator.sync()
+            resolution_passes, sinks = last.passes, last.sinks
+            search = replicator.sinks["documents"].query(QUERY, n=2)
         conflicts = [
             Conflict(
                 table,
@@ -173,6 +195,8 @@ def run(directory: Path, store: str = "duckdb", node: str = "local") -> DemoRun:
         parked,
         resolution,
         resolution_passes,
+        sinks,
+        search,
         tables,
     )
 

@@ -51,6 +51,7 @@ class Reason(enum.StrEnum):
     MISSING_COLUMN = "missing_column"
     KEY_MISMATCH = "key_mismatch"  # the target's primary key differs
     CORRUPT_PAYLOAD = "corrupt_payload"  # the event could not be decoded
+    SINK_ERROR = "sink_error"  # a vector sink could not write the row (see sink.py)
 
 
 class Status(enum.StrEnum):
@@ -77,6 +78,12 @@ class Item(msgspec.Struct, kw_only=True):
     resolved_at: dt.datetime | None = None
     resolved_by: str | None = None
     resolution: str | None = None
+
+    @property
+    def from_sink(self) -> bool:
+        """Whether a vector sink parked it: a failure to index the row, not a
+        disagreement about it (the row's open item, if any, is another)."""
+        return self.policy.startswith("sink:")
 
     @property
     def undecodable(self) -> bool:
@@ -188,7 +195,7 @@ def superseded(conn: Connection, dialect: Dialect) -> dict[int, str]:
     found = {}
     for item in pending:
         seen = current.get(item.table, {}).get(item.key)
-        if seen is not None and item.superseded_by(seen.version):
+        if seen is not None and not item.from_sink and item.superseded_by(seen.version):
             how = "deleted" if seen.deleted else "changed"
             found[item.id] = f"superseded: the row was {how} by {seen.origin} since"
     return found
@@ -219,7 +226,10 @@ def open_items(
         for start in range(0, len(table_keys), dialect.in_chunk):
             chunk = table_keys[start : start + dialect.in_chunk]
             select = sa.select(review_items).where(
-                c.status == Status.OPEN, c.table_name == table, c.row_key.in_(chunk)
+                c.status == Status.OPEN,
+                c.table_name == table,
+                c.row_key.in_(chunk),
+                ~c.policy.startswith("sink:"),  # a sink's failure is not the row's item
             )
             for row in conn.execute(select):
                 found[(table, row.row_key)] = _item(row)

@@ -58,6 +58,20 @@ def pruned_through(conn: Connection) -> int:
     return conn.execute(sa.select(log.c.pruned_position).where(log.c.id == 1)).scalar() or 0
 
 
+def complete(conn: Connection) -> bool:
+    """Whether this node's outbox still tells the whole story of its tables:
+    never pruned, and no rows arrived without events (a bootstrap)."""
+    return conn.execute(sa.select(log.c.pruned_at).where(log.c.id == 1)).scalar() is None
+
+
+def mark_incomplete(conn: Connection, now: dt.datetime) -> None:
+    """Record that rows arrived without events (in the caller's transaction)."""
+    moment = now.astimezone(dt.UTC).replace(tzinfo=None)
+    conn.execute(
+        log.update().where(log.c.id == 1, log.c.pruned_at.is_(None)).values(pruned_at=moment)
+    )
+
+
 def log_id(conn: Connection) -> str | None:
     """The identity of this node's outbox (see ``replicator_log``)."""
     return conn.execute(sa.select(log.c.log_id).where(log.c.id == 1)).scalar()
@@ -76,13 +90,14 @@ def check_reader(source: str, reader: str, checkpoint: int, through: int) -> Non
 
 
 def prune(
-    outboxes: list[tuple[Node, list[Node]]],
-    channels: list[str],
+    outboxes: list[tuple[Node, list[tuple[Node, list[str]]]]],
     retention: dt.timedelta,
     now: Callable[[], dt.datetime],
 ) -> PruneResult:
-    """Prune each ``(node, its readers)``: delete the events every reader
-    has applied on every channel and that are older than ``retention``."""
+    """Prune each ``(node, its readers with their channels)``: delete the
+    events every reader has applied on each of its channels and that are
+    older than ``retention``. (A node whose vector sinks follow its log is
+    a reader of its own outbox, on the sinks' channels.)"""
     result = PruneResult(outboxes=[])
     cutoff = from_datetime(now() - retention)
     for node, readers in outboxes:
@@ -90,7 +105,7 @@ def prune(
         unreachable = []
         with node.connect() as conn:
             identity = log_id(conn)
-        for reader in readers:
+        for reader, channels in readers:
             try:
                 with reader.connect() as conn:
                     stored = checkpoints.of_log(conn, node.name, identity)

@@ -570,9 +570,19 @@ class _Sides:
     def writable(self) -> bool:
         """Whether a decision can be written as a change: the table and the
         row's key are known here, and every version in the item is."""
-        return self.shape is not None and self.key is not None and not self.item.undecodable
+        return (
+            self.shape is not None
+            and self.key is not None
+            and not self.item.undecodable
+            and not self.item.from_sink
+        )
 
     def why_not_writable(self) -> str:
+        if self.item.from_sink:
+            return (
+                f"it records what {self.item.policy} could not write, not a disagreement about "
+                "the row; once the cause is fixed, `replicator sink rebuild` writes it"
+            )
         if self.item.undecodable:
             return (
                 "an event of the item cannot be decoded, so no change can descend from it; "
@@ -628,6 +638,8 @@ class _Sides:
         (None for a merged row)."""
         if decision == "discard":
             return self.holding.row, self.holding.version
+        if self.item.from_sink:
+            raise ReviewError(f"item {self.node}:{self.item.id}: {self.why_not_writable()}")
         if self.item.undecodable:
             raise ReviewError(
                 f"item {self.node}:{self.item.id} holds an event that cannot be decoded, so no "

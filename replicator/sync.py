@@ -78,10 +78,11 @@ class SyncResult(msgspec.Struct, kw_only=True):
 
     passes: list[PassResult]
     bootstrapped: dict[str, int] = {}
+    sinks: list[Any] = []  # each a replicator.sink.SinkResult, run after the passes
 
     @property
     def ok(self) -> bool:
-        return all(p.ok for p in self.passes)
+        return all(p.ok for p in self.passes) and all(s.ok for s in self.sinks)
 
     def to_json(self) -> bytes:
         return msgspec.json.encode(self)
@@ -422,6 +423,7 @@ class Replicator:
             for name, settings in config.nodes.items()
         }
         _check_policies(config)
+        self.sinks = self._sinks()
 
     @property
     def server(self) -> Node:
@@ -483,7 +485,8 @@ class Replicator:
     def sync(self, direction: Direction | None = None) -> SyncResult:
         """One pass per link and channel; a failing channel does not stop
         the others (its result says why). A local that is empty (new, or
-        emptied) is bootstrapped before its first pass from the server."""
+        emptied) is bootstrapped before its first pass from the server.
+        Then each vector sink follows its node's log."""
         result = SyncResult(passes=[])
         for sync_pass in self.passes(direction):
             target = sync_pass.target
@@ -491,6 +494,7 @@ class Replicator:
                 result.bootstrapped[target.name] = self._bootstrap_if_empty(target)
             result.passes.append(sync_pass.run())
         result.bootstrapped = {n: p for n, p in result.bootstrapped.items() if p is not None}
+        result.sinks = [sink.run() for sink in self.sinks.values()]
         return result
 
     def bootstrap(self, name: str, progress: Callable[[int, int], None] | None = None) -> Any:
@@ -539,10 +543,16 @@ class Replicator:
         from replicator.config import duration
 
         keep = keep if keep is not None else duration(self.config.replication.retention)
-        outboxes = [(self.server, self.locals)] + [(node, [self.server]) for node in self.locals]
         channels = [channel for channel, *_ in self.channels()]
+        outboxes = [(self.server, [(n, channels) for n in self.locals])] + [
+            (node, [(self.server, channels)]) for node in self.locals
+        ]
+        for node, readers in outboxes:  # a node's sinks read its own log
+            followers = [s.channel for s in self.sinks.values() if s.node is node]
+            if followers:
+                readers.append((node, followers))
         try:
-            return retention.prune(outboxes, channels, keep, utcnow)
+            return retention.prune(outboxes, keep, utcnow)
         except SQLAlchemyError as e:
             raise ReplicatorError(f"pruning failed: {describe(e)}") from e
 
@@ -553,7 +563,37 @@ class Replicator:
             raise ConfigurationError(f"no node {name!r} in {self.config.path} (nodes: {known})")
         return self.nodes[name]
 
+    def _sinks(self) -> dict[str, Any]:
+        """The configured vector sinks (see :mod:`replicator.sink`); a
+        relative ``path`` is relative to the configuration file."""
+        if not self.config.sinks:
+            return {}
+        from pathlib import Path
+
+        from replicator.sink import ChromaSink, check
+
+        base = Path(self.config.path).parent if self.config.path else Path()
+        found = {}
+        for name, settings in self.config.sinks.items():
+            try:
+                check(name, settings)
+            except ConfigurationError as e:
+                raise ConfigurationError(f"{self.config.path or '<config>'}: {e}") from e
+            found[name] = ChromaSink(
+                name, settings, self.nodes[settings.node], path=base / settings.path
+            )
+        return found
+
+    def sink(self, name: str) -> Any:
+        """The configured sink called ``name``; ConfigurationError if none is."""
+        if name not in self.sinks:
+            known = ", ".join(self.sinks) or "none are configured"
+            raise ConfigurationError(f"no sink {name!r} in {self.config.path} (sinks: {known})")
+        return self.sinks[name]
+
     def close(self) -> None:
+        for sink in self.sinks.values():
+            sink.close()
         for node in self.nodes.values():
             node.dispose()
 

@@ -100,6 +100,8 @@ log = sa.Table(
     # checkpoint of the old one no longer counts. Every event at or below
     # `pruned_position` may have been deleted by retention: a reader whose
     # checkpoint is below it has lost events and must be bootstrapped.
+    # `pruned_at` is set once the log no longer tells the tables' whole
+    # story (pruned, or rows copied in by a bootstrap).
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("log_id", sa.String(32), nullable=False),
     sa.Column("pruned_position", sa.BigInteger, nullable=False),

@@ -42,7 +42,15 @@ def test_demo_prints_captured_events(tmp_path):
     passes = result.stdout.split("without a conflict")[1].split("Both nodes")[0]
     assert "server -> local  default     1        1        0          0" in passes
     assert "Café con leche y churros, o café solo" in conflicts  # both now hold it
-    assert (tmp_path / "replicator.toml").exists()
+    assert "Vector sinks" in result.stdout
+    search = result.stdout.split("Searching the device's vector store")[1]
+    assert "churros" in search.splitlines()[1]  # the nearest document
+    settings = str(tmp_path / "replicator.toml")
+    status = json.loads(run("sink", "status", "--json", "--config", settings).stdout)
+    assert [(s["sink"], s["lag"], s["documents"]) for s in status["sinks"]] == [("documents", 0, 2)]
+    found = run("sink", "query", "documents", "la cuenta", "-n", "1", "--json", "-c", settings)
+    [nearest] = json.loads(found.stdout)["results"]
+    assert "cuenta" in nearest["document"]
     history = run("review", "history", "--json", "--config", str(tmp_path / "replicator.toml"))
     [decided] = json.loads(history.stdout)["items"]
     assert (decided["ref"], decided["status"], decided["resolved_by"]) == (
