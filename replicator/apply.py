@@ -30,12 +30,14 @@ batch event by event and parks the refused ones with :func:`reject`.
 The batch is written with one bulk statement per table and kind (deletes,
 upserts by column set, version state) through the dialect. Writes go
 through Core on plain tables, which capture ignores: an applied event is
-never captured again (no echo). Every node appends the events it applied
-to its outbox unchanged, with their original origin and version: the
-server so that other nodes receive them (and its settlements), a local so
-that its log holds every change to its tables, in the order they were
-made there, for what follows the node (a vector sink). A local sends the
-server only its own changes.
+never captured again (no echo). The server appends every event it applied
+to its outbox unchanged, with its original origin and version, so that
+other nodes receive it, and appends its settlements. A local does the same
+when asked (``log``: a vector sink follows it), so that its log holds every
+change to its tables in the order they were made there; otherwise its log
+is marked as no longer telling its tables' whole story
+(:func:`replicator.outbox.mark_incomplete`). A local sends the server only
+its own changes either way.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ def apply_batch(
     now: dt.datetime,
     careful: bool = False,
     restore: bool = False,
+    log: bool = False,
 ) -> Counts:
     """Apply ``entries`` (in position order) on ``conn``'s node.
 
@@ -145,10 +148,11 @@ def apply_batch(
     writes row by row with plain statements, so that error is the
     database's own message about the row. With ``restore`` (replay), an
     event whose version the target has already is written again when the
-    target's row differs from it (a row changed bypassing capture). Nothing
-    happens for no entries.
+    target's row differs from it (a row changed bypassing capture). With
+    ``log``, a local appends what it applied to its outbox (the server
+    always does). Nothing happens for no entries.
     """
-    batch = _Batch(conn, dialect, shape_of, settle, now, restore)
+    batch = _Batch(conn, dialect, shape_of, settle, now, restore, log)
     batch.apply(entries)
     batch.write(careful)
     return batch.counts
@@ -184,9 +188,11 @@ class _Batch:
         settle: Settlement | None,
         now: dt.datetime,
         restore: bool = False,
+        log: bool = False,
     ) -> None:
         self.conn, self.dialect, self.shape_of = conn, dialect, shape_of
         self.settle, self.now, self.restore = settle, now, restore
+        self.log = log or settle is not None
         self.counts = Counts()
         self.txid = new_id()  # of this batch's settlements
         self.shapes: dict[str, TableShape | None] = {}
@@ -626,7 +632,10 @@ class _Batch:
         record_settlements(
             self.conn, self.dialect, {where: self.settled[where] for where in self.new_settled}
         )
-        outbox.append_encoded(self.conn, self.dialect, self.outgoing)
+        if self.log:
+            outbox.append_encoded(self.conn, self.dialect, self.outgoing)
+        elif self.outgoing:  # rows changed without their events in the log
+            outbox.mark_incomplete(self.conn, self.now)
         if self.parkings or self.joined or self.obsolete:
             parking.write(
                 self.conn, list(self.parkings.values()), self.joined, self.obsolete, self.now

@@ -108,7 +108,7 @@ def bootstrap(
         for channel in channels:
             checkpoints.advance(target, node.dialect, server.name, channel, position, now(), log_id)
         # Its rows came without events: its own log does not tell their story.
-        retention.mark_incomplete(target, now())
+        outbox.mark_incomplete(target, now())
     return BootstrapResult(
         node=node.name,
         server=server.name,

@@ -129,6 +129,7 @@ def replay(
                 settle=None,
                 now=now(),
                 restore=True,
+                log=node.logs_applied,
             )
         )
         counts.read += len(entries) - len(kept)

@@ -58,20 +58,6 @@ def pruned_through(conn: Connection) -> int:
     return conn.execute(sa.select(log.c.pruned_position).where(log.c.id == 1)).scalar() or 0
 
 
-def complete(conn: Connection) -> bool:
-    """Whether this node's outbox still tells the whole story of its tables:
-    never pruned, and no rows arrived without events (a bootstrap)."""
-    return conn.execute(sa.select(log.c.pruned_at).where(log.c.id == 1)).scalar() is None
-
-
-def mark_incomplete(conn: Connection, now: dt.datetime) -> None:
-    """Record that rows arrived without events (in the caller's transaction)."""
-    moment = now.astimezone(dt.UTC).replace(tzinfo=None)
-    conn.execute(
-        log.update().where(log.c.id == 1, log.c.pruned_at.is_(None)).values(pruned_at=moment)
-    )
-
-
 def log_id(conn: Connection) -> str | None:
     """The identity of this node's outbox (see ``replicator_log``)."""
     return conn.execute(sa.select(log.c.log_id).where(log.c.id == 1)).scalar()

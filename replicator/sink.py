@@ -302,7 +302,7 @@ class ChromaSink:
                     f"sinks.{self.name}.table: node {self.node.name} has no table "
                     f"{settings.table!r}"
                 )
-            whole = retention.complete(conn)
+            whole = outbox.complete(conn)
         self._empty()
         if not whole:
             return self._from_snapshot(result, identity, shape.key)

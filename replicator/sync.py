@@ -227,6 +227,7 @@ class SyncPass:
             settle=self.settle,
             now=self.now(),
             careful=careful,
+            log=self.target.logs_applied,
         )
 
     def _apply_singly(
@@ -579,9 +580,9 @@ class Replicator:
                 check(name, settings)
             except ConfigurationError as e:
                 raise ConfigurationError(f"{self.config.path or '<config>'}: {e}") from e
-            found[name] = ChromaSink(
-                name, settings, self.nodes[settings.node], path=base / settings.path
-            )
+            node = self.nodes[settings.node]
+            node.logs_applied = True  # the sink follows the node's log
+            found[name] = ChromaSink(name, settings, node, path=base / settings.path)
         return found
 
     def sink(self, name: str) -> Any:

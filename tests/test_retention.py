@@ -46,13 +46,11 @@ def test_pruning_keeps_what_a_lagging_replica_needs_until_it_leaves_the_config(
 
         assert [p.deleted for p in young.outboxes] == [0, 0, 0]
         # The laptop has applied nothing: the server keeps all 16 events.
-        # The phone's own event, which the server has read, goes; the
-        # server's 16 it applied after that stay until the server's next
-        # pass reads past them. The laptop's one event is its newest: an
+        # The phone's one event, applied by the server, is its newest: an
         # outbox always keeps its newest (SQLite would reuse its position).
         assert [(p.node, p.deleted) for p in lagging.outboxes] == [
             ("server", 0),
-            ("phone", 1),
+            ("phone", 0),
             ("laptop", 0),
         ]
         assert lagging.outboxes[0].acknowledged == 0 and kept == 16

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from replicator import checkpoints, parking, retention
+from replicator import checkpoints, outbox, parking, retention
 from replicator.embeddings import DIMENSIONS, hashing
 from replicator.errors import ConfigurationError, ReviewError
 from replicator.sink import metadata_value
@@ -188,7 +188,7 @@ def test_after_a_bootstrap_the_collection_starts_from_a_snapshot(cluster):
     write(server, d1=doc("Uno."), d2=doc("Dos."))
     replicator.bootstrap("phone")  # rows without events: the log is not the whole story
     with phone.engine.connect() as conn:
-        assert not retention.complete(conn)
+        assert not outbox.complete(conn)
 
     first = synced(replicator)
     write(server, d2={"content": "Dos, otra vez."})

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from replicator import checkpoints
+from replicator import checkpoints, outbox
 from replicator.sync import SyncPass, replicate
 
 from .cluster import NOW, add_vocabulary, app, edit_vocabulary, member
@@ -58,9 +58,28 @@ def test_updates_and_deletes_flow_both_ways_without_echo(pair):
     assert (up.read, up.applied) == (0, 0)  # the local captured nothing while applying
     assert local.rows("vocabulary_items") == server.rows("vocabulary_items")
     assert [r[3] for r in local.rows("vocabulary_items")] == ["table"]
-    # Its log holds its two inserts and the two changes it applied, as made.
-    assert [e.origin for e in local.events()] == ["phone", "phone", "server", "server"]
-    assert local.events()[2:] == [e for e in server.events() if e.origin == "server"]
+    assert [e.origin for e in local.events()] == ["phone", "phone"]
+
+
+def test_a_local_asked_to_logs_what_it_applied_and_still_sends_only_its_own(pair):
+    """What a vector sink needs: the local's log tells its tables' whole
+    story, in the order it happened there; the server gets nothing twice."""
+    server, local = pair
+    local.node.logs_applied = True
+    add_vocabulary(local, "v-1", "mesa")
+    replicate(local.node, server.node)
+    edit_vocabulary(server, "v-1", translation="table")
+    add_vocabulary(server, "v-2", "silla")
+
+    down = replicate(server.node, local.node)
+    up = replicate(local.node, server.node)
+
+    assert (down.applied, up.read) == (2, 0)
+    assert [e.origin for e in local.events()] == ["phone", "server", "server"]
+    assert local.events()[1:] == [e for e in server.events() if e.origin == "server"]
+    assert local.own_events() == local.events()[:1]
+    with local.engine.connect() as conn:
+        assert outbox.complete(conn)
 
 
 def test_a_concurrent_edit_is_detected_and_both_sides_pick_the_same_row(pair):
