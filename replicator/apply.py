@@ -33,11 +33,10 @@ through Core on plain tables, which capture ignores: an applied event is
 never captured again (no echo). The server appends every event it applied
 to its outbox unchanged, with its original origin and version, so that
 other nodes receive it, and appends its settlements. A local does the same
-when asked (``log``: a vector sink follows it), so that its log holds every
-change to its tables in the order they were made there; otherwise its log
-is marked as no longer telling its tables' whole story
-(:func:`replicator.outbox.mark_incomplete`). A local sends the server only
-its own changes either way.
+when asked (``log``: a vector sink follows it, see
+:func:`replicator.checkpoints.followed`), so that its log holds every change
+to its tables in the order they were made there. A local sends the server
+only its own changes either way.
 """
 
 from __future__ import annotations
@@ -136,6 +135,7 @@ def apply_batch(
     careful: bool = False,
     restore: bool = False,
     log: bool = False,
+    own: str | None = None,
 ) -> Counts:
     """Apply ``entries`` (in position order) on ``conn``'s node.
 
@@ -150,9 +150,10 @@ def apply_batch(
     event whose version the target has already is written again when the
     target's row differs from it (a row changed bypassing capture). With
     ``log``, a local appends what it applied to its outbox (the server
-    always does). Nothing happens for no entries.
+    always does), except its own events (``own``: its name), which are
+    there already. Nothing happens for no entries.
     """
-    batch = _Batch(conn, dialect, shape_of, settle, now, restore, log)
+    batch = _Batch(conn, dialect, shape_of, settle, now, restore, log, own)
     batch.apply(entries)
     batch.write(careful)
     return batch.counts
@@ -189,10 +190,11 @@ class _Batch:
         now: dt.datetime,
         restore: bool = False,
         log: bool = False,
+        own: str | None = None,
     ) -> None:
         self.conn, self.dialect, self.shape_of = conn, dialect, shape_of
         self.settle, self.now, self.restore = settle, now, restore
-        self.log = log or settle is not None
+        self.log, self.own = log or settle is not None, own
         self.counts = Counts()
         self.txid = new_id()  # of this batch's settlements
         self.shapes: dict[str, TableShape | None] = {}
@@ -355,7 +357,8 @@ class _Batch:
     def _log(self, table: str, entry: Entry) -> None:
         """Append an applied event to the target's outbox (see the module doc)."""
         event = entry.event
-        self.outgoing.append((event.origin, table, entry.row_key, event.hlc, entry.payload))
+        if self.log and event.origin != self.own:
+            self.outgoing.append((event.origin, table, entry.row_key, event.hlc, entry.payload))
 
     def _content_version(self, table: str, key: str, seen: RowVersion) -> dict:
         """The version of the change that made the row as it stands: the row's
@@ -632,10 +635,7 @@ class _Batch:
         record_settlements(
             self.conn, self.dialect, {where: self.settled[where] for where in self.new_settled}
         )
-        if self.log:
-            outbox.append_encoded(self.conn, self.dialect, self.outgoing)
-        elif self.outgoing:  # rows changed without their events in the log
-            outbox.mark_incomplete(self.conn, self.now)
+        outbox.append_encoded(self.conn, self.dialect, self.outgoing)
         if self.parkings or self.joined or self.obsolete:
             parking.write(
                 self.conn, list(self.parkings.values()), self.joined, self.obsolete, self.now
@@ -751,6 +751,38 @@ def _checked(outcome: Any, shape: TableShape | None, key: dict) -> Decision | di
             row[column] = value
         return row
     raise ValueError(f"it returned {outcome!r}; expected 'server', 'local', 'review' or a row")
+
+
+def of_declared_type(declared: str) -> Any:
+    """A value of the Python type a column of this declared type holds (None
+    when the name does not say, e.g. JSON: any value is taken)."""
+    for names, value in _DECLARED:
+        if any(name in declared for name in names):
+            return value
+    return None
+
+
+# Declared type names (as the databases spell them, lower case) and a value
+# of the Python type their columns hold; the first match wins.
+_DECLARED: list[tuple[tuple[str, ...], Any]] = [
+    (("json",), None),
+    (("bool",), False),
+    (("int",), 0),
+    (("dec", "numeric"), decimal.Decimal(0)),
+    (("real", "floa", "doub"), 0.0),
+    (("timestamp", "datetime"), dt.datetime(2000, 1, 1)),
+    (("date",), dt.date(2000, 1, 1)),
+    (("time",), dt.time()),
+    (("uuid",), uuid.UUID(int=0)),
+    (("char", "text", "clob", "string"), ""),
+    (("blob", "binary", "bytea"), b""),
+]
+
+
+def as_declared(value: Any, declared: str) -> Any:
+    """``value`` as read from the database, typed by its column's declared
+    type (``""``: as it is): SQLite returns dates as text, say."""
+    return _like(value, of_declared_type(declared))
 
 
 def _like(value: Any, hint: Any) -> Any:

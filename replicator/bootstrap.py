@@ -29,6 +29,7 @@ from replicator.events import row_key
 from replicator.node import Node
 from replicator.sync import DEFAULT_CHANNEL
 from replicator.tables import app_table_names, row_versions
+from replicator.tables import checkpoints as checkpoints_table
 
 _VERSION_COLUMNS = ("table_name", "row_key", "version", "hlc", "origin", "deleted")
 # Rows fetched and written at a time.
@@ -53,7 +54,8 @@ def is_empty(node: Node) -> bool:
     """Whether ``node`` has no rows in its app tables, no events of its own
     and no checkpoint: a new or emptied replica."""
     with node.connect() as conn:
-        if outbox.head(conn) or checkpoints.all_of(conn):
+        # A sink's checkpoint on the node's own log does not count.
+        if outbox.head(conn) or any(s != node.name for s, _ in checkpoints.all_of(conn)):
             return False
         for table in app_table_names(conn):
             if conn.execute(sa.select(sa.literal(1)).select_from(sa.table(table)).limit(1)).first():
@@ -107,8 +109,9 @@ def bootstrap(
         log_id = retention.log_id(source)
         for channel in channels:
             checkpoints.advance(target, node.dialect, server.name, channel, position, now(), log_id)
-        # Its rows came without events: its own log does not tell their story.
-        outbox.mark_incomplete(target, now())
+        # Its rows came without events in its log: its sinks start over.
+        c = checkpoints_table.c
+        target.execute(checkpoints_table.delete().where(c.source == node.name))
     return BootstrapResult(
         node=node.name,
         server=server.name,

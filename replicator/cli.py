@@ -990,7 +990,7 @@ def sink_table(results) -> Table:
             r.node,
             *(str(getattr(r, n)) for n in names),
             f"{r.seconds:.3f}",
-            f"from the {r.rebuilt}" if r.rebuilt else ("[red]failed[/]" if not r.ok else ""),
+            "from a snapshot" if r.rebuilt else ("[red]failed[/]" if not r.ok else ""),
         )
     return table
 
@@ -1022,7 +1022,7 @@ def sink_status(
                     "collection": sink.settings.collection,
                     "path": str(sink.path),
                     "lag": sink.lag(),
-                    "documents": sink.collection().count(),
+                    "documents": sink.count(),
                 }
                 for name, sink in replicator.sinks.items()
             ]
@@ -1032,9 +1032,12 @@ def sink_status(
         sys.stdout.write(msgspec.json.encode({"sinks": found}).decode() + "\n")
         return
     for f in found:
+        held = f"{f['documents']} documents"
+        if f["documents"] is None:
+            held = "missing (the next sync rebuilds it)"
         console.print(
             f"{f['sink']}: {f['node']}'s {f['table']} -> {f['collection']} in {f['path']}: "
-            f"{f['documents']} documents, {f['lag']} events behind",
+            f"{held}, {f['lag']} events behind",
             highlight=False,
             soft_wrap=True,
         )

@@ -67,8 +67,10 @@ def load(name: str, key: str = "embedding_function") -> EmbeddingFunction:
         raise ConfigurationError(f"{key}: {name!r} is not 'module:function'")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigurationError(f"{key}: cannot import {module_name!r}: {e}") from e
+    except Exception as e:  # ImportError, or whatever the module raises as it loads
+        raise ConfigurationError(
+            f"{key}: cannot import {module_name!r}: {type(e).__name__}: {e}"
+        ) from e
     found = getattr(module, function, None)
     if not callable(found):
         raise ConfigurationError(f"{key}: {module_name} has no function {function!r}")

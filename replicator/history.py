@@ -2,7 +2,8 @@
 the row as it was at a moment.
 
 The server's outbox holds every node's changes (and its settlements), so
-its history of a row is the whole story; a local's holds its own changes.
+its history of a row is the whole story; a local's holds its own changes,
+and also those it applied while a vector sink follows it.
 """
 
 from __future__ import annotations

@@ -39,9 +39,6 @@ class Node:
     role: Role = "local"
     scope: Mapping[str, Any] = field(default_factory=dict)
     engine: Engine | None = None
-    #: Whether a local appends what it applies to its own outbox (set for a
-    #: node a vector sink follows; the server always does).
-    logs_applied: bool = False
     _own_engine: bool = field(default=False, repr=False)
     _shapes: dict[str, TableShape | None] = field(default_factory=dict, repr=False)
 

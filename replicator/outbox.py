@@ -8,7 +8,6 @@ an auto-incrementing ``position``; the event travels msgpack-encoded in
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import NamedTuple
@@ -18,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from replicator.dialects import Dialect
 from replicator.events import ChangeEvent, decode_event, decode_or_none, encode_event
-from replicator.tables import log, outbox
+from replicator.tables import outbox
 
 _COLUMNS = ("origin", "table_name", "row_key", "hlc", "payload")
 
@@ -46,21 +45,6 @@ def append_encoded(
     dialect.guard_append(conn)
     # Capture appends one node's changes, often to one table.
     dialect.insert_rows(conn, outbox, _COLUMNS, rows, hoist=("origin", "table_name"))
-
-
-def complete(conn: Connection) -> bool:
-    """Whether this node's outbox still tells the whole story of its tables:
-    never pruned, and no rows changed without their events landing in it
-    (a bootstrap; a local applying what it does not log)."""
-    return conn.execute(sa.select(log.c.pruned_at).where(log.c.id == 1)).scalar() is None
-
-
-def mark_incomplete(conn: Connection, now: dt.datetime) -> None:
-    """Record that rows changed without their events landing in the outbox
-    (in the caller's transaction; once is enough)."""
-    moment = now.astimezone(dt.UTC).replace(tzinfo=None)
-    unmarked = sa.and_(log.c.id == 1, log.c.pruned_at.is_(None))
-    conn.execute(log.update().where(unmarked).values(pruned_at=moment))
 
 
 def head(conn: Connection) -> int:

@@ -129,7 +129,8 @@ def replay(
                 settle=None,
                 now=now(),
                 restore=True,
-                log=node.logs_applied,
+                log=checkpoints.followed(tconn, node.name),
+                own=node.name,
             )
         )
         counts.read += len(entries) - len(kept)

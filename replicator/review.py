@@ -45,7 +45,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from replicator import outbox, parking, versions
-from replicator.apply import change_fields, plain, read_row, record_settlements
+from replicator.apply import (
+    change_fields,
+    of_declared_type,
+    plain,
+    read_row,
+    record_settlements,
+)
 from replicator.clock import HybridLogicalClock, to_datetime, utcnow
 from replicator.conflicts import Side
 from replicator.dialects.base import TableShape
@@ -398,6 +404,8 @@ class ReviewQueue:
             raise ReviewError("nothing was decided: " + "; ".join(listing.unreachable.values()))
         by_node: dict[str, list[int]] = {}
         for listed in listing.items:
+            if take is not None and listed.policy.startswith("sink:"):
+                continue  # a sink's failure is only discarded
             by_node.setdefault(listed.node, []).append(listed.id)
         nodes = sorted((self.nodes[n] for n in by_node), key=lambda n: n.role == "server")
         decided: list[Decided] = []
@@ -686,7 +694,7 @@ class _Sides:
         held = next((r[column] for r in rows if r and r.get(column) is not None), None)
         if held is not None or self.shape is None:
             return held
-        return _of_declared_type(self.shape.declared(column))
+        return of_declared_type(self.shape.declared(column))
 
     def shown(self, node: Node, item: Item, now: dt.datetime) -> Shown:
         """What ``review show`` prints: both sides as they stand."""
@@ -815,32 +823,6 @@ def _hints(item: Item) -> dict[str, Any]:
             if hints.get(column) is None:
                 hints[column] = value
     return hints
-
-
-def _of_declared_type(declared: str) -> Any:
-    """A value of the Python type a column of this declared type holds (None
-    when the name does not say, e.g. JSON: any value is taken)."""
-    for names, value in _DECLARED:
-        if any(name in declared for name in names):
-            return value
-    return None
-
-
-# Declared type names (as the databases spell them, lower case) and a value
-# of the Python type their columns hold; the first match wins.
-_DECLARED: list[tuple[tuple[str, ...], Any]] = [
-    (("json",), None),
-    (("bool",), False),
-    (("int",), 0),
-    (("dec", "numeric"), decimal.Decimal(0)),
-    (("real", "floa", "doub"), 0.0),
-    (("timestamp", "datetime"), dt.datetime(2000, 1, 1)),
-    (("date",), dt.date(2000, 1, 1)),
-    (("time",), dt.time()),
-    (("uuid",), uuid.UUID(int=0)),
-    (("char", "text", "clob", "string"), ""),
-    (("blob", "binary", "bytea"), b""),
-]
 
 
 def _typed(column: str, value: Any, like: Any) -> Any:

@@ -24,13 +24,15 @@ by id, each document with its whole metadata) and the checkpoint advances
 only after the write succeeded, so a crash between the two repeats the
 write harmlessly: no document is lost or duplicated.
 
-A sink starts over, with an emptied collection, when it has no checkpoint
-on its node's log (it is new, or the node's log was made anew), when its
-collection is missing (its directory was lost), or on
-:meth:`ChromaSink.rebuild`. It rebuilds from the node's whole log when the
-log tells the table's whole story (never pruned, no bootstrap); otherwise
-from a snapshot of the table, then follows the log from the snapshot's
-position. A replay onto the node reaches the collection through its log.
+A sink starts over when it has no checkpoint on its node's log (it is new,
+the node's log was made anew or bootstrapped, a start failed half-way),
+when retention pruned events it had not read, when its collection is
+missing (its directory was lost), or on :meth:`ChromaSink.rebuild`: it
+empties the collection, fills it from a snapshot of the table, and follows
+the log from the snapshot's position. A replay onto the node reaches the
+collection through the node's log. While a sink follows a node, the node
+logs what it applies (:func:`replicator.checkpoints.followed`), whichever
+process or configuration runs the pass.
 
 An event that cannot be decoded, or a document Chroma refuses (a vector of
 the wrong length, say), is parked in the node's review queue with the
@@ -48,7 +50,8 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from replicator import checkpoints, embeddings, outbox, parking, retention
+from replicator.apply import as_declared
 from replicator.clock import utcnow
 from replicator.config import SinkConfig
 from replicator.conflicts import Side
@@ -78,11 +82,9 @@ class SinkResult(msgspec.Struct, kw_only=True):
     ``read`` counts the table's events read; ``upserted`` the documents
     written whole, ``metadata_only`` those whose metadata alone changed,
     ``deleted`` those removed, ``embedded`` the texts given to the
-    embedding function, ``parked`` the events parked. ``rebuilt`` says
-    whether it started over, and from what: ``"log"`` (the node's whole
-    log) or ``"snapshot"`` (the table as of one position of it); None when
-    it went on from its checkpoint. ``position`` is its checkpoint
-    afterwards and ``lag`` the table's events after it.
+    embedding function, ``parked`` the events parked. ``rebuilt``: it
+    started over, from a snapshot of the table. ``position`` is its
+    checkpoint afterwards and ``lag`` the table's events after it.
     """
 
     sink: str
@@ -93,7 +95,7 @@ class SinkResult(msgspec.Struct, kw_only=True):
     deleted: int = 0
     embedded: int = 0
     parked: int = 0
-    rebuilt: str | None = None
+    rebuilt: bool = False
     position: int = 0
     lag: int = 0
     seconds: float = 0.0
@@ -163,6 +165,7 @@ class ChromaSink:
         self._client: Any = None
         self._collection: Any = None
         self._refused: tuple[type[Exception], ...] = (ValueError,)
+        self._chunk = 5000  # Chroma's limit per call, read from the client
 
     @property
     def channel(self) -> str:
@@ -170,13 +173,14 @@ class ChromaSink:
         return f"sink:{self.name}"
 
     def collection(self) -> Any:
-        """The Chroma collection (created when missing; no embedding function
-        of Chroma's own, which would download a model)."""
-        self._open()
+        """The Chroma collection, or None while it is missing (the next run
+        builds it; only a run creates it, so that a lost one is noticed)."""
+        self._open(create=False)
         return self._collection
 
-    def _open(self) -> bool:
-        """Open the collection; whether it had to be created (new, or lost)."""
+    def _open(self, create: bool = True) -> bool:
+        """Open the collection (with no embedding function of Chroma's own,
+        which would download a model); whether it had to be created."""
         if self._collection is not None:
             return False
         import chromadb
@@ -185,17 +189,19 @@ class ChromaSink:
         # What Chroma raises for a document it will not take (the others
         # are about its storage, and end the run instead).
         self._refused = (ValueError, InvalidArgumentError)
-
         if self._client is None:
             self._client = chromadb.PersistentClient(
                 path=str(self.path), settings=chromadb.Settings(anonymized_telemetry=False)
             )
+            self._chunk = self._client.get_max_batch_size()
         try:
             self._collection = self._client.get_collection(
                 self.settings.collection, embedding_function=None
             )
             return False
         except NotFoundError:
+            if not create:
+                return False
             self._collection = self._client.create_collection(
                 self.settings.collection,
                 embedding_function=None,
@@ -204,15 +210,26 @@ class ChromaSink:
             return True
 
     def query(self, text: str, n: int = 3) -> list[tuple[str, str, float]]:
-        """The ``n`` documents nearest ``text``: ``(id, document, distance)``."""
-        n = min(n, self.collection().count())
-        if n <= 0:
-            return []
-        found = self.collection().query(query_embeddings=self._vectors([text]), n_results=n)
+        """The ``n`` documents nearest ``text``: ``(id, document, distance)``;
+        ``[]`` when the collection is empty or missing."""
+        with _chroma(f"querying sink {self.name}"):
+            collection = self.collection()
+            n = min(n, collection.count() if collection is not None else 0)
+            if n <= 0:
+                return []
+            vectors = self._vectors([text])
+            found = collection.query(query_embeddings=vectors, n_results=n)
         return list(zip(found["ids"][0], found["documents"][0], found["distances"][0], strict=True))
 
+    def count(self) -> int | None:
+        """How many documents the collection holds (None: it is missing)."""
+        with _chroma(f"reading sink {self.name}"):
+            collection = self.collection()
+            return None if collection is None else collection.count()
+
     def close(self) -> None:
-        """Let go of the collection's files (Chroma caches one client per path)."""
+        """Let go of the collection's files. (Chroma caches one client per
+        path for the whole process; this clears that cache.)"""
         if self._client is not None:
             self._client.clear_system_cache()
         self._client = self._collection = None
@@ -220,23 +237,27 @@ class ChromaSink:
     # --- running -----------------------------------------------------------
 
     def run(self) -> SinkResult:
-        """Apply the table's events after the checkpoint, batch by batch;
-        a new sink starts from a snapshot. Never raises for a failure: the
-        result says ``failed`` and why."""
+        """Apply the table's events after the checkpoint, batch by batch,
+        up to what had committed when it started; start over when needed
+        (see the module doc). Never raises for a failure: the result says
+        ``failed`` and why, and the checkpoint stays where it was."""
         return self._timed(self._follow)
 
     def rebuild(self) -> SinkResult:
-        """Empty the collection, fill it from a snapshot of the table, then
-        follow the log from the snapshot's position."""
+        """Start over: empty the collection, fill it from a snapshot of the
+        table, then follow the log from the snapshot's position."""
         return self._timed(lambda result: self._follow(result, anew=True))
 
     def lag(self) -> int:
         """The table's events in the node's log after the checkpoint (all of
         them for a sink that has not run)."""
-        with self.node.connect() as conn:
-            identity = retention.log_id(conn)
-            after = checkpoints.position(conn, self.node.name, self.channel, identity) or 0
-            return self._lag(conn, after)
+        try:
+            with self.node.connect() as conn:
+                identity = retention.log_id(conn)
+                after = checkpoints.position(conn, self.node.name, self.channel, identity)
+                return self._lag(conn, max(after or 0, 0))
+        except SQLAlchemyError as e:
+            raise ReplicatorError(f"reading sink {self.name}'s lag failed: {describe(e)}") from e
 
     def _timed(self, work: Callable[[SinkResult], None]) -> SinkResult:
         started = time.perf_counter()
@@ -244,10 +265,8 @@ class ChromaSink:
         try:
             work(result)
         except (ReplicatorError, SQLAlchemyError, ValueError, RuntimeError) as e:
-            # Chroma's own errors derive from Exception through ChromaError;
-            # ValueError and RuntimeError cover its validation and storage.
             result.status, result.error = "failed", describe(e)
-        except Exception as e:
+        except Exception as e:  # Chroma's own errors (ChromaError and others)
             if type(e).__module__.split(".")[0] != "chromadb":
                 raise
             result.status, result.error = "failed", describe(e)
@@ -256,16 +275,16 @@ class ChromaSink:
 
     def _follow(self, result: SinkResult, anew: bool = False) -> None:
         with self.node.connect() as conn:
+            self._check(conn)
             identity = retention.log_id(conn)
             after = checkpoints.position(conn, self.node.name, self.channel, identity)
+            pruned = retention.pruned_through(conn)
+            # Up to what has committed now, so that a run ends under writes.
+            horizon = self.node.dialect.horizon(conn)
         lost = self._open() and after is not None  # its directory was deleted, say
-        if anew or lost or after is None:
+        if anew or lost or after is None or after < 0 or after < pruned:
             after = self._start(result, identity)
-        while True:
-            with self.node.connect() as conn:
-                horizon = self.node.dialect.horizon(conn)
-            if horizon is None:  # the node's writers held its log: next run
-                break
+        while horizon is not None and after < horizon:
             with self.node.connect() as conn:
                 entries, reached = outbox.read_batch(
                     conn,
@@ -274,13 +293,37 @@ class ChromaSink:
                     limit=self.batch_size,
                     tables={self.settings.table},
                 )
-            if reached <= after:
-                break
+            # Only after Chroma took the batch does the checkpoint move.
             self._advance(reached, identity, self._apply(entries, result))
             after = reached
         result.position = after
         with self.node.connect() as conn:
             result.lag = self._lag(conn, after)
+
+    def _check(self, conn: Any) -> None:
+        """The table exists on the node and ``id_column`` is its primary key
+        (one document per row, found again by its id)."""
+        settings = self.settings
+        shape = self.node.shape(conn, settings.table)
+        if shape is None:
+            raise ConfigurationError(
+                f"sinks.{self.name}.table: node {self.node.name} has no table {settings.table!r}"
+            )
+        if shape.key != (settings.id_column,):
+            raise ConfigurationError(
+                f"sinks.{self.name}.id_column: {settings.id_column!r} is not the primary key of "
+                f"{settings.table!r} ({', '.join(shape.key)}); a sink needs a one-column key"
+            )
+
+    def _advance(self, position: int, identity: str | None, parkings: list[Parking] = ()) -> None:
+        """Record the checkpoint (and park ``parkings``)."""
+        with self.node.begin() as conn:
+            if parkings:
+                parking.write(conn, list(parkings), {}, {}, self.now())
+            checkpoints.advance(
+                conn, self.node.dialect, self.node.name, self.channel, position, self.now(),
+                identity,
+            )  # fmt: skip
 
     def _lag(self, conn: Any, after: int) -> int:
         c = outbox_table.c
@@ -291,64 +334,42 @@ class ChromaSink:
         ).scalar_one()
 
     def _start(self, result: SinkResult, identity: str | None) -> int:
-        """Empty the collection and start over: from the beginning of the
-        node's log when it tells the table's whole story, else from a
-        snapshot of the table. Returns the position to follow the log from."""
+        """Start over: empty the collection and fill it from a snapshot of
+        the table as of one position of the node's log. Returns it.
+
+        The checkpoint is first set to -1 ("starting"), committed: from
+        then on the node logs what it applies (see
+        :func:`replicator.checkpoints.followed`), and a start that fails
+        half-way is started again by the next run."""
         settings = self.settings
-        with self.node.connect() as conn:
-            shape = self.node.shape(conn, settings.table)
-            if shape is None:
-                raise ConfigurationError(
-                    f"sinks.{self.name}.table: node {self.node.name} has no table "
-                    f"{settings.table!r}"
-                )
-            whole = outbox.complete(conn)
-        self._empty()
-        if not whole:
-            return self._from_snapshot(result, identity, shape.key)
-        self._advance(0, identity)
-        result.rebuilt = "log"
-        return 0
-
-    def _advance(self, position: int, identity: str | None, parkings: list[Parking] = ()) -> None:
-        """Record the checkpoint (and park ``parkings``): only ever after
-        Chroma took everything up to ``position``."""
-        with self.node.begin() as conn:
-            if parkings:
-                parking.write(conn, list(parkings), {}, {}, self.now())
-            checkpoints.advance(
-                conn, self.node.dialect, self.node.name, self.channel, position, self.now(),
-                identity,
-            )  # fmt: skip
-
-    def _empty(self) -> None:
+        self._advance(-1, identity)
         self._open()
-        self._client.delete_collection(self.settings.collection)
+        self._client.delete_collection(settings.collection)
         self._collection = None
         self._open()
-
-    def _from_snapshot(self, result: SinkResult, identity: str | None, key: tuple) -> int:
-        """Fill the collection from the table as of one log position; set
-        the checkpoint there (parking the rows Chroma refused, by ``key``,
-        the table's primary key). Returns the position."""
-        settings = self.settings
+        with self.node.connect() as conn:
+            shape = self.node.shape(conn, settings.table)
         # Read into memory first: the snapshot's read transaction would
-        # keep SQLite writers waiting while the texts are embedded.
+        # keep SQLite writers waiting while the texts are embedded. Values
+        # are typed by the columns' declared types, as the log carries them.
         with self.node.dialect.snapshot(self.node.get_engine()) as (conn, position):
             select = sa.select(sa.text("*")).select_from(sa.table(settings.table))
-            rows = [dict(row) for row in conn.execute(select).mappings()]
+            rows = [
+                {c: as_declared(v, shape.declared(c)) for c, v in row.items()}
+                for row in conn.execute(select).mappings()
+            ]
         parkings = []
         for start in range(0, len(rows), self.batch_size):
-            upserts = {}
-            for row in rows[start : start + self.batch_size]:
-                if self._in_scope(row) and row.get(settings.id_column) is not None:
-                    upserts[str(row[settings.id_column])] = row
+            upserts = {
+                str(row[settings.id_column]): row
+                for row in rows[start : start + self.batch_size]
+                if self._in_scope(row)
+            }
             for doc_id, error in self._upsert(upserts, result).items():
-                row = upserts[doc_id]
                 parkings.append(
                     Parking(
                         table=settings.table,
-                        key=row_key([row[c] for c in key]),
+                        key=row_key([upserts[doc_id][settings.id_column]]),
                         reason=Reason.SINK_ERROR,
                         detail=f"sink {self.name}: {error}",
                         policy=self.channel,
@@ -356,7 +377,7 @@ class ChromaSink:
                 )
         result.parked += len(parkings)
         self._advance(position, identity, parkings)
-        result.rebuilt = "snapshot"
+        result.rebuilt = True
         return position
 
     # --- one batch -------------------------------------------------------------
@@ -373,12 +394,7 @@ class ChromaSink:
             if event is None:
                 parkings.append(self._parking(entry, Reason.CORRUPT_PAYLOAD, "cannot be decoded"))
                 continue
-            values = {**(event.changed or {}), **(event.row or {}), **event.key}
-            if values.get(settings.id_column) is None:
-                detail = f"the row has no value for the id column {settings.id_column!r}"
-                parkings.append(self._parking(entry, Reason.SINK_ERROR, detail))
-                continue
-            doc_id = str(values[settings.id_column])
+            doc_id = str(event.key[settings.id_column])
             last[doc_id] = (entry, event)
             everything = event.op is not Operation.UPDATE
             touched.setdefault(doc_id, set()).update({"*"} if everything else event.changed)
@@ -400,10 +416,10 @@ class ChromaSink:
     def _same_text(self, metadata: dict[str, dict], upserts: dict[str, dict]) -> None:
         """Move to ``upserts`` the metadata-only candidates the collection
         does not hold with the same text (absent, or an earlier run died)."""
-        if not metadata:
-            return
-        held = self.collection().get(ids=list(metadata), include=["documents"])
-        stored = dict(zip(held["ids"], held["documents"], strict=True))
+        stored: dict[str, str] = {}
+        for ids in self._chunks(list(metadata)):
+            held = self._collection.get(ids=ids, include=["documents"])
+            stored.update(zip(held["ids"], held["documents"], strict=True))
         for doc_id in list(metadata):
             if stored.get(doc_id) != self._text(metadata[doc_id]):
                 upserts[doc_id] = metadata.pop(doc_id)
@@ -417,51 +433,60 @@ class ChromaSink:
     ) -> dict[str, str]:
         """Deletes, upserts and metadata updates; documents Chroma refused
         (by id, with its message). A refused batch is written again one
-        document at a time, to find which."""
-        collection = self.collection()
-        if deletes:
-            collection.delete(ids=deletes)
-            result.deleted += len(deletes)
+        document at a time, to find which; a refused document is removed,
+        so the collection holds no stale version of it."""
+        for ids in self._chunks(deletes):
+            self._collection.delete(ids=ids)
+        result.deleted += len(deletes)
         failed = self._upsert(upserts, result)
-        if metadata:
+        rows = list(metadata.items())
+        for part in self._chunks(rows):
             try:
-                collection.update(ids=list(metadata), metadatas=self._metadatas(metadata.values()))
-                result.metadata_only += len(metadata)
+                self._collection.update(
+                    ids=[i for i, _ in part], metadatas=self._metadatas(r for _, r in part)
+                )
+                result.metadata_only += len(part)
             except self._refused:
-                for doc_id, row in metadata.items():
+                for doc_id, row in part:
                     try:
-                        collection.update(ids=[doc_id], metadatas=self._metadatas([row]))
+                        self._collection.update(ids=[doc_id], metadatas=self._metadatas([row]))
                         result.metadata_only += 1
                     except self._refused as e:
                         failed[doc_id] = f"Chroma refused the metadata: {e}"
+        stale = [doc_id for doc_id in failed if doc_id not in deletes]
+        for ids in self._chunks(stale):
+            self._collection.delete(ids=ids)
         return failed
 
     def _upsert(self, rows: dict[str, dict], result: SinkResult) -> dict[str, str]:
-        if not rows:
-            return {}
+        """Upsert whole documents (embedding their texts); refused ones by id."""
         ids, texts = list(rows), [self._text(row) for row in rows.values()]
         vectors, failed = self._embeddings(ids, list(rows.values()), texts, result)
         kept = [i for i, doc_id in enumerate(ids) if doc_id not in failed]
-        try:
-            self._upsert_some(ids, texts, vectors, list(rows.values()), kept)
-            result.upserted += len(kept)
-        except self._refused:  # which one?
-            for i in kept:
-                try:
-                    self._upsert_some(ids, texts, vectors, list(rows.values()), [i])
-                    result.upserted += 1
-                except self._refused as e:
-                    failed[ids[i]] = f"Chroma refused the document: {e}"
+        for part in self._chunks(kept):
+            try:
+                self._upsert_some(ids, texts, vectors, rows, part)
+                result.upserted += len(part)
+            except self._refused:  # which one?
+                for i in part:
+                    try:
+                        self._upsert_some(ids, texts, vectors, rows, [i])
+                        result.upserted += 1
+                    except self._refused as e:
+                        failed[ids[i]] = f"Chroma refused the document: {e}"
         return failed
 
     def _upsert_some(self, ids, texts, vectors, rows, at: list[int]) -> None:
-        if at:
-            self.collection().upsert(
-                ids=[ids[i] for i in at],
-                documents=[texts[i] for i in at],
-                embeddings=[vectors[i] for i in at],
-                metadatas=self._metadatas(rows[i] for i in at),
-            )
+        self._collection.upsert(
+            ids=[ids[i] for i in at],
+            documents=[texts[i] for i in at],
+            embeddings=[vectors[i] for i in at],
+            metadatas=self._metadatas(rows[ids[i]] for i in at),
+        )
+
+    def _chunks(self, items: list) -> list[list]:
+        """``items`` in parts Chroma takes in one call."""
+        return [items[i : i + self._chunk] for i in range(0, len(items), self._chunk)]
 
     def _embeddings(
         self, ids: list[str], rows: list[dict], texts: list[str], result: SinkResult
@@ -470,8 +495,8 @@ class ChromaSink:
         function's (batched); rows without a usable one, by id, with why."""
         column = self.settings.embedding_column
         failed: dict[str, str] = {}
+        vectors: list[list[float] | None] = []
         if column:
-            vectors: list[list[float] | None] = []
             for doc_id, row in zip(ids, rows, strict=True):
                 try:
                     vectors.append(_vector(row.get(column)))
@@ -480,13 +505,33 @@ class ChromaSink:
                     failed[doc_id] = f"column {column!r} holds no vector: {e}"
             return vectors, failed
         result.embedded += len(texts)
-        return self._vectors(texts), failed
+        for start in range(0, len(texts), EMBED_BATCH):
+            part = texts[start : start + EMBED_BATCH]
+            try:
+                vectors += self._vectors(part)
+            except ReplicatorError:  # which text? one at a time
+                for doc_id, text in zip(ids[start : start + EMBED_BATCH], part, strict=True):
+                    try:
+                        vectors += self._vectors([text])
+                    except ReplicatorError as e:
+                        vectors.append(None)
+                        failed[doc_id] = str(e)
+        return vectors, failed
 
     def _vectors(self, texts: list[str]) -> list[list[float]]:
-        vectors: list[list[float]] = []
-        for start in range(0, len(texts), EMBED_BATCH):
-            vectors += [list(map(float, v)) for v in self.embed(texts[start : start + EMBED_BATCH])]
-        return vectors
+        """The embedding function's vectors for ``texts`` (one call)."""
+        try:
+            found = [list(map(float, v)) for v in self.embed(texts)]
+        except Exception as e:  # the app's model: whatever it raises
+            raise ReplicatorError(
+                f"the embedding function of sink {self.name} failed: {describe(e)}"
+            ) from e
+        if len(found) != len(texts):
+            raise ReplicatorError(
+                f"the embedding function of sink {self.name} returned {len(found)} vectors "
+                f"for {len(texts)} texts"
+            )
+        return found
 
     # --- rows ------------------------------------------------------------------
 
@@ -524,6 +569,19 @@ class ChromaSink:
             remote=remote,
             events=[entry.payload],
         )
+
+
+@contextmanager
+def _chroma(doing: str) -> Iterator[None]:
+    """Chroma's own errors while ``doing`` as a :class:`ReplicatorError`."""
+    try:
+        yield
+    except ReplicatorError:
+        raise
+    except Exception as e:
+        if type(e).__module__.split(".")[0] != "chromadb" and not isinstance(e, ValueError):
+            raise
+        raise ReplicatorError(f"{doing} failed: {describe(e)}") from e
 
 
 def _vector(value: Any) -> list[float]:

@@ -227,7 +227,8 @@ class SyncPass:
             settle=self.settle,
             now=self.now(),
             careful=careful,
-            log=self.target.logs_applied,
+            log=checkpoints.followed(tconn, self.target.name),
+            own=self.target.name,
         )
 
     def _apply_singly(
@@ -545,8 +546,10 @@ class Replicator:
 
         keep = keep if keep is not None else duration(self.config.replication.retention)
         channels = [channel for channel, *_ in self.channels()]
+        # The server reads a local's log only when the locals send theirs.
+        up = self.config.replication.direction in ("up", "bidirectional")
         outboxes = [(self.server, [(n, channels) for n in self.locals])] + [
-            (node, [(self.server, channels)]) for node in self.locals
+            (node, [(self.server, channels)] if up else []) for node in self.locals
         ]
         for node, readers in outboxes:  # a node's sinks read its own log
             followers = [s.channel for s in self.sinks.values() if s.node is node]
@@ -580,9 +583,9 @@ class Replicator:
                 check(name, settings)
             except ConfigurationError as e:
                 raise ConfigurationError(f"{self.config.path or '<config>'}: {e}") from e
-            node = self.nodes[settings.node]
-            node.logs_applied = True  # the sink follows the node's log
-            found[name] = ChromaSink(name, settings, node, path=base / settings.path)
+            found[name] = ChromaSink(
+                name, settings, self.nodes[settings.node], path=base / settings.path
+            )
         return found
 
     def sink(self, name: str) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from replicator import checkpoints, outbox, parking, retention
+from replicator import checkpoints, parking, retention
 from replicator.embeddings import DIMENSIONS, hashing
 from replicator.errors import ConfigurationError, ReviewError
 from replicator.sink import metadata_value
@@ -122,7 +122,7 @@ def test_server_changes_reach_the_collection_and_a_metadata_edit_embeds_nothing(
     }
     # The phone was empty: the sync bootstrapped it, so its log does not
     # tell the table's whole story and the sink started from a snapshot.
-    assert (first.upserted, first.rebuilt) == (2, "snapshot")
+    assert (first.upserted, first.rebuilt) == (2, True)
     embedded = sorted(text for call in embedders.calls for text in call)
     assert embedded == ["Café con leche, por favor.", "Pan con tomate."]
 
@@ -167,34 +167,37 @@ def test_the_phones_own_writes_are_indexed_offline(cluster):
 
 def test_a_lost_collection_is_rebuilt_from_the_log_to_the_same_content(cluster, tmp_path):
     server, phone, replicator = cluster
-    write(phone, p1=doc("Del teléfono."))  # not empty: no bootstrap, the log is whole
+    sink = replicator.sinks["documents"]
+    write(phone, p1=doc("Del teléfono."))
     write(server, d1=doc("Uno."), d2=doc("Dos."), d3=doc("Tres."))
-    assert synced(replicator).rebuilt == "log"
+    assert synced(replicator).rebuilt  # new: from a snapshot
     write(server, d2={"content": "Dos, otra vez."}, d3=None)
-    synced(replicator)
+    assert not synced(replicator).rebuilt  # then along the log
     before = indexed(replicator)
     assert sorted(before) == ["d1", "d2", "p1"]
 
-    replicator.sinks["documents"].close()
+    sink.close()
     shutil.rmtree(tmp_path / "chroma")
+    # Looking does not hide the loss: nothing is created until a run.
+    assert (sink.count(), sink.query("uno")) == (None, [])
     again = synced(replicator)
 
-    assert again.rebuilt == "log"
+    assert again.rebuilt
     assert indexed(replicator) == before
 
 
 def test_after_a_bootstrap_the_collection_starts_from_a_snapshot(cluster):
-    server, phone, replicator = cluster
+    server, _, replicator = cluster
+    sink = replicator.sinks["documents"]
+    assert sink.run().rebuilt  # on the empty phone: it registers on the phone's log
     write(server, d1=doc("Uno."), d2=doc("Dos."))
-    replicator.bootstrap("phone")  # rows without events: the log is not the whole story
-    with phone.engine.connect() as conn:
-        assert not outbox.complete(conn)
+    replicator.bootstrap("phone")  # still empty: the sink's checkpoint does not count
 
-    first = synced(replicator)
+    first = synced(replicator)  # the copied rows came without events: start over
     write(server, d2={"content": "Dos, otra vez."})
     then = synced(replicator)
 
-    assert first.rebuilt == "snapshot" and then.rebuilt is None
+    assert first.rebuilt and not then.rebuilt
     assert {i: d for i, (d, _, _) in indexed(replicator).items()} == {
         "d1": "Uno.",
         "d2": "Dos, otra vez.",
@@ -251,7 +254,7 @@ def test_a_sink_killed_between_the_chroma_write_and_the_checkpoint_repeats_harml
 
     again = replicator.sinks["documents"].run()
 
-    assert again.ok and again.rebuilt is None and again.read == 3
+    assert again.ok and not again.rebuilt and again.read == 3
     assert {i: d for i, (d, _, _) in indexed(replicator).items()} == {
         "d1": "Uno, cambiado.",
         "d3": "Tres.",
@@ -330,3 +333,90 @@ def test_sink_configuration_mistakes_name_the_key(tmp_path):
         )
         with pytest.raises(ConfigurationError, match=message):
             Replicator(settings)
+
+
+def test_a_start_that_fails_half_way_is_started_again(cluster):
+    """The checkpoint says "starting" (-1) until the snapshot is in: a start
+    that dies half-way (here Chroma's storage) never leaves an emptied
+    collection behind the old checkpoint."""
+    server, _, replicator = cluster
+    sink = replicator.sinks["documents"]
+    write(server, d1=doc("Uno."), d2=doc("Dos."))
+    synced(replicator)
+    working = sink._upsert
+
+    def dying(rows, result):
+        raise RuntimeError("disk full")
+
+    sink._upsert = dying
+    failed = sink.rebuild()
+    sink._upsert = working
+    again = sink.run()
+
+    assert failed.status == "failed" and "disk full" in failed.error
+    assert again.ok and again.rebuilt
+    assert sorted(indexed(replicator)) == ["d1", "d2"]
+
+
+def test_a_text_the_embedding_function_fails_on_is_parked_and_the_rest_indexed(cluster):
+    server, phone, replicator = cluster
+    sink = replicator.sinks["documents"]
+    synced(replicator)
+    working = sink.embed
+
+    def picky(texts):
+        if any("¡" in t for t in texts):
+            raise ValueError("cannot embed that")
+        return working(texts)
+
+    sink.embed = picky
+    write(server, d1=doc("Bien."), d2=doc("¡Mal!"), d3=doc("Bien también."))
+    result = synced(replicator)
+
+    assert sorted(indexed(replicator)) == ["d1", "d3"] and result.parked == 1
+    with phone.engine.connect() as conn:
+        [item] = parking.items(conn, status="open")
+    assert item.key == '["d2"]' and "cannot embed that" in item.detail
+
+
+def test_passes_outside_the_configuration_still_log_for_the_sink(cluster):
+    """The node logs what it applies because a sink's checkpoint is on it,
+    not because of the configuration that runs the pass."""
+    from replicator.sync import replicate
+
+    server, phone, replicator = cluster
+    sink = replicator.sinks["documents"]
+    synced(replicator)
+    write(server, d1=doc("Uno."))
+
+    replicate(server.node, phone.node)  # a bare pass
+    result = sink.run()
+
+    assert (result.rebuilt, list(indexed(replicator))) == (False, ["d1"])
+
+
+def test_writes_are_split_to_what_chroma_takes_per_call(cluster):
+    server, _, replicator = cluster
+    sink = replicator.sinks["documents"]
+    synced(replicator)
+    sink._chunk = 2  # Chroma's own limit is in the thousands
+    write(server, **{f"d{i}": doc(f"Documento {i}.") for i in range(5)})
+    synced(replicator)
+    write(server, **{f"d{i}": {"filename": "x.txt"} for i in range(5)})
+    synced(replicator)
+    write(server, **{f"d{i}": None for i in range(4)})
+    synced(replicator)
+
+    assert list(indexed(replicator)) == ["d4"]
+    assert indexed(replicator)["d4"][1]["filename"] == "x.txt"
+
+
+def test_the_id_column_must_be_the_tables_key(cluster):
+    _, _, replicator = cluster
+    sink = replicator.sinks["documents"]
+    sink.settings = msgspec.structs.replace(sink.settings, id_column="filename")
+
+    result = sink.run()
+
+    assert result.status == "failed"
+    assert "sinks.documents.id_column: 'filename' is not the primary key" in result.error
