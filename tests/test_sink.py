@@ -420,3 +420,19 @@ def test_the_id_column_must_be_the_tables_key(cluster):
 
     assert result.status == "failed"
     assert "sinks.documents.id_column: 'filename' is not the primary key" in result.error
+
+
+def test_a_replay_onto_the_node_reaches_the_collection_through_its_log(cluster):
+    from replicator.replay import replay
+
+    server, phone, replicator = cluster
+    write(server, d1=doc("Uno."))
+    synced(replicator)
+    with phone.engine.begin() as conn:  # changed behind capture's back
+        conn.exec_driver_sql("UPDATE documents SET content = 'roto' WHERE document_id = 'd1'")
+
+    replay(server.node, phone.node, start=1)  # restores the row, and logs it
+    result = replicator.sinks["documents"].run()
+
+    assert not result.rebuilt and result.read == 1
+    assert indexed(replicator)["d1"][0] == "Uno."
