@@ -585,16 +585,23 @@ def _filter(table, node, reason, older_than):
 
 
 @contextmanager
-def _queue(config: Path) -> Iterator:
-    """The configuration's review queue; library errors become exit codes."""
+def _replicator(config: Path) -> Iterator:
+    """The configuration's :class:`Replicator`; library errors become exit codes."""
     from replicator.sync import Replicator
 
     try:
         settings = config_module.load(config)
         with Replicator(settings) as replicator:
-            yield replicator.review()
+            yield replicator
     except ReplicatorError as e:
         raise _fail(e) from e
+
+
+@contextmanager
+def _queue(config: Path) -> Iterator:
+    """The configuration's review queue; library errors become exit codes."""
+    with _replicator(config) as replicator:
+        yield replicator.review()
 
 
 def _print_json(document: object) -> None:
@@ -1009,25 +1016,19 @@ def sink_status(
     """Each sink's node, collection, checkpoint and lag (events not yet indexed)."""
     import msgspec
 
-    from replicator.sync import Replicator
-
-    try:
-        settings = config_module.load(config)
-        with Replicator(settings) as replicator:
-            found = [
-                {
-                    "sink": name,
-                    "node": sink.node.name,
-                    "table": sink.settings.table,
-                    "collection": sink.settings.collection,
-                    "path": str(sink.path),
-                    "lag": sink.lag(),
-                    "documents": sink.count(),
-                }
-                for name, sink in replicator.sinks.items()
-            ]
-    except ReplicatorError as e:
-        raise _fail(e) from e
+    with _replicator(config) as replicator:
+        found = [
+            {
+                "sink": name,
+                "node": sink.node.name,
+                "table": sink.settings.table,
+                "collection": sink.settings.collection,
+                "path": str(sink.path),
+                "lag": sink.lag(),
+                "documents": sink.count(),
+            }
+            for name, sink in replicator.sinks.items()
+        ]
     if as_json:
         sys.stdout.write(msgspec.json.encode({"sinks": found}).decode() + "\n")
         return
@@ -1056,14 +1057,8 @@ def sink_rebuild(
 ) -> None:
     """Empty the collection and rebuild it from the node's log (or, when the
     log no longer tells the whole story, a snapshot of the table)."""
-    from replicator.sync import Replicator
-
-    try:
-        settings = config_module.load(config)
-        with Replicator(settings) as replicator:
-            result = replicator.sink(name).rebuild()
-    except ReplicatorError as e:
-        raise _fail(e) from e
+    with _replicator(config) as replicator:
+        result = replicator.sink(name).rebuild()
     if as_json:
         _print_json(result)
     else:
@@ -1082,14 +1077,8 @@ def sink_query(
     as_json: JsonOption = False,
 ) -> None:
     """The documents nearest ``text`` in the sink's collection."""
-    from replicator.sync import Replicator
-
-    try:
-        settings = config_module.load(config)
-        with Replicator(settings) as replicator:
-            found = replicator.sink(name).query(text, count)
-    except ReplicatorError as e:
-        raise _fail(e) from e
+    with _replicator(config) as replicator:
+        found = replicator.sink(name).query(text, count)
     if as_json:
         _print_json({"results": [{"id": i, "document": d, "distance": x} for i, d, x in found]})
         return
