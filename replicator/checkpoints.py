@@ -46,15 +46,16 @@ def position(conn: Connection, source: str, channel: str, log_id: str | None) ->
     return found.position
 
 
-#: The channels of the vector sinks that follow a node's own log.
-SINK_CHANNELS = "sink:"
+#: How the channels of the vector sinks that follow a node's own log begin
+#: (``sink:NAME``); the items they park carry it as their policy.
+SINK_PREFIX = "sink:"
 
 
 def followed(conn: Connection, node: str) -> bool:
     """Whether a vector sink follows this node's log (it has registered a
     checkpoint on it): then the node logs what it applies, too."""
     c = checkpoints.c
-    found = sa.select(c.position).where(c.source == node, c.channel.startswith(SINK_CHANNELS))
+    found = sa.select(c.position).where(c.source == node, c.channel.startswith(SINK_PREFIX))
     return conn.execute(found.limit(1)).first() is not None
 
 

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from replicator import versions
+from replicator.checkpoints import SINK_PREFIX
 from replicator.conflicts import Side
 from replicator.dialects import Dialect
 from replicator.events import decode_or_none, from_ext, wire
@@ -83,7 +84,7 @@ class Item(msgspec.Struct, kw_only=True):
     def from_sink(self) -> bool:
         """Whether a vector sink parked it: a failure to index the row, not a
         disagreement about it (the row's open item, if any, is another)."""
-        return self.policy.startswith("sink:")
+        return self.policy.startswith(SINK_PREFIX)
 
     @property
     def undecodable(self) -> bool:
@@ -229,7 +230,7 @@ def open_items(
                 c.status == Status.OPEN,
                 c.table_name == table,
                 c.row_key.in_(chunk),
-                ~c.policy.startswith("sink:"),  # a sink's failure is not the row's item
+                ~c.policy.startswith(SINK_PREFIX),  # a sink's failure is not the row's item
             )
             for row in conn.execute(select):
                 found[(table, row.row_key)] = _item(row)

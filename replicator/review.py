@@ -52,6 +52,7 @@ from replicator.apply import (
     read_row,
     record_settlements,
 )
+from replicator.checkpoints import SINK_PREFIX
 from replicator.clock import HybridLogicalClock, to_datetime, utcnow
 from replicator.conflicts import Side
 from replicator.dialects.base import TableShape
@@ -404,7 +405,7 @@ class ReviewQueue:
             raise ReviewError("nothing was decided: " + "; ".join(listing.unreachable.values()))
         by_node: dict[str, list[int]] = {}
         for listed in listing.items:
-            if take is not None and listed.policy.startswith("sink:"):
+            if take is not None and listed.policy.startswith(SINK_PREFIX):
                 continue  # a sink's failure is only discarded
             by_node.setdefault(listed.node, []).append(listed.id)
         nodes = sorted((self.nodes[n] for n in by_node), key=lambda n: n.role == "server")

@@ -170,7 +170,7 @@ class ChromaSink:
     @property
     def channel(self) -> str:
         """The checkpoint's channel on the node."""
-        return f"sink:{self.name}"
+        return f"{checkpoints.SINK_PREFIX}{self.name}"
 
     def collection(self) -> Any:
         """The Chroma collection, or None while it is missing (the next run
@@ -392,7 +392,8 @@ class ChromaSink:
             result.read += 1
             event = entry.event
             if event is None:
-                parkings.append(self._parking(entry, Reason.CORRUPT_PAYLOAD, "cannot be decoded"))
+                detail = f"the event at position {entry.position} cannot be decoded"
+                parkings.append(self._parking(entry, Reason.CORRUPT_PAYLOAD, detail))
                 continue
             doc_id = str(event.key[settings.id_column])
             last[doc_id] = (entry, event)
@@ -562,9 +563,7 @@ class ChromaSink:
             table=entry.table,
             key=entry.row_key,
             reason=reason,
-            detail=f"sink {self.name}: the event at position {entry.position} {detail}"
-            if reason is Reason.CORRUPT_PAYLOAD
-            else f"sink {self.name}: {detail}",
+            detail=f"sink {self.name}: {detail}",
             policy=self.channel,
             remote=remote,
             events=[entry.payload],
