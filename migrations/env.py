@@ -11,11 +11,12 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-import replicator.dialects  # noqa: F401  (registers alembic's DuckDB implementation)
+from replicator.dialects.duckdb import register_alembic
 from replicator.migration import VERSION_TABLE
 from replicator.tables import metadata
 
 config = context.config
+register_alembic()  # alembic ships no DuckDB implementation
 
 
 def run_migrations_online() -> None:

@@ -7,24 +7,29 @@ database.
 
 from __future__ import annotations
 
-from alembic import command
-from alembic.config import Config
+from typing import Any
+
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-import replicator.dialects  # noqa: F401  (registers DuckDB's alembic implementation)
+from replicator.dialects.duckdb import register_alembic
 from replicator.errors import ConfigurationError, ConnectivityError, SchemaError
 from replicator.resources import resource_dir
 
 VERSION_TABLE = "replicator_alembic_version"
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
+def alembic_config(connection: Connection | None = None) -> Any:
     """An alembic ``Config`` for the replicator's migrations.
 
     With ``connection``, the migrations run on it (inside its transaction).
+    Alembic is imported here, not with the package: most commands never
+    migrate, and it takes a noticeable part of every command's start.
     """
+    from alembic.config import Config
+
+    register_alembic()
     config = Config()
     config.set_main_option("script_location", str(resource_dir("migrations")))
     config.set_main_option("version_table", VERSION_TABLE)
@@ -68,6 +73,8 @@ def _run(engine: Engine, revision: str) -> None:
 
 
 def _upgrade(conn: Connection, revision: str) -> None:
+    from alembic import command
+
     try:
         command.upgrade(alembic_config(conn), revision)
     except Exception as e:

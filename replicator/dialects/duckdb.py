@@ -6,16 +6,16 @@ so every bulk path here is columnar: one list per column, unnested in a single
 also has no auto-increment (a sequence default stands in), no
 ``SELECT ... FOR UPDATE`` (it has one writing process and detects
 write-write conflicts itself), and alembic has no implementation for it
-(:class:`DuckDBImpl` below registers one).
+(:func:`register_alembic` below registers one).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from alembic.ddl.impl import DefaultImpl
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import CreateColumn, CreateSequence
@@ -153,16 +153,22 @@ def sequences_of(table: sa.Table) -> list[SequenceDDL]:
     return [SequenceDDL(c.info["sequence"]) for c in table.columns if "sequence" in c.info]
 
 
-class DuckDBImpl(DefaultImpl):
-    """Alembic's implementation for DuckDB (alembic ships none).
+@functools.cache
+def register_alembic() -> type:
+    """Register alembic's implementation for DuckDB (alembic ships none);
+    called before migrating, so that alembic is imported only then."""
+    from alembic.ddl.impl import DefaultImpl
 
-    Defining the class registers it for the ``duckdb`` dialect. Creating a
-    table first creates the sequences its serial columns draw from.
-    """
+    class DuckDBImpl(DefaultImpl):
+        """Defining the class registers it for the ``duckdb`` dialect.
+        Creating a table first creates the sequences its serial columns
+        draw from."""
 
-    __dialect__ = "duckdb"
+        __dialect__ = "duckdb"
 
-    def create_table(self, table: sa.Table, **kw: Any) -> None:
-        for sequence in sequences_of(table):
-            self._exec(CreateSequence(sequence, if_not_exists=True))
-        super().create_table(table, **kw)
+        def create_table(self, table: sa.Table, **kw: Any) -> None:
+            for sequence in sequences_of(table):
+                self._exec(CreateSequence(sequence, if_not_exists=True))
+            super().create_table(table, **kw)
+
+    return DuckDBImpl
