@@ -64,7 +64,7 @@ def step_write(m, key, what, n, user):
 
 
 @settings(
-    max_examples=15 * SCALE,
+    max_examples=8 * SCALE,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=os.environ.get("CI") == "true",
