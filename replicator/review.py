@@ -372,6 +372,7 @@ class ReviewQueue:
     ) -> Decided:
         with _translated(f"deciding item {node.name}:{item_id}"), node.connect() as conn:
             transaction = conn.begin()
+            node.dialect.exclude_writers(conn)
             decided = self._decide(conn, node, item_id, decision, merge, by)
             transaction.rollback() if dry_run else transaction.commit()
             return decided
@@ -416,6 +417,7 @@ class ReviewQueue:
                 with _translated(f"deciding {node.name}'s items"):
                     conn = stack.enter_context(node.connect())
                     transactions.append((node.name, conn.begin()))
+                    node.dialect.exclude_writers(conn)
                     for item_id in by_node[node.name]:
                         decided.append(self._decide(conn, node, item_id, decision, None, by))
             committed: list[str] = []
@@ -446,10 +448,10 @@ class ReviewQueue:
         merge: Mapping[str, Any] | None,
         by: str | None,
     ) -> Decided:
-        """Write one decision in ``conn``'s transaction."""
-        # Decided rows and their versions must not interleave with app
-        # transactions changing the same row (see Dialect.exclude_writers).
-        node.dialect.exclude_writers(conn)
+        """Write one decision in ``conn``'s transaction, which has first
+        excluded the node's writers (``Dialect.exclude_writers``): decided
+        rows and their versions must not interleave with app transactions
+        changing the same rows."""
         item = _get(conn, node, item_id)
         if item.status != Status.OPEN:
             how = ""

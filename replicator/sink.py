@@ -264,10 +264,9 @@ class ChromaSink:
         result = SinkResult(sink=self.name, node=self.node.name)
         try:
             work(result)
-        except (ReplicatorError, SQLAlchemyError, ValueError, RuntimeError) as e:
-            result.status, result.error = "failed", describe(e)
-        except Exception as e:  # Chroma's own errors (ChromaError and others)
-            if type(e).__module__.split(".")[0] != "chromadb":
+        except Exception as e:
+            expected = ReplicatorError | SQLAlchemyError | RuntimeError | ValueError
+            if not (isinstance(e, expected) or _from_chroma(e)):
                 raise
             result.status, result.error = "failed", describe(e)
         result.seconds = round(time.perf_counter() - started, 3)
@@ -578,9 +577,14 @@ def _chroma(doing: str) -> Iterator[None]:
     except ReplicatorError:
         raise
     except Exception as e:
-        if type(e).__module__.split(".")[0] != "chromadb" and not isinstance(e, ValueError):
+        if not (_from_chroma(e) or isinstance(e, ValueError)):
             raise
         raise ReplicatorError(f"{doing} failed: {describe(e)}") from e
+
+
+def _from_chroma(error: Exception) -> bool:
+    """Whether Chroma raised ``error`` (its errors share no base class)."""
+    return type(error).__module__.split(".")[0] == "chromadb"
 
 
 def _vector(value: Any) -> list[float]:

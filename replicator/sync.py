@@ -227,7 +227,8 @@ class SyncPass:
             settle=self.settle,
             now=self.now(),
             careful=careful,
-            log=checkpoints.followed(tconn, self.target.name),
+            # The server always logs; a local while a sink follows it.
+            log=self.settle is not None or checkpoints.followed(tconn, self.target.name),
             own=self.target.name,
         )
 
