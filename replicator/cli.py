@@ -269,8 +269,186 @@ def sync(
                     highlight=False,
                     soft_wrap=True,
                 )
+    for local, holder in result.held.items():
+        errors.print(
+            f"skipped: link {local} is being synced by {holder}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if not result.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    config: ConfigOption = config_module.DEFAULT_PATH,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            "--interval",
+            "-i",
+            help="The longest wait between passes, in seconds (default: "
+            "replication.interval_seconds). New events are picked up within a "
+            "fraction of a second anyway.",
+        ),
+    ] = None,
+    direction: Direction = None,
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="text or json (one JSON object per line).")
+    ] = "text",
+) -> None:
+    """Replicate continuously until SIGINT or SIGTERM (which let the current
+    batch commit, then exit 0). Logs one line per pass to stderr."""
+    import signal
+
+    from replicator import logs
+    from replicator.service import Runner, Timing
+
+    if log_format not in logs.FORMATS:
+        _usage(f"--log-format must be text or json, not {log_format!r}")
+    if interval is not None and not interval > 0:
+        _usage(f"--interval must be more than 0 seconds, got {interval:g}")
+    if direction is not None and direction not in ("up", "down", "bidirectional"):
+        _usage(f"--direction must be up, down or bidirectional, not {direction!r}")
+    logs.configure(log_format)  # type: ignore[arg-type]
+    with _replicator(config) as replicator:
+        timing = Timing(interval=interval or replicator.config.replication.interval_seconds)
+        runner = Runner(replicator, timing=timing, direction=direction)  # type: ignore[arg-type]
+
+        def finish(signum: int, frame: object) -> None:
+            if runner.stopping.is_set():  # asked twice: stop now, mid-batch
+                raise KeyboardInterrupt
+            runner.stop()
+
+        signal.signal(signal.SIGINT, finish)
+        signal.signal(signal.SIGTERM, finish)
+        runner.run()
+
+
+@app.command()
+def status(config: ConfigOption = config_module.DEFAULT_PATH, as_json: JsonOption = False) -> None:
+    """Per link and channel: head, checkpoint, lag, last sync, syncing now;
+    per node: reachable, open review items; per sink: lag. Exit 1 when a
+    node cannot be reached."""
+    from replicator.status import status as read_status
+
+    with _replicator(config) as replicator:
+        found = read_status(replicator)
+    if as_json:
+        sys.stdout.write(found.to_json().decode() + "\n")
+    else:
+        console.print(_status_tables(found))
+    if not found.reachable:
+        raise typer.Exit(1)
+
+
+def _status_tables(found) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title="Links", title_justify="left", pad_edge=False)
+    for column in ("link", "channel", "head", "checkpoint", "lag", "behind", "last sync", "now"):
+        table.add_column(column, justify="left" if column in ("link", "channel") else "right")
+    for link in found.links:
+        now = "[green]syncing[/]" if link.syncing else ("idle" if link.runner else "")
+        if not link.reachable:
+            now = "[red]unreachable[/]"
+        behind = "" if link.lag_seconds is None else _age(link.lag_seconds)
+        table.add_row(
+            f"{link.source} -> {link.target}",
+            link.channel,
+            *(_or_dash(getattr(link, n)) for n in ("head", "checkpoint", "lag")),
+            behind if link.lag else "-",
+            (link.last_sync or "never").replace("T", " "),
+            now,
+        )
+    notes = []
+    for node in found.nodes:
+        state = "reachable"
+        if not node.reachable:
+            state = f"[red]unreachable[/]: {escape(node.error or '')}"
+        items = node.open_review_items
+        notes.append(
+            f"{node.name} ({node.role}, {escape(node.url)}): {state}"
+            + (f", {items} open review items" if items else "")
+        )
+    runners = {link.runner for link in found.links if link.runner}
+    notes += [f"runner: {escape(r)}" for r in sorted(runners)]
+    for sink in found.sinks:
+        held = "missing" if sink.documents is None else f"{sink.documents} documents"
+        notes.append(
+            f"sink {sink.sink} ({sink.node}): {held}, "
+            + (f"{sink.lag} events behind" if sink.error is None else escape(sink.error))
+        )
+    table.caption = "\n".join(notes)
+    table.caption_justify = "left"
+    return table
+
+
+def _or_dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+@app.command()
+def stats(
+    config: ConfigOption = config_module.DEFAULT_PATH,
+    days: Annotated[float, typer.Option("--days", help="Over how many days.")] = 7,
+    as_json: JsonOption = False,
+) -> None:
+    """Recorded passes over the last N days: how many succeeded and failed,
+    events applied, conflicts by policy, parked, mean and p95 seconds."""
+    from replicator.stats import stats as read_stats
+
+    if not days > 0:
+        _usage(f"--days must be more than 0, got {days:g}")
+    with _replicator(config) as replicator:
+        found = read_stats(replicator, days)
+    if as_json:
+        sys.stdout.write(found.to_json().decode() + "\n")
+    else:
+        console.print(_stats_table(found))
+    for node, error in found.unreachable.items():
+        errors.print(
+            f"[bold red]unreachable:[/] {node}: {escape(error)} (its runs are not counted)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if found.unreachable:
+        raise typer.Exit(1)
+
+
+def _stats_table(found) -> Table:
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title=f"Passes since {found.since.replace('T', ' ')} ({found.days:g} days)",
+        title_justify="left",
+        pad_edge=False,
+    )
+    table.add_column("link", no_wrap=True)
+    table.add_column("channel", no_wrap=True)
+    names = ("passes", "succeeded", "failed", "applied", "conflicts", "parked")
+    for name in (*names, "mean s", "p95 s", "last success"):
+        table.add_column(name, justify="right")
+
+    def row(label: str, channel: str, t) -> list[str]:
+        seconds = ["-" if v is None else f"{v:.3f}" for v in (t.mean_seconds, t.p95_seconds)]
+        return [
+            label,
+            channel,
+            *(str(getattr(t, n)) for n in names),
+            *seconds,
+            (t.last_success or "never").replace("T", " "),
+        ]
+
+    for link in found.links:
+        table.add_row(*row(f"{link.source} -> {link.target}", link.channel, link))
+    table.add_section()
+    table.add_row(*row("all", "", found))
+    notes = []
+    if found.conflicts_by_policy:
+        notes.append("conflicts by policy: " + _by_policy(found.conflicts_by_policy))
+    if found.last_error:
+        notes.append(f"last failure {found.last_failure}: {escape(found.last_error)}")
+    table.caption = "\n".join(notes) or None
+    table.caption_justify = "left"
+    return table
 
 
 @app.command()

@@ -117,14 +117,7 @@ def read_batch(
     """
     c = outbox.c
     select = sa.select(c.position, c.table_name, c.row_key, c.payload).order_by(c.position)
-    if origin is not None:
-        select = select.where(c.origin == origin)
-    if exclude_origin is not None:
-        select = select.where(c.origin != exclude_origin)
-    if tables is not None:
-        select = select.where(c.table_name.in_(sorted(tables)))
-    if exclude_tables:
-        select = select.where(c.table_name.not_in(sorted(exclude_tables)))
+    select = _filtered(select, origin, exclude_origin, tables, exclude_tables)
 
     def fetch(start: int, count: int) -> list[Entry]:
         rows = conn.execute(select.where(c.position > start, c.position <= upto).limit(count)).all()
@@ -148,3 +141,42 @@ def read_batch(
 
 # Events read at a time when completing a batch's last transaction.
 _TAIL = 200
+
+
+def pending(
+    conn: Connection,
+    *,
+    after: int,
+    origin: str | None = None,
+    exclude_origin: str | None = None,
+    tables: Collection[str] | None = None,
+    exclude_tables: Collection[str] = (),
+) -> tuple[int, int | None]:
+    """How many committed events after ``after`` a pass with these filters
+    (as for :func:`read_batch`) has still to read, and the timestamp of
+    the oldest of them; ``(0, None)`` when none."""
+    c = outbox.c
+    select = sa.select(sa.func.count(), sa.func.min(c.hlc)).where(c.position > after)
+    count, oldest = conn.execute(
+        _filtered(select, origin, exclude_origin, tables, exclude_tables)
+    ).one()
+    return count, oldest
+
+
+def _filtered(
+    select: sa.Select,
+    origin: str | None,
+    exclude_origin: str | None,
+    tables: Collection[str] | None,
+    exclude_tables: Collection[str],
+) -> sa.Select:
+    c = outbox.c
+    if origin is not None:
+        select = select.where(c.origin == origin)
+    if exclude_origin is not None:
+        select = select.where(c.origin != exclude_origin)
+    if tables is not None:
+        select = select.where(c.table_name.in_(sorted(tables)))
+    if exclude_tables:
+        select = select.where(c.table_name.not_in(sorted(exclude_tables)))
+    return select

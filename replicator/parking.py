@@ -180,6 +180,12 @@ def has_open(conn: Connection) -> bool:
     return conn.execute(sa.select(c.id).where(c.status == Status.OPEN).limit(1)).first() is not None
 
 
+def open_count(conn: Connection) -> int:
+    """How many items are open on the node (0 for an empty queue)."""
+    c = review_items.c
+    return conn.execute(sa.select(sa.func.count()).where(c.status == Status.OPEN)).scalar_one()
+
+
 def superseded(conn: Connection, dialect: Dialect) -> dict[int, str]:
     """The open items whose row's current version descends from every
     version in them (a change made after seeing every side superseded

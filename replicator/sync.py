@@ -25,18 +25,20 @@ import datetime as dt
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from typing import Any, Literal
 
 import msgspec
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from replicator import checkpoints, conflicts, outbox, retention
+from replicator import checkpoints, conflicts, locks, outbox, retention
 from replicator.apply import Counts, Settlement, apply_batch, reject
 from replicator.clock import utcnow
 from replicator.config import Config
 from replicator.errors import ConfigurationError, ConnectivityError, ReplicatorError, describe
 from replicator.events import Operation, encode_event
+from replicator.locks import Lock
 from replicator.node import Node
 from replicator.outbox import Entry
 from replicator.parking import Reason
@@ -79,6 +81,8 @@ class SyncResult(msgspec.Struct, kw_only=True):
     passes: list[PassResult]
     bootstrapped: dict[str, int] = {}
     sinks: list[Any] = []  # each a replicator.sink.SinkResult, run after the passes
+    # Links left alone because another runner holds them: local -> holder.
+    held: dict[str, str] = {}
 
     @property
     def ok(self) -> bool:
@@ -129,11 +133,13 @@ class SyncPass:
                 (policy, conflicts.load(policy)),
             )
 
-    def run(self) -> PassResult:
+    def run(self, stop: Callable[[], bool] | None = None) -> PassResult:
         """Apply everything the source has committed after the checkpoint.
 
-        Never raises for a database problem: the result says ``failed`` and
-        why (a configuration error is raised).
+        ``stop`` is asked after each committed batch: when it returns True
+        the pass ends there (its checkpoint committed; the next pass goes
+        on from it). Never raises for a database problem: the result says
+        ``failed`` and why (a configuration error is raised).
         """
         result = PassResult(source=self.source.name, target=self.target.name, channel=self.channel)
         started, clock = self.now(), time.perf_counter()
@@ -189,6 +195,8 @@ class SyncPass:
                 counts.read += len(batch) - len(entries)
                 counts.skipped += len(batch) - len(entries)
                 unhandled = []
+                if stop is not None and stop():
+                    break
         except ConfigurationError:
             raise
         except (ReplicatorError, SQLAlchemyError) as e:
@@ -278,19 +286,22 @@ class SyncPass:
 
     def _read(self, after: int, horizon: int) -> tuple[list[Entry], int]:
         with self.source.connect() as conn:
-            # A local's log also holds what it applied; it sends only its own
-            # changes. The server sends everything but the target's own.
-            own = self.source.role == "local"
             return outbox.read_batch(
-                conn,
-                after=after,
-                upto=horizon,
-                limit=self.batch_size,
-                origin=self.source.name if own else None,
-                exclude_origin=None if own else self.target.name,
-                tables=self.tables,
-                exclude_tables=self.exclude_tables,
+                conn, after=after, upto=horizon, limit=self.batch_size, **self.reads()
             )
+
+    def reads(self) -> dict[str, Any]:
+        """Which of the source's events this pass reads, as the filters of
+        :func:`replicator.outbox.read_batch`."""
+        # A local's log also holds what it applied; it sends only its own
+        # changes. The server sends everything but the target's own.
+        own = self.source.role == "local"
+        return {
+            "origin": self.source.name if own else None,
+            "exclude_origin": None if own else self.target.name,
+            "tables": self.tables,
+            "exclude_tables": self.exclude_tables,
+        }
 
     # --- scopes ------------------------------------------------------------
 
@@ -385,6 +396,15 @@ def _scoped(entry: Entry, scope: Mapping[str, Any]) -> Entry | None:
         gone = msgspec.structs.replace(event, op=Operation.DELETE, row=None, changed=event.row)
         return entry._replace(event=gone, payload=encode_event(gone))
     return None
+
+
+def _local_of_link(source: Node, target: Node) -> str:
+    return source.name if source.role == "local" else target.name
+
+
+def _local_of(sync_pass: SyncPass) -> str:
+    """The local end of a pass's link."""
+    return _local_of_link(sync_pass.source, sync_pass.target)
 
 
 def _naive(moment: dt.datetime) -> dt.datetime:
@@ -485,20 +505,71 @@ class Replicator:
                     policies=policies,
                 )
 
-    def sync(self, direction: Direction | None = None) -> SyncResult:
+    def sync(
+        self, direction: Direction | None = None, *, stop: Callable[[], bool] | None = None
+    ) -> SyncResult:
         """One pass per link and channel; a failing channel does not stop
         the others (its result says why). A local that is empty (new, or
         emptied) is bootstrapped before its first pass from the server.
-        Then each vector sink follows its node's log."""
+        Then each vector sink follows its node's log.
+
+        A link (a local and the server) that another runner is working on
+        (``replicator run``, a background sync, another ``sync``) is left
+        alone: ``result.held`` names it and its holder. ``stop`` is asked
+        after every committed batch; once it returns True, nothing more
+        runs.
+        """
         result = SyncResult(passes=[])
-        for sync_pass in self.passes(direction):
-            target = sync_pass.target
-            if target.role == "local" and target.name not in result.bootstrapped:
-                result.bootstrapped[target.name] = self._bootstrap_if_empty(target)
-            result.passes.append(sync_pass.run())
+        stop = stop or (lambda: False)
+        with self._links_held(direction, result.held) as mine:
+            for sync_pass in self.passes(direction):
+                if stop() or _local_of(sync_pass) not in mine:
+                    continue
+                target = sync_pass.target
+                if target.role == "local" and target.name not in result.bootstrapped:
+                    result.bootstrapped[target.name] = self.bootstrap_if_empty(target)
+                result.passes.append(sync_pass.run(stop))
+            nodes = {self.server.name, *mine}
+            result.sinks = [
+                sink.run() for sink in self.sinks.values() if sink.node.name in nodes and not stop()
+            ]
         result.bootstrapped = {n: p for n, p in result.bootstrapped.items() if p is not None}
-        result.sinks = [sink.run() for sink in self.sinks.values()]
         return result
+
+    def lock(self, local: str, kind: Literal["link", "pass"] = "link") -> Lock:
+        """A lock of the link between the server and ``local``, on the
+        server (see :mod:`replicator.locks`): ``link`` is held by whatever
+        works on the link, ``pass`` while a pass runs over it."""
+        server = self.server
+        return server.dialect.lock(server.get_engine(), f"{kind}-{local}")
+
+    @contextmanager
+    def _links_held(self, direction: Direction | None, held: dict[str, str]) -> Iterator[set[str]]:
+        """Take the link and pass locks of every local of ``direction``'s
+        links; yields the locals taken, and fills ``held`` with the others'
+        holders. A server that cannot be reached cannot be locked: its
+        passes then run anyway, and fail saying why."""
+        holder = locks.holder_name("replicator sync")
+        taken: list[Lock] = []
+        mine: set[str] = set()
+        try:
+            for local in dict.fromkeys(_local_of_link(s, t) for s, t in self.links(direction)):
+                link, running = self.lock(local), self.lock(local, "pass")
+                try:
+                    if not link.acquire(holder):
+                        held[local] = link.holder() or "another runner"
+                        continue
+                    taken.append(link)
+                    if running.acquire(holder):
+                        taken.append(running)
+                except (ReplicatorError, SQLAlchemyError):
+                    pass
+                mine.add(local)
+            yield mine
+        finally:
+            for lock in reversed(taken):
+                with suppress(SQLAlchemyError):
+                    lock.release()
 
     def bootstrap(self, name: str, progress: Callable[[int, int], None] | None = None) -> Any:
         """Bootstrap the empty local ``name`` from the server (see
@@ -526,7 +597,10 @@ class Replicator:
 
         return ReviewQueue(self.nodes.values(), **options)
 
-    def _bootstrap_if_empty(self, node: Node) -> int | None:
+    def bootstrap_if_empty(self, node: Node) -> int | None:
+        """Bootstrap the local ``node`` from the server when it is empty and
+        the server's log is not; returns the position it got, or None when
+        it needed none (or could not be reached: its pass says why)."""
         from replicator.bootstrap import is_empty
 
         try:

@@ -201,6 +201,20 @@ sync_runs = sa.Table(
     sa.Index(None, "started_at"),
 )
 
+runners = sa.Table(
+    "replicator_runners",
+    metadata,
+    # Who holds each of this database's advisory locks (MariaDB: one runner
+    # per link, see replicator.locks): written by the holder when it takes
+    # the lock, so a runner that finds it taken can name the holder. The
+    # lock itself is the database's (GET_LOCK) and ends with its connection;
+    # a row whose connection no longer holds the lock means nothing.
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("connection_id", sa.BigInteger, nullable=False),
+    sa.Column("since", sa.DateTime, nullable=False),
+)
+
 REQUIRED_FOR_CAPTURE = (outbox.name, row_versions.name)
 
 

@@ -13,6 +13,7 @@ from replicator.tables import metadata
 
 EXPECTED = {
     "replicator_log": {"id", "log_id", "pruned_position", "pruned_at"},
+    "replicator_runners": {"name", "holder", "connection_id", "since"},
     "replicator_settlements": {"table_name", "row_key", "version", "kept"},
     "replicator_outbox": {
         "position",
@@ -83,7 +84,7 @@ def test_migrate_twice_creates_the_tables_once(database_url):
         assert primary_key_of(engine, "replicator_row_versions") == ["table_name", "row_key"]
         with engine.connect() as conn:
             assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [
-                ("0004",)
+                ("0005",)
             ]
     finally:
         engine.dispose()

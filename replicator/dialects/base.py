@@ -17,6 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
+from replicator import locks
+from replicator.locks import Lock
+
 Row = tuple[Any, ...]
 
 
@@ -287,6 +290,12 @@ class Dialect:
         (writers held the outbox too long); 0 for an empty outbox.
         """
         return last_position(conn)
+
+    def lock(self, engine: sa.Engine, name: str) -> Lock:
+        """The lock called ``name`` on this database, that one holder at a
+        time holds across processes (see :mod:`replicator.locks`). An
+        embedded store's is a lock file beside its database file."""
+        return locks.for_database(engine.url.database, name, owner=engine)
 
     def lock_rows(self, select: sa.Select) -> sa.Select:
         """``select`` made to lock what it reads until the transaction ends.

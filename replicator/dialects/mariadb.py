@@ -11,8 +11,9 @@ read of absent keys would take gap locks and deadlock concurrent inserts).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,6 +22,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from replicator.dialects.base import Dialect, last_position
 from replicator.errors import SchemaError
+from replicator.locks import Lock
+from replicator.tables import runners
 
 # How long a reader waits for the outbox's writers before it settles for
 # the horizon it already has (seconds).
@@ -174,7 +177,106 @@ class MariaDBDialect(Dialect):
                 raise
             return last_position(committed)
 
+    def lock(self, engine: sa.Engine, name: str) -> Lock:
+        return AdvisoryLock(engine, name)
+
     def lock_rows(self, select: sa.Select) -> sa.Select:
         # A locking read sees the latest committed row, not the transaction's
         # snapshot.
         return select.with_for_update()
+
+
+class AdvisoryLock(Lock):
+    """A MariaDB advisory lock (``GET_LOCK``), held by a connection of its
+    own: the server drops it when that connection ends, however the holder
+    ended. Its holder is recorded in ``replicator_runners``.
+
+    Lock names are server-wide, so the name includes the database's. The
+    connection comes from an engine without a pool, so a runner's locks
+    never take the app's pooled connections, and it commits after every
+    statement: an open transaction would hold back InnoDB's purge for as
+    long as the runner runs.
+    """
+
+    def __init__(self, engine: sa.Engine, name: str) -> None:
+        self.name = name
+        key = f"replicator:{engine.url.database or ''}:{name}"
+        if len(key) > 64:  # MariaDB's limit for a lock name
+            key = "replicator:" + hashlib.sha1(key.encode()).hexdigest()
+        self.key = key
+        self._engine = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)
+        self._conn: Connection | None = None
+
+    def acquire(self, holder: str) -> bool:
+        if self.held():
+            return True
+        conn = self._engine.connect()
+        try:
+            got = conn.exec_driver_sql("SELECT GET_LOCK(%s, 0)", (self.key,)).scalar()
+            if got != 1:
+                conn.rollback()
+                conn.close()
+                return False
+            me = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one()
+            now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+            conn.exec_driver_sql(
+                "INSERT INTO replicator_runners (name, holder, connection_id, since) "
+                "VALUES (%s, %s, %s, %s) ON DUPLICATE KEY UPDATE holder = VALUES(holder), "
+                "connection_id = VALUES(connection_id), since = VALUES(since)",
+                (self.name, holder[:255], me, now),
+            )
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return True
+
+    def held(self) -> bool:
+        if self._conn is None:
+            return False
+        try:
+            mine = self._conn.exec_driver_sql(
+                "SELECT IS_USED_LOCK(%s) = CONNECTION_ID()", (self.key,)
+            ).scalar()
+            self._conn.commit()
+        except DBAPIError:
+            self._drop()  # the connection is gone, and the lock with it
+            return False
+        if not mine:
+            self._drop()
+        return bool(mine)
+
+    def release(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.exec_driver_sql("SELECT RELEASE_LOCK(%s)", (self.key,))
+            self._conn.commit()
+        except DBAPIError:
+            pass  # the connection is gone: so is the lock
+        finally:
+            self._drop()
+
+    def holder(self) -> str | None:
+        with self._engine.connect() as conn:
+            owner = conn.exec_driver_sql("SELECT IS_USED_LOCK(%s)", (self.key,)).scalar()
+            if owner is None:
+                return None
+            c = runners.c
+            named = conn.execute(
+                sa.select(c.holder).where(c.name == self.name, c.connection_id == owner)
+            ).scalar()
+            if named:
+                return named
+            seen = conn.exec_driver_sql(
+                "SELECT host, user FROM information_schema.processlist WHERE id = %s", (owner,)
+            ).first()
+            where = f" from {seen[0]} (user {seen[1]})" if seen else ""
+            return f"MariaDB connection {owner}{where}"
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with suppress(DBAPIError):
+                self._conn.close()
+            self._conn = None

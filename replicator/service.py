@@ -1,0 +1,598 @@
+"""Continuous replication: passes in a loop, as a service (``replicator
+run``) or inside the app's own process (:class:`BackgroundSync` in a
+thread, :class:`AsyncBackgroundSync` as an asyncio task).
+
+A :class:`Runner` works on the links whose lock it holds (a link is a local
+and the server, both directions; one runner per link, see
+:mod:`replicator.locks`). Each round it:
+
+1. reads every node's outbox head: one cheap query per node, which also
+   tells whether the node can be reached;
+2. takes the lock of each link it does not hold yet (never waiting: a link
+   another runner holds is tried again next round);
+3. runs the passes whose source has new events since that pass last read
+   it, and the sinks whose node's log moved; every pass and sink once per
+   ``interval`` whatever the heads say (a retry, a first bootstrap);
+4. waits: ``poll`` seconds after a round that found events, growing to
+   ``idle_poll`` while nothing happens, never past the next interval; while
+   a node cannot be reached or a pass fails, exponentially longer with
+   jitter, up to ``backoff_cap``.
+
+So a write reaches the other node within about ``idle_poll`` plus one pass
+under light load, and a quiet runner costs one head query per node per
+``idle_poll``. It logs one line per pass and one per change of state (a
+node lost or back, a link taken, found held or lost), not one per retry.
+
+Stopping (:meth:`Runner.stop`, which SIGINT/SIGTERM call in ``replicator
+run``) lets the current batch commit with its checkpoint; then the runner
+releases its locks and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from replicator import locks, outbox
+from replicator.config import Config
+from replicator.errors import ReplicatorError, describe
+from replicator.locks import Lock
+from replicator.node import Node
+from replicator.sync import Direction, PassResult, Replicator, SyncPass
+
+log = logging.getLogger("replicator.service")
+
+#: Seconds between attempts to take a link another runner holds.
+LOCK_RETRY = 1.0
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How a runner paces itself (seconds); see the module doc."""
+
+    interval: float = 15.0
+    poll: float = 0.05
+    idle_poll: float = 0.25
+    backoff: float = 0.5
+    backoff_cap: float = 30.0
+
+
+class Backoff:
+    """Exponential backoff with jitter: the n-th delay in a row is drawn
+    from [d/2, d] with d = ``first`` * 2**n, capped at ``cap``."""
+
+    def __init__(self, first: float, cap: float, rand: Callable[[], float] = random.random):
+        self.first, self.cap, self.rand = first, cap, rand
+        self.failures = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.first * 2**self.failures)
+        self.failures += 1
+        return delay * (0.5 + self.rand() / 2)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Round(msgspec.Struct, kw_only=True):
+    """What one round of a runner did: the passes and sink runs it ran
+    (often none), and the nodes it could not reach (name -> error)."""
+
+    passes: list[PassResult] = []
+    sinks: list[Any] = []  # replicator.sink.SinkResult
+    unreachable: dict[str, str] = {}
+
+    @property
+    def moved(self) -> bool:
+        return any(p.read for p in self.passes) or any(s.read for s in self.sinks)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.unreachable
+            and all(p.ok for p in self.passes)
+            and all(s.ok for s in self.sinks)
+        )
+
+
+class _Link:
+    """A runner's hold on one link: its two locks and what it last saw."""
+
+    def __init__(self, local: str, link: Lock, running: Lock) -> None:
+        self.local, self.lock, self.running = local, link, running
+        self.held = False
+        self.holder: str | None = None  # who holds it, when another runner does
+        self.next_try = 0.0  # when to try to take it again, when another runner does
+
+
+class Runner:
+    """Replication over every link of a :class:`Replicator`, round after
+    round, until :meth:`stop`. :meth:`run` loops in the calling thread;
+    :meth:`step` is one round, for a caller with its own loop.
+
+    ``holder`` names this runner to other runners that find its links
+    taken. ``now`` is the monotonic clock it paces itself by.
+    """
+
+    def __init__(
+        self,
+        replicator: Replicator,
+        *,
+        timing: Timing | None = None,
+        direction: Direction | None = None,
+        holder: str = "",
+        now: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.replicator = replicator
+        self.timing = timing or Timing(interval=replicator.config.replication.interval_seconds)
+        self.holder = holder or locks.holder_name()
+        self.now = now
+        self.backoff = Backoff(self.timing.backoff, self.timing.backoff_cap, rand)
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.passes = list(replicator.passes(direction))
+        server = replicator.server
+        self.nodes: list[Node] = [server] + [
+            n for n in replicator.locals if any(n in (p.source, p.target) for p in self.passes)
+        ]
+        self.links = {
+            n.name: _Link(n.name, replicator.lock(n.name), replicator.lock(n.name, "pass"))
+            for n in self.nodes[1:]
+        }
+        self.unreachable: dict[str, tuple[str, float]] = {}  # node -> (error, since)
+        self.last: Round | None = None
+        self.rounds = 0
+        self._seen: dict[tuple[str, str, str], int] = {}  # pass -> source head it read to
+        self._sink_seen: dict[str, int] = {}
+        self._retry: set[tuple[str, str, str]] = set()
+        self._full_at: float | None = None
+        self._idle = self.timing.poll
+
+    # --- the loop ------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run rounds until :meth:`stop`; then release the links."""
+        log.info(
+            f"runner started: {self.holder}, nodes {self._names()}",
+            extra={"event": "started", "fields": {"holder": self.holder, "nodes": self._names()}},
+        )
+        try:
+            while not self.stopping.is_set():
+                delay = self.step()
+                if self.stopping.is_set():
+                    break
+                self.wake.wait(delay)
+                self.wake.clear()
+        finally:
+            self.close()
+            log.info("runner stopped", extra={"event": "stopped", "fields": {}})
+
+    def stop(self) -> None:
+        """Ask the runner to stop after the current batch (thread-safe)."""
+        self.stopping.set()
+        self.wake.set()
+
+    def notify(self) -> None:
+        """Start the next round now (the app has just written; thread-safe)."""
+        self.wake.set()
+
+    def close(self) -> None:
+        """Release every link this runner holds."""
+        for link in self.links.values():
+            for lock in (link.running, link.lock):
+                with contextlib.suppress(ReplicatorError, SQLAlchemyError):
+                    lock.release()
+            link.held = False
+
+    # --- one round -----------------------------------------------------------
+
+    def step(self) -> float:
+        """One round (see the module doc); returns how long to wait before
+        the next. Never raises for a database problem."""
+        self.rounds += 1
+        now = self.now()
+        full = self._full_at is None or now - self._full_at >= self.timing.interval
+        if full:
+            self._full_at = now
+        current = Round()
+        heads = self._heads(current)
+        reachable = set(heads)
+        self._take_links(reachable, now)
+        for local, link in self.links.items():
+            if not link.held or not {local, self.replicator.server.name} <= reachable:
+                continue
+            if self.stopping.is_set():
+                break
+            self._run_link(link, heads, full, current)
+        self._run_sinks(heads, reachable, full, current)
+        self.last = current
+        return self._delay(current, now)
+
+    def _heads(self, current: Round) -> dict[str, int]:
+        """Each reachable node's outbox head; records who cannot be reached."""
+        heads = {}
+        for node in self.nodes:
+            try:
+                with node.connect() as conn:
+                    heads[node.name] = outbox.head(conn)
+            except (ReplicatorError, SQLAlchemyError) as e:
+                current.unreachable[node.name] = describe(e)
+                self._lost(node.name, describe(e))
+            else:
+                self._found(node.name)
+        return heads
+
+    def _take_links(self, reachable: set[str], now: float) -> None:
+        if self.replicator.server.name not in reachable:
+            return  # the locks live on the server
+        for link in self.links.values():
+            if not link.held and now < link.next_try:
+                continue
+            try:
+                if link.held and link.lock.held():
+                    continue
+                if link.held:
+                    link.held = False
+                    log.warning(
+                        f"lost the lock of link {link.local}; taking it again when it is free",
+                        extra={"event": "link_lost", "fields": {"link": link.local}},
+                    )
+                if link.lock.acquire(self.holder):
+                    link.held, link.holder = True, None
+                    log.info(
+                        f"syncing link {link.local} <-> {self.replicator.server.name}",
+                        extra={"event": "link_taken", "fields": {"link": link.local}},
+                    )
+                    continue
+                holder = link.lock.holder() or "another runner"
+                link.next_try = now + LOCK_RETRY
+            except (ReplicatorError, SQLAlchemyError) as e:
+                log.debug("cannot lock link %s: %s", link.local, describe(e))
+                continue
+            if holder != link.holder:
+                link.holder = holder
+                log.warning(
+                    f"link {link.local} is held by {holder}; waiting for it",
+                    extra={"event": "link_held", "fields": {"link": link.local, "holder": holder}},
+                )
+
+    def _run_link(self, link: _Link, heads: dict[str, int], full: bool, current: Round) -> None:
+        due = [p for p in self.passes if link.local in (p.source.name, p.target.name)]
+        due = [p for p in due if full or self._moved(p, heads)]
+        if not due:
+            return
+        running = self._mark(link.running)
+        try:
+            bootstrapped = set()
+            for sync_pass in due:
+                if self.stopping.is_set():
+                    break
+                target = sync_pass.target
+                if full and target.role == "local" and target.name not in bootstrapped:
+                    bootstrapped.add(target.name)
+                    position = self.replicator.bootstrap_if_empty(target)
+                    if position is not None:
+                        log.info(
+                            f"bootstrapped {target.name} from the server up to {position}",
+                            extra={"event": "bootstrapped", "fields": {"node": target.name}},
+                        )
+                head = self._head(sync_pass.source, heads)
+                result = sync_pass.run(self.stopping.is_set)
+                current.passes.append(result)
+                _log_pass(result)
+                key = _key(sync_pass)
+                if result.status == "ok" and head is not None:
+                    self._seen[key] = head
+                    self._retry.discard(key)
+                else:
+                    self._retry.add(key)
+                if result.applied or result.parked:
+                    heads.pop(target.name, None)  # moved: read again when needed
+        finally:
+            if running:
+                link.running.release()
+
+    def _mark(self, lock: Lock) -> bool:
+        """Show other processes a pass is running (``replicator status``)."""
+        try:
+            return lock.acquire(self.holder)
+        except (ReplicatorError, SQLAlchemyError):
+            return False
+
+    def _moved(self, sync_pass: SyncPass, heads: dict[str, int]) -> bool:
+        key = _key(sync_pass)
+        if key in self._retry:
+            return True
+        head = self._head(sync_pass.source, heads)
+        return head is None or head > self._seen.get(key, -1)
+
+    def _head(self, node: Node, heads: dict[str, int]) -> int | None:
+        """``node``'s outbox head, read again when a pass has moved it; None
+        when it cannot be read (the pass then finds out why)."""
+        if node.name not in heads:
+            try:
+                with node.connect() as conn:
+                    heads[node.name] = outbox.head(conn)
+            except (ReplicatorError, SQLAlchemyError):
+                return None
+        return heads[node.name]
+
+    def _run_sinks(
+        self, heads: dict[str, int], reachable: set[str], full: bool, current: Round
+    ) -> None:
+        ours = {self.replicator.server.name} | {n for n, link in self.links.items() if link.held}
+        for name, sink in self.replicator.sinks.items():
+            node = sink.node
+            if node.name not in ours & reachable or self.stopping.is_set():
+                continue
+            head = self._head(node, heads)
+            if not full and head is not None and head <= self._sink_seen.get(name, -1):
+                continue
+            result = sink.run()
+            current.sinks.append(result)
+            _log_sink(result)
+            if result.ok and head is not None:
+                self._sink_seen[name] = head
+
+    def _delay(self, current: Round, now: float) -> float:
+        if not current.ok:
+            return self.backoff.next()
+        self.backoff.reset()
+        if current.moved:
+            self._idle = self.timing.poll
+        else:
+            self._idle = min(self._idle * 2, self.timing.idle_poll)
+        until_full = self.timing.interval - (now - (self._full_at or now))
+        return max(0.0, min(self._idle, until_full))
+
+    # --- reachability --------------------------------------------------------
+
+    def _lost(self, node: str, error: str) -> None:
+        if node in self.unreachable:
+            return
+        self.unreachable[node] = (error, self.now())
+        log.warning(
+            f"node {node} is unreachable: {error}; retrying with backoff "
+            f"(at most {self.timing.backoff_cap:g} s apart)",
+            extra={"event": "node_unreachable", "fields": {"node": node, "error": error}},
+        )
+
+    def _found(self, node: str) -> None:
+        if node not in self.unreachable:
+            return
+        _, since = self.unreachable.pop(node)
+        seconds = round(self.now() - since, 3)
+        log.info(
+            f"node {node} is reachable again after {seconds:g} s",
+            extra={"event": "node_reachable", "fields": {"node": node, "seconds": seconds}},
+        )
+
+    def _names(self) -> str:
+        return ", ".join(n.name for n in self.nodes)
+
+
+def _key(sync_pass: SyncPass) -> tuple[str, str, str]:
+    return sync_pass.source.name, sync_pass.target.name, sync_pass.channel
+
+
+_PASS_FIELDS = ("read", "applied", "skipped", "conflicts", "parked", "failed", "seconds")
+
+
+def _log_pass(result: PassResult) -> None:
+    fields = {
+        "source": result.source,
+        "target": result.target,
+        "channel": result.channel,
+        **{name: getattr(result, name) for name in _PASS_FIELDS},
+        "status": result.status,
+    }
+    if result.conflicts_by_policy:
+        fields["conflicts_by_policy"] = dict(result.conflicts_by_policy)
+    if result.error:
+        fields["error"] = result.error
+    level = logging.INFO if result.ok else logging.WARNING
+    log.log(
+        level,
+        f"pass {result.source} -> {result.target} [{result.channel}]",
+        extra={"event": "pass", "fields": fields},
+    )
+
+
+def _log_sink(result: Any) -> None:
+    names = ("read", "upserted", "deleted", "parked", "lag", "seconds", "status")
+    fields = {"sink": result.sink, "node": result.node, **{n: getattr(result, n) for n in names}}
+    if result.error:
+        fields["error"] = result.error
+    level = logging.INFO if result.ok else logging.WARNING
+    log.log(level, f"sink {result.sink}", extra={"event": "sink", "fields": fields})
+
+
+# --- in the app's process ------------------------------------------------------
+
+
+def _replicator_of(
+    source: Config | Replicator, engines: dict[str, Engine] | None
+) -> tuple[Replicator, bool]:
+    """The replicator to run, and whether it is ours to close."""
+    if isinstance(source, Replicator):
+        if engines:
+            raise TypeError("engines go with a Config; this Replicator has its nodes already")
+        return source, False
+    return Replicator(source, engines=engines), True
+
+
+class BackgroundSync:
+    """Replication in a background thread of the app's process::
+
+        engine = sqlalchemy.create_engine("duckdb:///app.duckdb")
+        replicator.capture(engine, node="phone")
+        with BackgroundSync(config, engines={"phone": engine}):
+            ...  # the app runs; its writes replicate within about a second
+
+    It shares the app's ``engines`` (node name -> engine): the required way
+    for a DuckDB file, which one process at a time may open for writing.
+    ``source`` is a :class:`Config` (the replicator is made and closed
+    here) or a :class:`Replicator` (left open). ``timing`` and
+    ``direction`` are the :class:`Runner`'s. :meth:`notify` after a write
+    starts a round at once instead of at the next poll.
+    """
+
+    def __init__(
+        self,
+        source: Config | Replicator,
+        *,
+        engines: dict[str, Engine] | None = None,
+        timing: Timing | None = None,
+        direction: Direction | None = None,
+    ) -> None:
+        self.replicator, self._owned = _replicator_of(source, engines)
+        self.runner = Runner(
+            self.replicator,
+            timing=timing,
+            direction=direction,
+            holder=locks.holder_name("background sync"),
+        )
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def last(self) -> Round | None:
+        """The last round (None before the first)."""
+        return self.runner.last
+
+    def start(self) -> BackgroundSync:
+        if self._thread is not None:
+            raise RuntimeError("this BackgroundSync has been started already")
+        self._thread = threading.Thread(target=self._run, name="replicator-sync", daemon=True)
+        self._thread.start()
+        return self
+
+    def notify(self) -> None:
+        self.runner.notify()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the current batch, release the links, and wait for the
+        thread (at most ``timeout`` seconds); closes the replicator if it
+        was made here."""
+        self.runner.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._owned and not self.running:
+            self.replicator.close()
+
+    def _run(self) -> None:
+        try:
+            self.runner.run()
+        except BaseException as e:  # a bug or a configuration error: keep it for stop()
+            self.error = e
+            log.exception("background sync stopped: %s", e)
+
+    def __enter__(self) -> BackgroundSync:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class AsyncBackgroundSync:
+    """Replication as an asyncio task of the app's event loop::
+
+        async with AsyncBackgroundSync(config, engines={"phone": engine}) as sync:
+            ...  # await the app; sync.notify() after a write
+
+    The rounds run in a worker thread (the database drivers block); the
+    waiting between them is on the event loop. ``await start()`` /
+    ``await stop()`` or ``async with``; arguments as for
+    :class:`BackgroundSync`.
+    """
+
+    def __init__(
+        self,
+        source: Config | Replicator,
+        *,
+        engines: dict[str, Engine] | None = None,
+        timing: Timing | None = None,
+        direction: Direction | None = None,
+    ) -> None:
+        self.replicator, self._owned = _replicator_of(source, engines)
+        self.runner = Runner(
+            self.replicator,
+            timing=timing,
+            direction=direction,
+            holder=locks.holder_name("asyncio background sync"),
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def last(self) -> Round | None:
+        return self.runner.last
+
+    async def start(self) -> AsyncBackgroundSync:
+        if self._task is not None:
+            raise RuntimeError("this AsyncBackgroundSync has been started already")
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="replicator-sync")
+        return self
+
+    def notify(self) -> None:
+        """Start the next round now (from the loop or any thread)."""
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def stop(self) -> None:
+        """Finish the current batch, release the links and end the task
+        (re-raising what ended it early, if anything did)."""
+        self.runner.stopping.set()
+        self.notify()
+        try:
+            if self._task is not None:
+                await self._task
+        finally:
+            if self._owned:
+                self.replicator.close()
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        runner = self.runner
+        try:
+            while not runner.stopping.is_set():
+                delay = await asyncio.to_thread(runner.step)
+                if runner.stopping.is_set():
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                self._wake.clear()
+        finally:
+            await asyncio.to_thread(runner.close)
+
+    async def __aenter__(self) -> AsyncBackgroundSync:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+__all__ = ["AsyncBackgroundSync", "BackgroundSync", "Backoff", "Round", "Runner", "Timing"]

@@ -1,0 +1,336 @@
+"""Continuous replication in process: the runner's rounds (what it runs,
+how it waits and backs off, what it logs), one runner per link, the
+background sync in a thread and as an asyncio task, and stopping between
+batches. The `replicator run` command itself: tests/test_run_cli.py."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import replicator
+from replicator import checkpoints, logs, outbox
+from replicator.config import loads
+from replicator.service import AsyncBackgroundSync, BackgroundSync, Runner, Timing
+from replicator.sync import Replicator, SyncPass
+
+from .cluster import add_vocabulary, config, member, vocabulary
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def log_lines():
+    """The replicator's log lines (JSON), as `replicator run --log-format json` writes them."""
+    stream = io.StringIO()
+    logs.configure("json", stream=stream)
+
+    def lines() -> list[dict]:
+        return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+    yield lines
+    logs.reset()
+
+
+def events(lines: list[dict], kind: str) -> list[dict]:
+    return [line for line in lines if line["event"] == kind]
+
+
+def ran(runner: Runner) -> list[tuple[str, str, int]]:
+    """The passes of the runner's last round: (source, target, events read)."""
+    return [(p.source, p.target, p.read) for p in runner.last.passes]
+
+
+def wait_for(condition, seconds: float = 2.0) -> float:
+    """Poll ``condition`` until true; how long it took. Fails after ``seconds``."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < seconds, f"not within {seconds} s"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """A SQLite server and a DuckDB phone."""
+    server = member("server", f"sqlite:///{tmp_path / 'server.sqlite'}", role="server")
+    phone = member("phone", f"duckdb:///{tmp_path / 'phone.duckdb'}")
+    yield server, phone
+    phone.close()
+    server.close()
+
+
+def test_a_runner_runs_the_passes_whose_source_moved_and_every_pass_each_interval(pair, log_lines):
+    server, phone = pair
+    clock = Clock()
+    with Replicator(config(server, phone), engines={"phone": phone.engine}) as r:
+        runner = Runner(r, timing=Timing(interval=60), now=clock)
+        runner.step()  # the first round runs everything
+        assert ran(runner) == [("phone", "server", 0), ("server", "phone", 0)]
+        runner.step()
+        assert ran(runner) == [], "nothing moved: no pass"
+
+        add_vocabulary(phone, "v-1", "uno")
+        delay = runner.step()
+        assert ran(runner) == [("phone", "server", 1)]
+        assert vocabulary(server, "v-1") is not None
+        assert delay == Timing().poll, "after events, the next poll comes soon"
+        runner.step()  # the server logged what it applied: its pass looks once
+        assert ran(runner) == [("server", "phone", 0)]
+
+        add_vocabulary(server, "v-2", "dos")
+        runner.step()
+        assert ran(runner) == [("server", "phone", 1)]
+        assert vocabulary(phone, "v-2") is not None
+
+        idle = [runner.step() for _ in range(5)]
+        assert all(ran(runner) == [] for _ in idle)
+        assert idle == sorted(idle) and idle[-1] == Timing().idle_poll, idle
+
+        clock.now += 60
+        runner.step()
+        assert ran(runner) == [("phone", "server", 0), ("server", "phone", 0)]
+        runner.close()
+
+    passes = events(log_lines(), "pass")
+    assert len(passes) == 7, "one line per pass"
+    assert passes[2] | {"seconds": 0} == {
+        **passes[2],
+        "source": "phone",
+        "target": "server",
+        "channel": "default",
+        "read": 1,
+        "applied": 1,
+        "status": "ok",
+        "seconds": 0,
+    }
+    assert [e["link"] for e in events(log_lines(), "link_taken")] == ["phone"]
+
+
+def test_an_unreachable_node_is_logged_once_backed_off_and_picked_up_again(tmp_path, log_lines):
+    """The server's directory is missing (SQLite cannot open it), then appears."""
+    phone = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    away = tmp_path / "away"
+    settings = loads(
+        f'[nodes.server]\nurl = "sqlite:///{away}/server.sqlite"\nrole = "server"\n'
+        f'[nodes.phone]\nurl = "{phone.node.url}"\nrole = "local"\n'
+    )
+    add_vocabulary(phone, "v-1", "uno")
+    with Replicator(settings) as r:
+        runner = Runner(r, timing=Timing(backoff=0.5, backoff_cap=4), rand=lambda: 1.0)
+        delays = [runner.step() for _ in range(6)]
+        assert delays == [0.5, 1, 2, 4, 4, 4], "exponential, capped"
+        assert runner.last.passes == [] and "server" in runner.last.unreachable
+
+        away.mkdir()
+        replicator.migrate(f"sqlite:///{away}/server.sqlite")
+        assert runner.step() == Timing().poll, "backed off no more"
+        assert ran(runner) == [("phone", "server", 1), ("server", "phone", 0)]
+        runner.close()
+    phone.close()
+
+    lines = log_lines()
+    (lost,) = events(lines, "node_unreachable")
+    assert lost["node"] == "server" and "unable to open database file" in lost["error"]
+    (back,) = events(lines, "node_reachable")
+    assert back["node"] == "server"
+
+
+def test_jitter_spreads_each_delay_over_its_upper_half(tmp_path):
+    settings = loads(
+        f'[nodes.server]\nurl = "sqlite:///{tmp_path}/no/such/server.sqlite"\nrole = "server"\n'
+        f'[nodes.phone]\nurl = "sqlite:///{tmp_path}/phone.sqlite"\nrole = "local"\n'
+    )
+    with Replicator(settings) as r:
+        low = Runner(r, timing=Timing(backoff=1, backoff_cap=8), rand=lambda: 0.0)
+        assert [low.step() for _ in range(5)] == [0.5, 1, 2, 4, 4]
+
+
+def test_no_password_of_a_node_url_reaches_the_log(tmp_path):
+    """Port 1 refuses the connection: the error and every line stay masked."""
+    settings = loads(
+        '[nodes.server]\nurl = "mysql+pymysql://repl:s3cret-pw@127.0.0.1:1/app"\n'
+        'role = "server"\n'
+        f'[nodes.phone]\nurl = "sqlite:///{tmp_path}/phone.sqlite"\nrole = "local"\n'
+    )
+    for fmt in logs.FORMATS:
+        stream = io.StringIO()
+        logs.configure(fmt, stream=stream)
+        try:
+            with Replicator(settings) as r:
+                runner = Runner(r)
+                runner.step()
+                runner.close()
+                # A message quoting a URL (as a driver's might) is masked too.
+                logs.logging.getLogger("replicator.test").warning(
+                    "cannot use %s", "mysql+pymysql://repl:s3cret-pw@127.0.0.1:1/app"
+                )
+        finally:
+            logs.reset()
+        text = stream.getvalue()
+        assert "node server is unreachable" in text
+        assert "repl:***@127.0.0.1" in text
+        assert "s3cret-pw" not in text
+
+
+@pytest.mark.backends("sqlite", "mariadb")
+def test_two_runners_on_one_link_the_second_waits_until_the_first_lets_go(
+    database_url, tmp_path, log_lines
+):
+    server = member("server", database_url, role="server")
+    phone = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    settings = config(server, phone)
+    clock = Clock()
+    first, second, third = Replicator(settings), Replicator(settings), Replicator(settings)
+    try:
+        a = Runner(first, holder="runner A", now=clock)
+        b = Runner(second, holder="runner B", now=clock)
+        a.step()
+        assert len(a.last.passes) == 2
+        b.step()
+        assert b.last.passes == []
+        add_vocabulary(phone, "v-1", "uno")
+        for _ in range(3):
+            a.step()
+            clock.now += 2
+            b.step()
+            assert b.last.passes == [], "the second runs no pass while the first holds the link"
+        assert vocabulary(server, "v-1") is not None
+
+        # A one-off sync leaves the link alone too, naming who has it.
+        result = third.sync()
+        assert result.passes == [] and result.held == {"phone": "runner A"}
+
+        (held,) = events(log_lines(), "link_held")
+        assert held["link"] == "phone" and held["holder"] == "runner A"
+        assert "runner A" in held["message"]
+
+        a.stop()
+        a.close()
+        clock.now += 2
+        b.step()
+        assert len(b.last.passes) == 2, "the second takes over"
+        b.close()
+    finally:
+        for r in (first, second, third):
+            r.close()
+        phone.close()
+        server.close()
+
+
+def test_a_stopped_pass_ends_after_its_batch_with_the_checkpoint_committed(pair):
+    server, phone = pair
+    for i in range(10):
+        add_vocabulary(phone, f"v-{i}", f"word {i}")
+    positions = [p for p, _ in outbox.read(phone.engine.connect())]
+    sync_pass = SyncPass(phone.node, server.node, batch_size=3)
+    result = sync_pass.run(stop=lambda: True)
+    assert (result.read, result.applied, result.status) == (3, 3, "ok")
+    with server.engine.connect() as conn:
+        assert checkpoints.get(conn, "phone", "default") == positions[2]
+    rest = sync_pass.run()
+    assert rest.read == 7
+    assert [vocabulary(server, f"v-{i}") is not None for i in range(10)] == [True] * 10
+
+
+def test_a_background_thread_shares_the_apps_duckdb_engine(pair):
+    server, phone = pair
+    settings = config(server, phone)
+    with BackgroundSync(settings, engines={"phone": phone.engine}) as sync:
+        assert sync.running
+        add_vocabulary(phone, "v-1", "uno")
+        wait_for(lambda: vocabulary(server, "v-1") is not None)
+        add_vocabulary(server, "v-2", "dos")
+        sync.notify()
+        wait_for(lambda: vocabulary(phone, "v-2") is not None)
+        lock = sync.replicator.lock("phone")
+        assert "background sync" in (lock.holder() or "")
+    assert not sync.running and sync.error is None
+    assert lock.holder() is None, "stopping lets go of the link"
+
+
+def test_an_asyncio_task_replicates_while_the_app_awaits(pair):
+    server, phone = pair
+    settings = config(server, phone)
+
+    async def app() -> None:
+        async with AsyncBackgroundSync(settings, engines={"phone": phone.engine}) as sync:
+            add_vocabulary(phone, "v-1", "uno")
+            sync.notify()
+            deadline = time.monotonic() + 2
+            while vocabulary(server, "v-1") is None:
+                assert time.monotonic() < deadline, "not replicated within 2 s"
+                await asyncio.sleep(0.02)
+            assert sync.running
+        assert not sync.running
+
+    asyncio.run(app())
+
+
+def test_locks_live_beside_an_embedded_servers_file(tmp_path):
+    path = tmp_path / "server.sqlite"
+    settings = loads(
+        f'[nodes.server]\nurl = "sqlite:///{path}"\nrole = "server"\n'
+        f'[nodes.phone]\nurl = "sqlite:///{tmp_path}/phone.sqlite"\nrole = "local"\n'
+    )
+    with Replicator(settings) as r:
+        lock = r.lock("phone")
+        assert lock.acquire("me")
+        assert Path(f"{path}.replicator-link-phone.lock").read_text() == "me\n"
+        with Replicator(settings) as other:
+            assert not other.lock("phone").acquire("you")
+            assert other.lock("phone").holder() == "me"
+        lock.release()
+        assert r.lock("phone").holder() is None
+
+
+def test_an_in_memory_servers_locks_are_one_per_database():
+    settings = loads(
+        '[nodes.server]\nurl = "sqlite://"\nrole = "server"\n'
+        '[nodes.phone]\nurl = "sqlite://"\nrole = "local"\n'
+    )
+    with Replicator(settings) as one, Replicator(settings) as two:
+        first = one.lock("phone")
+        assert first.acquire("one") and first.acquire("one")
+        assert not one.lock("phone").acquire("again"), "the same database: held"
+        assert two.lock("phone").acquire("two"), "another in-memory database: free"
+        first.release()
+
+
+def test_stats_percentile_is_nearest_rank():
+    from replicator.stats import percentile
+
+    assert percentile([3.0], 95) == 3.0
+    assert percentile([float(n) for n in range(1, 101)], 95) == 95.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
+
+
+def test_a_replicator_engine_count_stays_put_across_rounds(pair):
+    """Rounds reuse the nodes' engines: no connection is left open per round."""
+    server, phone = pair
+    with Replicator(config(server, phone), engines={"phone": phone.engine}) as r:
+        runner = Runner(r)
+        for _ in range(20):
+            runner.step()
+        pool = r.server.get_engine().pool
+        assert pool.checkedout() == 0
+        runner.close()
+    recorded = 0
+    for node in (server, phone):
+        with node.engine.connect() as conn:
+            recorded += conn.execute(sa.text("select count(*) from replicator_sync_runs")).scalar()
+    assert recorded == 2, "one pass each way, then nothing moved"
