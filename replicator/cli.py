@@ -301,7 +301,7 @@ def run(
     batch commit, then exit 0). Logs one line per pass to stderr."""
     import signal
 
-    from replicator import logs
+    from replicator import locks, logs
     from replicator.service import Runner, Timing
 
     if log_format not in logs.FORMATS:
@@ -313,7 +313,12 @@ def run(
     logs.configure(log_format)  # type: ignore[arg-type]
     with _replicator(config) as replicator:
         timing = Timing(interval=interval or replicator.config.replication.interval_seconds)
-        runner = Runner(replicator, timing=timing, direction=direction)  # type: ignore[arg-type]
+        runner = Runner(
+            replicator,
+            timing=timing,
+            direction=direction,  # type: ignore[arg-type]
+            holder=locks.holder_name("replicator run"),
+        )
 
         def finish(signum: int, frame: object) -> None:
             if runner.stopping.is_set():  # asked twice: stop now, mid-batch

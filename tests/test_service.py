@@ -6,6 +6,7 @@ batches. The `replicator run` command itself: tests/test_run_cli.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import time
@@ -334,3 +335,28 @@ def test_a_replicator_engine_count_stays_put_across_rounds(pair):
         with node.engine.connect() as conn:
             recorded += conn.execute(sa.text("select count(*) from replicator_sync_runs")).scalar()
     assert recorded == 2, "one pass each way, then nothing moved"
+
+
+@pytest.mark.backends("mariadb")
+def test_a_runner_cut_off_takes_back_the_lock_its_lost_connection_still_holds(database_url):
+    """After a network cut the server may keep the old connection (and its
+    lock) for hours: the same holder ends it; anyone else still waits."""
+    settings = loads(
+        f'[nodes.server]\nurl = "{database_url}"\nrole = "server"\n'
+        '[nodes.phone]\nurl = "sqlite://"\nrole = "local"\n'
+    )
+    replicator.migrate(database_url)
+    with Replicator(settings) as r:
+        lock = r.lock("phone")
+        assert lock.acquire("runner A")
+        lost, lock._conn = lock._conn, None  # cut off: the server still has it
+        try:
+            other = r.lock("phone")
+            assert not other.acquire("runner B"), "someone else waits"
+            assert other.holder() == "runner A"
+            assert lock.acquire("runner A"), "the same holder takes it back"
+            assert lock.held() and other.holder() == "runner A"
+        finally:
+            lock.release()
+            with contextlib.suppress(sa.exc.DBAPIError):
+                lost.close()

@@ -213,6 +213,8 @@ class AdvisoryLock(Lock):
         conn = self._engine.connect()
         try:
             got = conn.exec_driver_sql("SELECT GET_LOCK(%s, 0)", (self.key,)).scalar()
+            if got != 1 and self._ours_before(conn, holder):
+                got = conn.exec_driver_sql("SELECT GET_LOCK(%s, 5)", (self.key,)).scalar()
             if got != 1:
                 conn.rollback()
                 conn.close()
@@ -230,6 +232,23 @@ class AdvisoryLock(Lock):
             conn.close()
             raise
         self._conn = conn
+        return True
+
+    def _ours_before(self, conn: Connection, holder: str) -> bool:
+        """Whether the lock is held by a connection this same holder lost
+        (a network cut the server has not noticed yet: it would keep the
+        lock until its wait_timeout); if so, end that connection."""
+        owner = conn.exec_driver_sql("SELECT IS_USED_LOCK(%s)", (self.key,)).scalar()
+        c = runners.c
+        named = conn.execute(
+            sa.select(c.holder).where(c.name == self.name, c.connection_id == owner)
+        ).scalar()
+        if owner is None or named != holder[:255]:
+            return False
+        try:  # a user may end its own connections
+            conn.exec_driver_sql(f"KILL CONNECTION {int(owner)}")
+        except DBAPIError:
+            return False
         return True
 
     def held(self) -> bool:
