@@ -111,11 +111,9 @@ def measure(tmp: Path, url: str, seconds: float, rate: float) -> list[float]:
         f'[nodes.server]\nurl = "{url}"\nrole = "server"\n'
         f'[nodes.phone]\nurl = "{phone_url}"\nrole = "local"\n'
     )
+    log = open(tmp / "service.log", "w")  # noqa: SIM115 (a pipe nobody reads would fill up)
     service = subprocess.Popen(
-        [REPLICATOR, "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        [REPLICATOR, "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=log
     )
     items = app.VocabularyItem.__table__
     seen: dict[str, float] = {}
@@ -147,7 +145,7 @@ def measure(tmp: Path, url: str, seconds: float, rate: float) -> list[float]:
     try:
         write(0)  # the service is up once this one arrives
         while "lat-00000000" not in _ids(server_engine):
-            assert service.poll() is None, service.stderr.read()
+            assert service.poll() is None, (tmp / "service.log").read_text()
             time.sleep(0.05)
         observer = threading.Thread(target=observe)
         observer.start()
@@ -164,6 +162,9 @@ def measure(tmp: Path, url: str, seconds: float, rate: float) -> list[float]:
     finally:
         service.send_signal(signal.SIGTERM)
         service.wait(timeout=30)
+        log.close()
+    passes = (tmp / "service.log").read_text().count(" pass ")
+    print(f"# the service ran {passes} passes")
     written.pop("lat-00000000")
     missing = set(written) - set(seen)
     assert not missing, f"{len(missing)} rows never arrived"

@@ -289,9 +289,9 @@ class Runner:
                             extra={"event": "bootstrapped", "fields": {"node": target.name}},
                         )
                 head = self._head(sync_pass.source, heads)
-                result = sync_pass.run(self.stopping.is_set)
+                result = sync_pass.run(self.stopping.is_set, record_empty=full)
                 current.passes.append(result)
-                _log_pass(result)
+                _log_pass(result, quiet=not full)
                 key = _key(sync_pass)
                 if result.status == "ok" and head is not None:
                     self._seen[key] = head
@@ -390,7 +390,9 @@ def _key(sync_pass: SyncPass) -> tuple[str, str, str]:
 _PASS_FIELDS = ("read", "applied", "skipped", "conflicts", "parked", "failed", "seconds")
 
 
-def _log_pass(result: PassResult) -> None:
+def _log_pass(result: PassResult, quiet: bool = False) -> None:
+    """One line for the pass; at debug level when ``quiet`` and it read
+    nothing (as it is then not recorded either)."""
     fields = {
         "source": result.source,
         "target": result.target,
@@ -403,6 +405,8 @@ def _log_pass(result: PassResult) -> None:
     if result.error:
         fields["error"] = result.error
     level = logging.INFO if result.ok else logging.WARNING
+    if quiet and result.ok and not result.read:
+        level = logging.DEBUG
     log.log(
         level,
         f"pass {result.source} -> {result.target} [{result.channel}]",

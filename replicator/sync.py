@@ -133,13 +133,18 @@ class SyncPass:
                 (policy, conflicts.load(policy)),
             )
 
-    def run(self, stop: Callable[[], bool] | None = None) -> PassResult:
+    def run(
+        self, stop: Callable[[], bool] | None = None, *, record_empty: bool = True
+    ) -> PassResult:
         """Apply everything the source has committed after the checkpoint.
 
         ``stop`` is asked after each committed batch: when it returns True
         the pass ends there (its checkpoint committed; the next pass goes
-        on from it). Never raises for a database problem: the result says
-        ``failed`` and why (a configuration error is raised).
+        on from it). The pass is recorded in ``replicator_sync_runs``,
+        unless it read nothing and ended ``ok`` and ``record_empty`` is
+        False (a runner polling often records its empty passes only once
+        per interval). Never raises for a database problem: the result
+        says ``failed`` and why (a configuration error is raised).
         """
         result = PassResult(source=self.source.name, target=self.target.name, channel=self.channel)
         started, clock = self.now(), time.perf_counter()
@@ -206,7 +211,8 @@ class SyncPass:
         finally:
             ahead.shutdown(wait=True, cancel_futures=True)
         result.seconds = round(time.perf_counter() - clock, 6)
-        self._record(result, started)
+        if record_empty or result.read or result.status != "ok":
+            self._record(result, started)
         return result
 
     def _checkpoint(self, tconn: Any, log_id: str | None) -> tuple[int, int]:

@@ -114,3 +114,29 @@ def test_the_review_example_decides_through_the_library(tmp_path):
     assert vocabulary(server, "v-1") == vocabulary(phone, "v-1") == ("table", 0.0)
     phone.close()
     server.close()
+
+
+def test_background_sync_example_replicates_from_the_apps_duckdb_engine(tmp_path):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    code = next(block for block in blocks if "BackgroundSync(" in block)
+    (tmp_path / "example.py").write_text(code)
+    (tmp_path / "replicator.toml").write_text(
+        '[nodes.server]\nurl = "sqlite:///server.sqlite"\nrole = "server"\n'
+        '[nodes.phone]\nurl = "duckdb:///phone.duckdb"\nrole = "local"\n'
+    )
+    server = sa.create_engine(f"sqlite:///{tmp_path / 'server.sqlite'}")
+    import replicator
+
+    replicator.migrate(server)
+    with server.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE notes (note_id VARCHAR PRIMARY KEY, text VARCHAR)")
+
+    result = subprocess.run(
+        [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 0, result.stderr
+    with server.connect() as conn:
+        notes = conn.exec_driver_sql("SELECT note_id, text FROM notes ORDER BY note_id").all()
+    server.dispose()
+    assert notes == [("n-1", "written on the phone"), ("n-2", "written while awaiting")]
