@@ -124,9 +124,7 @@ def measure(tmp: Path, url: str, seconds: float, rate: float) -> list[float]:
         last = ""
         with server_engine.connect() as conn:
             while not done.is_set() or len(seen) < len(written):
-                rows = conn.execute(
-                    sa.select(items.c.item_id).where(items.c.item_id > last)
-                ).all()
+                rows = conn.execute(sa.select(items.c.item_id).where(items.c.item_id > last)).all()
                 conn.rollback()  # a new snapshot for the next look
                 now = time.time()
                 for (item_id,) in rows:

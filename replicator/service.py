@@ -85,6 +85,21 @@ class Backoff:
         self.failures = 0
 
 
+class _Wait:
+    """The backoff of one node, link or sink: not tried again before ``until``."""
+
+    def __init__(self, backoff: Backoff) -> None:
+        self.backoff = backoff
+        self.until = 0.0
+
+    def failed(self, now: float) -> None:
+        self.until = now + self.backoff.next()
+
+    def ok(self) -> None:
+        self.backoff.reset()
+        self.until = 0.0
+
+
 class Round(msgspec.Struct, kw_only=True):
     """What one round of a runner did: the passes and sink runs it ran
     (often none), and the nodes it could not reach (name -> error)."""
@@ -139,7 +154,7 @@ class Runner:
         self.timing = timing or Timing(interval=replicator.config.replication.interval_seconds)
         self.holder = holder or locks.holder_name()
         self.now = now
-        self.backoff = Backoff(self.timing.backoff, self.timing.backoff_cap, rand)
+        self.rand = rand
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.passes = list(replicator.passes(direction))
@@ -159,6 +174,9 @@ class Runner:
         self._retry: set[tuple[str, str, str]] = set()
         self._full_at: float | None = None
         self._idle = self.timing.poll
+        # Each node, link and sink backs off on its own: one device away
+        # does not slow the others down.
+        self._waits: dict[str, _Wait] = {}
 
     # --- the loop ------------------------------------------------------------
 
@@ -207,30 +225,53 @@ class Runner:
         if full:
             self._full_at = now
         current = Round()
-        heads = self._heads(current)
+        heads = self._heads(current, now)
         reachable = set(heads)
         self._take_links(reachable, now)
+        workable = False
         for local, link in self.links.items():
             if not link.held or not {local, self.replicator.server.name} <= reachable:
                 continue
+            wait = self._wait(f"link:{local}")
+            if now < wait.until:
+                continue
             if self.stopping.is_set():
                 break
+            workable = True
+            before = len(current.passes)
             self._run_link(link, heads, full, current)
-        self._run_sinks(heads, reachable, full, current)
+            if all(p.ok for p in current.passes[before:]):
+                wait.ok()
+            else:
+                wait.failed(now)
+        workable |= self._run_sinks(heads, reachable, full, current, now)
         self.last = current
-        return self._delay(current, now)
+        return self._delay(current, now, workable)
 
-    def _heads(self, current: Round) -> dict[str, int]:
-        """Each reachable node's outbox head; records who cannot be reached."""
+    def _wait(self, name: str) -> _Wait:
+        if name not in self._waits:
+            backoff = Backoff(self.timing.backoff, self.timing.backoff_cap, self.rand)
+            self._waits[name] = _Wait(backoff)
+        return self._waits[name]
+
+    def _heads(self, current: Round, now: float) -> dict[str, int]:
+        """Each reachable node's outbox head; records who cannot be reached
+        (a node backing off is not asked again before its time)."""
         heads = {}
         for node in self.nodes:
+            wait = self._wait(f"node:{node.name}")
+            if now < wait.until:
+                current.unreachable[node.name] = self.unreachable[node.name][0]
+                continue
             try:
                 with node.connect() as conn:
                     heads[node.name] = outbox.head(conn)
             except (ReplicatorError, SQLAlchemyError) as e:
+                wait.failed(now)
                 current.unreachable[node.name] = describe(e)
                 self._lost(node.name, describe(e))
             else:
+                wait.ok()
                 self._found(node.name)
         return heads
 
@@ -330,32 +371,45 @@ class Runner:
         return heads[node.name]
 
     def _run_sinks(
-        self, heads: dict[str, int], reachable: set[str], full: bool, current: Round
-    ) -> None:
+        self, heads: dict[str, int], reachable: set[str], full: bool, current: Round, now: float
+    ) -> bool:
+        """Run the sinks whose node's log moved; whether any could run."""
         ours = {self.replicator.server.name} | {n for n, link in self.links.items() if link.held}
+        workable = False
         for name, sink in self.replicator.sinks.items():
             node = sink.node
-            if node.name not in ours & reachable or self.stopping.is_set():
+            wait = self._wait(f"sink:{name}")
+            if node.name not in ours & reachable or now < wait.until or self.stopping.is_set():
                 continue
+            workable = True
             head = self._head(node, heads)
             if not full and head is not None and head <= self._sink_seen.get(name, -1):
                 continue
             result = sink.run()
             current.sinks.append(result)
             _log_sink(result)
-            if result.ok and head is not None:
+            if not result.ok:
+                wait.failed(now)
+                continue
+            wait.ok()
+            if head is not None:
                 self._sink_seen[name] = head
+        return workable
 
-    def _delay(self, current: Round, now: float) -> float:
-        if not current.ok:
-            return self.backoff.next()
-        self.backoff.reset()
+    def _delay(self, current: Round, now: float, workable: bool) -> float:
+        """How long to wait: soon after events, longer while idle, never
+        past the next interval; when nothing could run (every node, link
+        and sink in reach is backing off), until the first may be retried."""
         if current.moved:
             self._idle = self.timing.poll
         else:
             self._idle = min(self._idle * 2, self.timing.idle_poll)
         until_full = self.timing.interval - (now - (self._full_at or now))
-        return max(0.0, min(self._idle, until_full))
+        delay = min(self._idle, until_full)
+        if not workable:
+            retries = [w.until - now for w in self._waits.values() if w.until > now]
+            delay = min(retries, default=delay)
+        return max(0.0, delay)
 
     # --- reachability --------------------------------------------------------
 

@@ -136,11 +136,19 @@ def test_an_unreachable_node_is_logged_once_backed_off_and_picked_up_again(tmp_p
         f'[nodes.phone]\nurl = "{phone.node.url}"\nrole = "local"\n'
     )
     add_vocabulary(phone, "v-1", "uno")
+    clock = Clock()
     with Replicator(settings) as r:
-        runner = Runner(r, timing=Timing(backoff=0.5, backoff_cap=4), rand=lambda: 1.0)
-        delays = [runner.step() for _ in range(6)]
+        timing = Timing(backoff=0.5, backoff_cap=4)
+        runner = Runner(r, timing=timing, rand=lambda: 1.0, now=clock)
+        delays = []
+        for _ in range(6):
+            delays.append(runner.step())
+            clock.now += delays[-1]
         assert delays == [0.5, 1, 2, 4, 4, 4], "exponential, capped"
         assert runner.last.passes == [] and "server" in runner.last.unreachable
+        clock.now -= 1
+        assert runner.step() == 1, "not asked again before its time"
+        clock.now += 1
 
         away.mkdir()
         replicator.migrate(f"sqlite:///{away}/server.sqlite")
@@ -161,9 +169,37 @@ def test_jitter_spreads_each_delay_over_its_upper_half(tmp_path):
         f'[nodes.server]\nurl = "sqlite:///{tmp_path}/no/such/server.sqlite"\nrole = "server"\n'
         f'[nodes.phone]\nurl = "sqlite:///{tmp_path}/phone.sqlite"\nrole = "local"\n'
     )
+    clock = Clock()
     with Replicator(settings) as r:
-        low = Runner(r, timing=Timing(backoff=1, backoff_cap=8), rand=lambda: 0.0)
-        assert [low.step() for _ in range(5)] == [0.5, 1, 2, 4, 4]
+        low = Runner(r, timing=Timing(backoff=1, backoff_cap=8), rand=lambda: 0.0, now=clock)
+        delays = []
+        for _ in range(5):
+            delays.append(low.step())
+            clock.now += delays[-1]
+        assert delays == [0.5, 1, 2, 4, 4]
+
+
+def test_one_local_away_does_not_slow_the_others(tmp_path):
+    server = member("server", f"sqlite:///{tmp_path / 'server.sqlite'}", role="server")
+    phone = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    settings = loads(
+        f'[nodes.server]\nurl = "{server.node.url}"\nrole = "server"\n'
+        f'[nodes.phone]\nurl = "{phone.node.url}"\nrole = "local"\n'
+        f'[nodes.tablet]\nurl = "sqlite:///{tmp_path}/gone/tablet.sqlite"\nrole = "local"\n'
+    )
+    clock = Clock()
+    with Replicator(settings) as r:
+        runner = Runner(r, now=clock)
+        for i in range(4):
+            add_vocabulary(phone, f"v-{i}", "uno")
+            delay = runner.step()
+            assert delay <= Timing().idle_poll, "the phone's link polls on"
+            assert "tablet" in runner.last.unreachable
+            assert ("phone", "server", 1) in ran(runner)
+            clock.now += delay
+        runner.close()
+    phone.close()
+    server.close()
 
 
 def test_no_password_of_a_node_url_reaches_the_log(tmp_path):
