@@ -297,8 +297,12 @@ def run(
         str, typer.Option("--log-format", help="text or json (one JSON object per line).")
     ] = "text",
 ) -> None:
-    """Replicate continuously until SIGINT or SIGTERM (which let the current
-    batch commit, then exit 0). Logs one line per pass to stderr."""
+    """Replicate continuously, until SIGINT or SIGTERM.
+
+    A signal lets the current batch commit with its checkpoint, then the
+    command exits 0. Logs one line per pass and per change of state to
+    stderr; backs off while a node cannot be reached.
+    """
     import signal
 
     from replicator import locks, logs
@@ -332,9 +336,13 @@ def run(
 
 @app.command()
 def status(config: ConfigOption = config_module.DEFAULT_PATH, as_json: JsonOption = False) -> None:
-    """Per link and channel: head, checkpoint, lag, last sync, syncing now;
-    per node: reachable, open review items; per sink: lag. Exit 1 when a
-    node cannot be reached."""
+    """Where replication stands: lag, last sync, syncing now, reachability.
+
+    Per link and channel: head, checkpoint, lag in events and seconds, last
+    successful sync, whether a pass runs now and who holds the link; per
+    node: reachable, open review items; per sink: lag. Exits 1 when a node
+    cannot be reached.
+    """
     from replicator.status import status as read_status
 
     with _replicator(config) as replicator:
@@ -397,8 +405,11 @@ def stats(
     days: Annotated[float, typer.Option("--days", help="Over how many days.")] = 7,
     as_json: JsonOption = False,
 ) -> None:
-    """Recorded passes over the last N days: how many succeeded and failed,
-    events applied, conflicts by policy, parked, mean and p95 seconds."""
+    """Recorded passes over the last N days, in total and per link.
+
+    How many passes succeeded and failed, events applied, conflicts by
+    policy, parked, mean and p95 seconds, last success.
+    """
     from replicator.stats import stats as read_stats
 
     if not days > 0:

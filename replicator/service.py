@@ -392,7 +392,7 @@ class Runner:
                 wait.failed(now)
                 continue
             wait.ok()
-            if head is not None:
+            if head is not None and result.status == "ok":  # deferred: try again
                 self._sink_seen[name] = head
         return workable
 

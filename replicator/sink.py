@@ -85,6 +85,9 @@ class SinkResult(msgspec.Struct, kw_only=True):
     embedding function, ``parked`` the events parked. ``rebuilt``: it
     started over, from a snapshot of the table. ``position`` is its
     checkpoint afterwards and ``lag`` the table's events after it.
+    ``status`` is ``ok``, ``deferred`` (the node's writers held its outbox
+    too long to establish what has committed: nothing was read, the next
+    run catches up) or ``failed`` (``error`` says why).
     """
 
     sink: str
@@ -104,7 +107,7 @@ class SinkResult(msgspec.Struct, kw_only=True):
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status != "failed"
 
 
 def metadata_value(value: Any) -> str | int | float | bool | None:
@@ -278,8 +281,13 @@ class ChromaSink:
             identity = retention.log_id(conn)
             after = checkpoints.position(conn, self.node.name, self.channel, identity)
             pruned = retention.pruned_through(conn)
-            # Up to what has committed now, so that a run ends under writes.
+        # Up to what has committed now, so that a run ends under writes (on
+        # a connection of its own: MariaDB reads it in a transaction of its
+        # own isolation level).
+        with self.node.connect() as conn:
             horizon = self.node.dialect.horizon(conn)
+        if horizon is None:
+            result.status = "deferred"  # long writers: the next run catches up
         lost = self._open() and after is not None  # its directory was deleted, say
         if anew or lost or after is None or after < 0 or after < pruned:
             after = self._start(result, identity)

@@ -259,3 +259,46 @@ def test_run_refuses_bad_options_with_exit_2(tmp_path):
         result = runner.invoke(app, [*args, "--config", str(config)])
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output
+
+
+def test_no_command_shows_a_nodes_password(tmp_path):
+    """Every command, against a server that refuses the connection (port 1)
+    and a config naming it with a password: each fails, and says so
+    without the password."""
+    from typer.testing import CliRunner
+
+    from replicator.cli import app
+
+    secret = "never-" + uuid.uuid4().hex[:8]
+    config = write_config(
+        tmp_path,
+        f"mysql+pymysql://repl:{secret}@127.0.0.1:1/app",
+        f"sqlite:///{tmp_path}/phone.sqlite",
+    )
+    broken = tmp_path / "broken.toml"
+    broken.write_text(f'[nodes.server]\nurl = "mysql+pymysql://repl:{secret}@127.0.0.1:1/app"\n')
+    runner = CliRunner()
+    commands = [
+        ["init"],
+        ["sync"],
+        ["sync", "--json"],
+        ["status"],
+        ["status", "--json"],
+        ["stats"],
+        ["stats", "--json"],
+        ["replay", "--node", "phone", "--from", "1", "--dry-run"],
+        ["bootstrap", "--node", "phone"],
+        ["prune"],
+        ["verify"],
+        ["log", "--node", "server"],
+        ["review", "list"],
+        ["review", "history"],
+        ["review", "show", "1"],
+    ]
+    for args in commands:
+        result = runner.invoke(app, [*args, "--config", str(config)])
+        output = result.stdout + (result.stderr if result.stderr_bytes is not None else "")
+        assert result.exit_code != 0, (args, output)
+        assert secret not in output, (args, output)
+    result = runner.invoke(app, ["sync", "--config", str(broken)])
+    assert result.exit_code == 2 and secret not in result.output

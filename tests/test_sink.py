@@ -436,3 +436,41 @@ def test_a_replay_onto_the_node_reaches_the_collection_through_its_log(cluster):
 
     assert not result.rebuilt and result.read == 1
     assert indexed(replicator)["d1"][0] == "Uno."
+
+
+def test_a_sink_on_the_server_follows_its_log_and_waits_out_long_writers(database_url, tmp_path):
+    """A sink fed by the server (MariaDB on CI). While an app transaction
+    holds the server's outbox, a MariaDB run is deferred (nothing read,
+    nothing skipped) and a runner tries again at its next round."""
+    from replicator.service import Runner, Timing
+
+    server = member("server", database_url, role="server")
+    phone = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    sink = SINK.format(path=tmp_path / "chroma").replace('node = "phone"', 'node = "server"')
+    settings = config(server, phone, extra=sink)
+    clock = [1000.0]
+    with Replicator(settings, engines={"server": server.engine}) as r:
+        runner = Runner(r, timing=Timing(interval=300), now=lambda: clock[0])
+        runner.step()
+        assert [s.status for s in runner.last.sinks] == ["ok"]
+        if server.node.dialect.concurrent_writers:
+            long = server.sessions()  # an app transaction, flushed, not committed
+            long.add(app.VocabularyItem(item_id="w", user_id="u-42", word="w", translation="?"))
+            long.flush()
+            try:
+                write(server, d1=doc("Pan con tomate."))
+                clock[0] += 1
+                runner.step()
+                assert [s.status for s in runner.last.sinks] == ["deferred"]
+            finally:
+                long.commit()
+                long.close()
+        else:  # one writer at a time: nothing to wait out
+            write(server, d1=doc("Pan con tomate."))
+        clock[0] += 1
+        runner.step()
+        assert set(indexed(r)) == {"d1"}, "picked up at the next round, not the next interval"
+        assert r.sinks["documents"].lag() == 0
+        runner.close()
+    phone.close()
+    server.close()

@@ -4,14 +4,17 @@ phone, and a tablet that cannot be reached)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
 from typer.testing import CliRunner
 
 from replicator import outbox
+from replicator.clock import utcnow
 from replicator.config import load
 from replicator.stats import percentile
+from replicator.stats import stats as stats_of
 from replicator.sync import Replicator
 
 from .cluster import add_vocabulary, edit_vocabulary, member
@@ -104,5 +107,8 @@ def test_status_and_stats_report_the_runs_that_happened(nodes):
     assert (up_totals["passes"], up_totals["applied"], up_totals["parked"]) == (2, 3, 1)
     assert up_totals["last_success"] == up["last_sync"]
 
-    code, recent = cli("stats", "--json", "--days", "0.000001", "--config", str(config))
-    assert recent["passes"] == 0 and recent["mean_seconds"] is None
+    with Replicator(load(config)) as r:
+        later = stats_of(r, days=1, now=utcnow() + dt.timedelta(days=1, minutes=1))
+        earlier = stats_of(r, days=1, now=utcnow() + dt.timedelta(hours=23))
+    assert (later.passes, later.mean_seconds, later.last_success) == (0, None, None)
+    assert earlier.passes == 8, "a day back from then"
