@@ -323,14 +323,8 @@ def run(
             direction=direction,  # type: ignore[arg-type]
             holder=locks.holder_name("replicator run"),
         )
-
-        def finish(signum: int, frame: object) -> None:
-            if runner.stopping.is_set():  # asked twice: stop now, mid-batch
-                raise KeyboardInterrupt
-            runner.stop()
-
-        signal.signal(signal.SIGINT, finish)
-        signal.signal(signal.SIGTERM, finish)
+        signal.signal(signal.SIGINT, runner.on_signal)
+        signal.signal(signal.SIGTERM, runner.on_signal)
         runner.run()
 
 

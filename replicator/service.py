@@ -206,6 +206,17 @@ class Runner:
         """Start the next round now (the app has just written; thread-safe)."""
         self.wake.set()
 
+    def on_signal(self, signum: int, frame: object) -> None:
+        """A handler for SIGINT/SIGTERM in the thread that calls :meth:`run`:
+        the first signal stops the runner after the current batch, a second
+        one at once (KeyboardInterrupt; the open batch rolls back)."""
+        if self.stopping.is_set():
+            raise KeyboardInterrupt
+        # Setting an Event takes its lock, which the interrupted thread may
+        # hold (inside wake.wait()): a handler doing it there would wait for
+        # itself forever. Another thread can wait for the lock.
+        threading.Thread(target=self.stop, name="replicator-stop", daemon=True).start()
+
     def close(self) -> None:
         """Release every link this runner holds."""
         for link in self.links.values():

@@ -12,6 +12,7 @@ import selectors
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -302,3 +303,40 @@ def test_no_command_shows_a_nodes_password(tmp_path):
         assert secret not in output, (args, output)
     result = runner.invoke(app, ["sync", "--config", str(broken)])
     assert result.exit_code == 2 and secret not in result.output
+
+
+SPIN = """
+import sys
+from replicator.service import Runner
+
+Runner.step = lambda self: 0.0  # rounds back to back: the loop lives in wake.wait()
+from replicator.cli import main
+
+sys.argv = ["replicator", "run", "--config", sys.argv[1]]
+print("ready", flush=True)
+main()
+"""
+
+
+def test_sigterm_stops_a_runner_whatever_its_loop_is_doing(tmp_path):
+    """A signal handler must not take a lock its own thread may hold (the
+    runner's wake-up event, waited on between rounds)."""
+    config = write_config(
+        tmp_path, f"sqlite:///{tmp_path}/server.sqlite", f"sqlite:///{tmp_path}/phone.sqlite"
+    )
+    (tmp_path / "spin.py").write_text(SPIN)
+    for _ in range(6):
+        service = subprocess.Popen(
+            [sys.executable, str(tmp_path / "spin.py"), str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert service.stdout.readline() == "ready\n"
+        time.sleep(0.3)
+        service.send_signal(signal.SIGTERM)
+        try:
+            assert service.wait(timeout=10) == 0
+        finally:
+            service.kill()
+            service.stdout.close()
