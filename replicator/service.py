@@ -129,6 +129,7 @@ class _Link:
         self.held = False
         self.holder: str | None = None  # who holds it, when another runner does
         self.next_try = 0.0  # when to try to take it again, when another runner does
+        self.error: str | None = None  # why it could not be locked, last time
 
 
 class Runner:
@@ -302,7 +303,8 @@ class Runner:
                         extra={"event": "link_lost", "fields": {"link": link.local}},
                     )
                 if link.lock.acquire(self.holder):
-                    link.held, link.holder = True, None
+                    link.held, link.holder, link.error = True, None, None
+                    self._wait(f"lock:{link.local}").ok()
                     log.info(
                         f"syncing link {link.local} <-> {self.replicator.server.name}",
                         extra={"event": "link_taken", "fields": {"link": link.local}},
@@ -311,14 +313,27 @@ class Runner:
                 holder = link.lock.holder() or "another runner"
                 link.next_try = now + LOCK_RETRY
             except (ReplicatorError, SQLAlchemyError) as e:
-                log.debug("cannot lock link %s: %s", link.local, describe(e))
+                self._lock_failed(link, describe(e), now)
                 continue
+            link.error = None
             if holder != link.holder:
                 link.holder = holder
                 log.warning(
                     f"link {link.local} is held by {holder}; waiting for it",
                     extra={"event": "link_held", "fields": {"link": link.local, "holder": holder}},
                 )
+
+    def _lock_failed(self, link: _Link, error: str, now: float) -> None:
+        """The server answers but the link's lock cannot be taken (its
+        schema is behind, say): no pass runs on it; say so once, and try
+        again with backoff."""
+        link.next_try = now + self._wait(f"lock:{link.local}").backoff.next()
+        if error != link.error:
+            link.error = error
+            log.warning(
+                f"cannot take the lock of link {link.local}: {error}; no pass runs on it",
+                extra={"event": "link_error", "fields": {"link": link.local, "error": error}},
+            )
 
     def _run_link(self, link: _Link, heads: dict[str, int], full: bool, current: Round) -> None:
         due = [p for p in self.passes if link.local in (p.source.name, p.target.name)]
@@ -557,18 +572,23 @@ class BackgroundSync:
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish the current batch, release the links, and wait for the
-        thread (at most ``timeout`` seconds); closes the replicator if it
-        was made here."""
+        thread; closes the replicator if it was made here. Raises
+        TimeoutError when the thread is still running after ``timeout``
+        seconds, and what ended the thread early, if anything did."""
         self.runner.stop()
         if self._thread is not None:
             self._thread.join(timeout)
-        if self._owned and not self.running:
+        if self.running:
+            raise TimeoutError(f"the background sync is still running after {timeout} s")
+        if self._owned:
             self.replicator.close()
+        if self.error is not None:
+            raise self.error
 
     def _run(self) -> None:
         try:
             self.runner.run()
-        except BaseException as e:  # a bug or a configuration error: keep it for stop()
+        except Exception as e:  # a bug or a configuration error: stop() raises it
             self.error = e
             log.exception("background sync stopped: %s", e)
 
@@ -646,15 +666,24 @@ class AsyncBackgroundSync:
     async def _run(self) -> None:
         assert self._wake is not None
         runner = self.runner
+        step: asyncio.Future[float] | None = None
         try:
             while not runner.stopping.is_set():
-                delay = await asyncio.to_thread(runner.step)
+                step = asyncio.ensure_future(asyncio.to_thread(runner.step))
+                delay = await asyncio.shield(step)
                 if runner.stopping.is_set():
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
                 self._wake.clear()
         finally:
+            # Cancelled (the app's loop is ending): a round may still be
+            # writing in its thread. Let it end its batch before letting go
+            # of the links, or another runner could start on them meanwhile.
+            runner.stopping.set()
+            if step is not None and not step.done():
+                with contextlib.suppress(Exception):
+                    await step
             await asyncio.to_thread(runner.close)
 
     async def __aenter__(self) -> AsyncBackgroundSync:

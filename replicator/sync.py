@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import msgspec
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from replicator import checkpoints, conflicts, locks, outbox, retention
 from replicator.apply import Counts, Settlement, apply_batch, reject
@@ -554,7 +554,8 @@ class Replicator:
         """Take the link and pass locks of every local of ``direction``'s
         links; yields the locals taken, and fills ``held`` with the others'
         holders. A server that cannot be reached cannot be locked: its
-        passes then run anyway, and fail saying why."""
+        passes then run anyway, and fail saying why; any other failure to
+        lock (a schema without ``replicator_runners``) is raised."""
         holder = locks.holder_name("replicator sync")
         taken: list[Lock] = []
         mine: set[str] = set()
@@ -568,8 +569,8 @@ class Replicator:
                     taken.append(link)
                     if running.acquire(holder):
                         taken.append(running)
-                except (ReplicatorError, SQLAlchemyError):
-                    pass
+                except (ConnectivityError, OperationalError):
+                    pass  # the server cannot be reached: its passes will say so
                 mine.add(local)
             yield mine
         finally:

@@ -401,3 +401,73 @@ def test_a_runner_cut_off_takes_back_the_lock_its_lost_connection_still_holds(da
             lock.release()
             with contextlib.suppress(sa.exc.DBAPIError):
                 lost.close()
+
+
+def test_stopping_a_background_sync_raises_what_ended_it(pair):
+    server, phone = pair
+    sync = BackgroundSync(config(server, phone), engines={"phone": phone.engine})
+
+    def broken() -> float:
+        raise OSError("the lock directory is not writable")
+
+    sync.runner.step = broken
+    sync.start()
+    wait_for(lambda: not sync.running)
+    with pytest.raises(OSError, match="not writable"):
+        sync.stop()
+
+
+def test_a_cancelled_asyncio_sync_lets_its_round_finish_before_letting_go(pair):
+    server, phone = pair
+    sync = AsyncBackgroundSync(config(server, phone), engines={"phone": phone.engine})
+    runner = sync.runner
+    seen = []
+    step, close = runner.step, runner.close
+
+    def slow_step() -> float:
+        seen.append("step")
+        time.sleep(0.3)  # a round writing
+        delay = step()
+        seen.append("step done")
+        return delay
+
+    def recorded_close() -> None:
+        seen.append("close")
+        close()
+
+    runner.step, runner.close = slow_step, recorded_close
+
+    async def app() -> None:
+        await sync.start()
+        await asyncio.sleep(0.1)
+        sync._task.cancel()  # the app's loop ends without stopping it
+        with pytest.raises(asyncio.CancelledError):
+            await sync._task
+
+    asyncio.run(app())
+    assert seen == ["step", "step done", "close"]
+    assert runner.stopping.is_set()
+    sync.replicator.close()
+
+
+@pytest.mark.backends("mariadb")
+def test_a_server_without_the_runners_table_is_refused_by_name(database_url, tmp_path, log_lines):
+    server = member("server", database_url, role="server")
+    phone = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    with server.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE replicator_runners")  # a schema at 0004
+    try:
+        with Replicator(config(server, phone)) as r:
+            with pytest.raises(replicator.SchemaError, match="run `replicator init`"):
+                r.sync()
+            clock = Clock()
+            runner = Runner(r, now=clock)
+            for _ in range(3):
+                clock.now += runner.step() + 30
+                assert runner.last.passes == []
+            runner.close()
+        (error,) = events(log_lines(), "link_error")
+        assert error["link"] == "phone" and "replicator_runners" in error["error"]
+    finally:
+        phone.close()
+        server.close()

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from replicator.dialects.base import Dialect, last_position
 from replicator.errors import SchemaError
@@ -31,7 +31,7 @@ HORIZON_WAIT = 2
 # How long a replication pass waits for the app's transactions on a target
 # to end before it gives up (seconds).
 WRITERS_WAIT = 30
-_LOCK_WAIT_TIMEOUT, _DEADLOCK = 1205, 1213
+_LOCK_WAIT_TIMEOUT, _DEADLOCK, _NO_SUCH_TABLE = 1205, 1213, 1146
 # Errors about one row: a CHECK constraint, a NOT NULL column, a duplicate
 # key, a foreign key; a value out of range, too long, or not of the type.
 _REFUSED_CONSTRAINT = {4025, 3819, 1048, 1062, 1451, 1452}
@@ -228,6 +228,14 @@ class AdvisoryLock(Lock):
                 (self.name, holder[:255], me, now),
             )
             conn.commit()
+        except ProgrammingError as e:
+            conn.close()  # and the lock with it
+            if e.orig.args[0] == _NO_SUCH_TABLE:
+                raise SchemaError(
+                    f"database {self._engine.url.database} has no replicator_runners table "
+                    "(where a runner names itself): run `replicator init` to upgrade it"
+                ) from e
+            raise
         except BaseException:
             conn.close()
             raise
@@ -239,11 +247,13 @@ class AdvisoryLock(Lock):
         (a network cut the server has not noticed yet: it would keep the
         lock until its wait_timeout); if so, end that connection."""
         owner = conn.exec_driver_sql("SELECT IS_USED_LOCK(%s)", (self.key,)).scalar()
+        if owner is None:
+            return False
         c = runners.c
         named = conn.execute(
             sa.select(c.holder).where(c.name == self.name, c.connection_id == owner)
         ).scalar()
-        if owner is None or named != holder[:255]:
+        if named != holder[:255]:
             return False
         try:  # a user may end its own connections
             conn.exec_driver_sql(f"KILL CONNECTION {int(owner)}")
