@@ -269,9 +269,10 @@ def sync(
                     highlight=False,
                     soft_wrap=True,
                 )
-    for local, holder in result.held.items():
+    for name, held_by in result.held.items():
+        what = name.replace(":", " ", 1) if name.startswith("sink:") else f"link {name}"
         errors.print(
-            f"skipped: link {local} is being synced by {holder}",
+            f"skipped: {what} is being worked on by {held_by}",
             highlight=False,
             soft_wrap=True,
         )

@@ -121,21 +121,35 @@ class Round(msgspec.Struct, kw_only=True):
         )
 
 
-class _Link:
-    """A runner's hold on one link: its two locks and what it last saw."""
+class _Claim:
+    """What a runner works on under one lock of its own: a link (a local
+    and the server, named by the local) or a sink. ``node`` is the node
+    it needs besides the server."""
 
-    def __init__(self, local: str, link: Lock, running: Lock) -> None:
-        self.local, self.lock, self.running = local, link, running
+    def __init__(
+        self, kind: str, name: str, node: str, lock: Lock, backoff: Callable[[], Backoff]
+    ) -> None:
+        self.kind, self.name, self.node, self.lock = kind, name, node, lock
         self.held = False
         self.holder: str | None = None  # who holds it, when another runner does
-        self.next_try = 0.0  # when to try to take it again, when another runner does
+        self.next_try = 0.0  # when to try to take it again
         self.error: str | None = None  # why it could not be locked, last time
+        self.full_at: float | None = None  # when all of its work last ran
+        self.wait = _Wait(backoff())  # its own failures
+        self.lock_backoff = backoff()
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.name}"
+
+    def fields(self, **more: Any) -> dict[str, Any]:
+        return {self.kind: self.name, **more}
 
 
 class Runner:
-    """Replication over every link of a :class:`Replicator`, round after
-    round, until :meth:`stop`. :meth:`run` loops in the calling thread;
-    :meth:`step` is one round, for a caller with its own loop.
+    """Replication over every link of a :class:`Replicator`, and its sinks,
+    round after round, until :meth:`stop`. :meth:`run` loops in the calling
+    thread; :meth:`step` is one round, for a caller with its own loop.
 
     ``holder`` names this runner to other runners that find its links
     taken. ``now`` is the monotonic clock it paces itself by.
@@ -159,25 +173,37 @@ class Runner:
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.passes = list(replicator.passes(direction))
-        server = replicator.server
-        self.nodes: list[Node] = [server] + [
+        self._server_name = replicator.server.name
+        locals_ = [
             n for n in replicator.locals if any(n in (p.source, p.target) for p in self.passes)
         ]
+        self.nodes: list[Node] = [replicator.server, *locals_]
         self.links = {
-            n.name: _Link(n.name, replicator.lock(n.name), replicator.lock(n.name, "pass"))
-            for n in self.nodes[1:]
+            n.name: _Claim("link", n.name, n.name, replicator.lock(n.name), self._backoff)
+            for n in locals_
         }
+        self.sinks = {
+            name: _Claim("sink", name, sink.node.name, replicator.lock(name, "sink"), self._backoff)
+            for name, sink in replicator.sinks.items()
+        }
+        self._running = {local: replicator.lock(local, "pass") for local in self.links}
         self.unreachable: dict[str, tuple[str, float]] = {}  # node -> (error, since)
         self.last: Round | None = None
         self.rounds = 0
         self._seen: dict[tuple[str, str, str], int] = {}  # pass -> source head it read to
         self._sink_seen: dict[str, int] = {}
         self._retry: set[tuple[str, str, str]] = set()
-        self._full_at: float | None = None
         self._idle = self.timing.poll
         # Each node, link and sink backs off on its own: one device away
         # does not slow the others down.
-        self._waits: dict[str, _Wait] = {}
+        self._node_waits = {node.name: _Wait(self._backoff()) for node in self.nodes}
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self.timing.backoff, self.timing.backoff_cap, self.rand)
+
+    @property
+    def claims(self) -> list[_Claim]:
+        return [*self.links.values(), *self.sinks.values()]
 
     # --- the loop ------------------------------------------------------------
 
@@ -219,12 +245,12 @@ class Runner:
         threading.Thread(target=self.stop, name="replicator-stop", daemon=True).start()
 
     def close(self) -> None:
-        """Release every link this runner holds."""
-        for link in self.links.values():
-            for lock in (link.running, link.lock):
-                with contextlib.suppress(ReplicatorError, SQLAlchemyError):
-                    lock.release()
-            link.held = False
+        """Release every link and sink this runner holds."""
+        for claim in self.claims:
+            self._release(claim)
+        for lock in self._running.values():
+            with contextlib.suppress(ReplicatorError, SQLAlchemyError):
+                lock.release()
 
     # --- one round -----------------------------------------------------------
 
@@ -233,45 +259,47 @@ class Runner:
         the next. Never raises for a database problem."""
         self.rounds += 1
         now = self.now()
-        full = self._full_at is None or now - self._full_at >= self.timing.interval
-        if full:
-            self._full_at = now
         current = Round()
         heads = self._heads(current, now)
         reachable = set(heads)
-        self._take_links(reachable, now)
+        self._claim(reachable, now)
         workable = False
-        for local, link in self.links.items():
-            if not link.held or not {local, self.replicator.server.name} <= reachable:
+        for link in self.links.values():
+            if not self._ready(link, reachable, now):
                 continue
-            wait = self._wait(f"link:{local}")
-            if now < wait.until:
-                continue
-            if self.stopping.is_set():
-                break
             workable = True
             before = len(current.passes)
-            self._run_link(link, heads, full, current)
+            self._run_link(link, heads, now, current)
             if all(p.ok for p in current.passes[before:]):
-                wait.ok()
+                link.wait.ok()
             else:
-                wait.failed(now)
-        workable |= self._run_sinks(heads, reachable, full, current, now)
+                link.wait.failed(now)
+        for claim in self.sinks.values():
+            if self._ready(claim, reachable, now):
+                workable = True
+                self._run_sink(claim, heads, now, current)
         self.last = current
         return self._delay(current, now, workable)
 
-    def _wait(self, name: str) -> _Wait:
-        if name not in self._waits:
-            backoff = Backoff(self.timing.backoff, self.timing.backoff_cap, self.rand)
-            self._waits[name] = _Wait(backoff)
-        return self._waits[name]
+    def _ready(self, claim: _Claim, reachable: set[str], now: float) -> bool:
+        return (
+            claim.held
+            and {self._server_name, claim.node} <= reachable
+            and now >= claim.wait.until
+            and not self.stopping.is_set()
+        )
+
+    def _full(self, claim: _Claim, now: float) -> bool:
+        """Whether all of the claim's work is due (once per interval, and
+        first after it was taken)."""
+        return claim.full_at is None or now - claim.full_at >= self.timing.interval
 
     def _heads(self, current: Round, now: float) -> dict[str, int]:
         """Each reachable node's outbox head; records who cannot be reached
         (a node backing off is not asked again before its time)."""
         heads = {}
         for node in self.nodes:
-            wait = self._wait(f"node:{node.name}")
+            wait = self._node_waits[node.name]
             if now < wait.until:
                 current.unreachable[node.name] = self.unreachable[node.name][0]
                 continue
@@ -287,76 +315,96 @@ class Runner:
                 self._found(node.name)
         return heads
 
-    def _take_links(self, reachable: set[str], now: float) -> None:
-        if self.replicator.server.name not in reachable:
+    # --- one runner per link and per sink ------------------------------------
+
+    def _claim(self, reachable: set[str], now: float) -> None:
+        """Take what is free; let go of what cannot be worked on."""
+        if self._server_name not in reachable:
             return  # the locks live on the server
-        for link in self.links.values():
-            if not link.held and now < link.next_try:
+        for claim in self.claims:
+            if claim.node not in reachable:
+                if claim.held:  # another runner may reach it: let it
+                    self._release(claim)
+                    log.warning(
+                        f"letting go of {claim.label} while {claim.node} cannot be reached",
+                        extra={"event": f"{claim.kind}_released", "fields": claim.fields()},
+                    )
+                continue
+            if not claim.held and now < claim.next_try:
                 continue
             try:
-                if link.held and link.lock.held():
+                if claim.held and claim.lock.held():
                     continue
-                if link.held:
-                    link.held = False
+                if claim.held:
+                    claim.held = False
                     log.warning(
-                        f"lost the lock of link {link.local}; taking it again when it is free",
-                        extra={"event": "link_lost", "fields": {"link": link.local}},
+                        f"lost the lock of {claim.label}; taking it again when it is free",
+                        extra={"event": f"{claim.kind}_lost", "fields": claim.fields()},
                     )
-                if link.lock.acquire(self.holder):
-                    link.held, link.holder, link.error = True, None, None
-                    self._wait(f"lock:{link.local}").ok()
-                    log.info(
-                        f"syncing link {link.local} <-> {self.replicator.server.name}",
-                        extra={"event": "link_taken", "fields": {"link": link.local}},
+                if claim.lock.acquire(self.holder):
+                    claim.held, claim.holder, claim.error, claim.full_at = True, None, None, None
+                    claim.lock_backoff.reset()
+                    what = (
+                        f"syncing link {claim.name} <-> {self._server_name}"
+                        if claim.kind == "link"
+                        else f"feeding sink {claim.name} from {claim.node}"
                     )
+                    log.info(what, extra={"event": f"{claim.kind}_taken", "fields": claim.fields()})
                     continue
-                holder = link.lock.holder() or "another runner"
-                link.next_try = now + LOCK_RETRY
+                holder = claim.lock.holder() or "another runner"
+                claim.next_try = now + LOCK_RETRY
             except (ReplicatorError, SQLAlchemyError) as e:
-                self._lock_failed(link, describe(e), now)
+                self._lock_failed(claim, describe(e), now)
                 continue
-            link.error = None
-            if holder != link.holder:
-                link.holder = holder
+            claim.error = None
+            if holder != claim.holder:
+                claim.holder = holder
                 log.warning(
-                    f"link {link.local} is held by {holder}; waiting for it",
-                    extra={"event": "link_held", "fields": {"link": link.local, "holder": holder}},
+                    f"{claim.label} is held by {holder}; waiting for it",
+                    extra={"event": f"{claim.kind}_held", "fields": claim.fields(holder=holder)},
                 )
 
-    def _lock_failed(self, link: _Link, error: str, now: float) -> None:
-        """The server answers but the link's lock cannot be taken (its
-        schema is behind, say): no pass runs on it; say so once, and try
-        again with backoff."""
-        link.next_try = now + self._wait(f"lock:{link.local}").backoff.next()
-        if error != link.error:
-            link.error = error
+    def _release(self, claim: _Claim) -> None:
+        with contextlib.suppress(ReplicatorError, SQLAlchemyError):
+            claim.lock.release()
+        claim.held = False
+
+    def _lock_failed(self, claim: _Claim, error: str, now: float) -> None:
+        """The server answers but the lock cannot be taken (its schema is
+        behind, say): nothing runs on it; say so once, and try again with
+        backoff."""
+        claim.next_try = now + claim.lock_backoff.next()
+        if error != claim.error:
+            claim.error = error
             log.warning(
-                f"cannot take the lock of link {link.local}: {error}; no pass runs on it",
-                extra={"event": "link_error", "fields": {"link": link.local, "error": error}},
+                f"cannot take the lock of {claim.label}: {error}; nothing runs on it",
+                extra={"event": f"{claim.kind}_error", "fields": claim.fields(error=error)},
             )
 
-    def _run_link(self, link: _Link, heads: dict[str, int], full: bool, current: Round) -> None:
-        due = [p for p in self.passes if link.local in (p.source.name, p.target.name)]
-        due = [p for p in due if full or self._moved(p, heads)]
+    # --- running passes and sinks --------------------------------------------
+
+    def _run_link(self, link: _Claim, heads: dict[str, int], now: float, current: Round) -> None:
+        full = self._full(link, now)
+        mine = [p for p in self.passes if link.name in (p.source.name, p.target.name)]
+        due = [p for p in mine if full or self._moved(p, heads)]
         if not due:
             return
-        running = self._mark(link.running)
+        running = self._mark(self._running[link.name])
+        ran = 0
         try:
-            bootstrapped = set()
             for sync_pass in due:
                 if self.stopping.is_set():
                     break
                 target = sync_pass.target
-                if full and target.role == "local" and target.name not in bootstrapped:
-                    bootstrapped.add(target.name)
-                    position = self.replicator.bootstrap_if_empty(target)
-                    if position is not None:
-                        log.info(
-                            f"bootstrapped {target.name} from the server up to {position}",
-                            extra={"event": "bootstrapped", "fields": {"node": target.name}},
-                        )
+                if (
+                    full
+                    and target.role == "local"
+                    and not any(p.target is target for p in due[:ran])
+                ):
+                    self._bootstrap(target)
                 head = self._head(sync_pass.source, heads)
                 result = sync_pass.run(self.stopping.is_set, record_empty=full)
+                ran += 1
                 current.passes.append(result)
                 _log_pass(result, quiet=not full)
                 key = _key(sync_pass)
@@ -369,7 +417,18 @@ class Runner:
                     heads.pop(target.name, None)  # moved: read again when needed
         finally:
             if running:
-                link.running.release()
+                with contextlib.suppress(ReplicatorError, SQLAlchemyError):
+                    self._running[link.name].release()
+        if full and ran == len(due):
+            link.full_at = now
+
+    def _bootstrap(self, node: Node) -> None:
+        position = self.replicator.bootstrap_if_empty(node)
+        if position is not None:
+            log.info(
+                f"bootstrapped {node.name} from the server up to {position}",
+                extra={"event": "bootstrapped", "fields": {"node": node.name}},
+            )
 
     def _mark(self, lock: Lock) -> bool:
         """Show other processes a pass is running (``replicator status``)."""
@@ -396,44 +455,43 @@ class Runner:
                 return None
         return heads[node.name]
 
-    def _run_sinks(
-        self, heads: dict[str, int], reachable: set[str], full: bool, current: Round, now: float
-    ) -> bool:
-        """Run the sinks whose node's log moved; whether any could run."""
-        ours = {self.replicator.server.name} | {n for n, link in self.links.items() if link.held}
-        workable = False
-        for name, sink in self.replicator.sinks.items():
-            node = sink.node
-            wait = self._wait(f"sink:{name}")
-            if node.name not in ours & reachable or now < wait.until or self.stopping.is_set():
-                continue
-            workable = True
-            head = self._head(node, heads)
-            if not full and head is not None and head <= self._sink_seen.get(name, -1):
-                continue
-            result = sink.run()
-            current.sinks.append(result)
-            _log_sink(result)
-            if not result.ok:
-                wait.failed(now)
-                continue
-            wait.ok()
-            if head is not None and result.status == "ok":  # deferred: try again
-                self._sink_seen[name] = head
-        return workable
+    def _run_sink(self, claim: _Claim, heads: dict[str, int], now: float, current: Round) -> None:
+        """Run the sink when its node's log moved (or its interval is up)."""
+        sink = self.replicator.sinks[claim.name]
+        full = self._full(claim, now)
+        head = self._head(sink.node, heads)
+        if not full and head is not None and head <= self._sink_seen.get(claim.name, -1):
+            return
+        result = sink.run()
+        current.sinks.append(result)
+        _log_sink(result)
+        if not result.ok:
+            claim.wait.failed(now)
+            return
+        claim.wait.ok()
+        if result.status == "ok":  # deferred: try again next round
+            if head is not None:
+                self._sink_seen[claim.name] = head
+            if full:
+                claim.full_at = now
 
     def _delay(self, current: Round, now: float, workable: bool) -> float:
         """How long to wait: soon after events, longer while idle, never
         past the next interval; when nothing could run (every node, link
-        and sink in reach is backing off), until the first may be retried."""
+        and sink in reach is backing off or held elsewhere), until the
+        first may be tried again."""
         if current.moved:
             self._idle = self.timing.poll
         else:
             self._idle = min(self._idle * 2, self.timing.idle_poll)
-        until_full = self.timing.interval - (now - (self._full_at or now))
-        delay = min(self._idle, until_full)
+        interval = self.timing.interval
+        due = [c.full_at + interval - now for c in self.claims if c.held and c.full_at is not None]
+        delay = min(self._idle, *due) if due else self._idle
         if not workable:
-            retries = [w.until - now for w in self._waits.values() if w.until > now]
+            waits = [*self._node_waits.values(), *(c.wait for c in self.claims)]
+            retries = [w.until - now for w in waits if w.until > now] + [
+                c.next_try - now for c in self.claims if not c.held and c.next_try > now
+            ]
             delay = min(retries, default=delay)
         return max(0.0, delay)
 

@@ -27,7 +27,8 @@ class LinkStatus(msgspec.Struct, kw_only=True):
     source's current log yet). ``lag`` counts the events this link has
     still to carry (those the pass would read: a local's own, the server's
     but for the target's own, of the channel's tables), ``lag_seconds``
-    the age of the oldest of them (0 when none). ``last_sync`` is the end
+    how long ago the oldest of them was made, by its origin's hybrid clock
+    (0 when none): a change an offline device made days ago counts days. ``last_sync`` is the end
     of its last successful pass (ISO 8601, UTC). ``syncing``: a pass over
     the link is running now, by ``runner`` (whoever holds the link).
     ``reachable`` is False when either node cannot be read, ``error`` says

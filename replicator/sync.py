@@ -81,7 +81,8 @@ class SyncResult(msgspec.Struct, kw_only=True):
     passes: list[PassResult]
     bootstrapped: dict[str, int] = {}
     sinks: list[Any] = []  # each a replicator.sink.SinkResult, run after the passes
-    # Links left alone because another runner holds them: local -> holder.
+    # What another runner holds, left alone: a local's name for its link,
+    # sink:NAME for a sink; each with its holder.
     held: dict[str, str] = {}
 
     @property
@@ -404,6 +405,10 @@ def _scoped(entry: Entry, scope: Mapping[str, Any]) -> Entry | None:
     return None
 
 
+#: How :attr:`SyncResult.held` names a sink.
+SINK_HELD = "sink:"
+
+
 def _local_of_link(source: Node, target: Node) -> str:
     return source.name if source.role == "local" else target.name
 
@@ -527,7 +532,7 @@ class Replicator:
         """
         result = SyncResult(passes=[])
         stop = stop or (lambda: False)
-        with self._links_held(direction, result.held) as mine:
+        with self._held(direction, result.held) as mine:
             for sync_pass in self.passes(direction):
                 if stop() or _local_of(sync_pass) not in mine:
                     continue
@@ -535,47 +540,53 @@ class Replicator:
                 if target.role == "local" and target.name not in result.bootstrapped:
                     result.bootstrapped[target.name] = self.bootstrap_if_empty(target)
                 result.passes.append(sync_pass.run(stop))
-            nodes = {self.server.name, *mine}
             result.sinks = [
-                sink.run() for sink in self.sinks.values() if sink.node.name in nodes and not stop()
+                sink.run()
+                for name, sink in self.sinks.items()
+                if SINK_HELD + name in mine and not stop()
             ]
         result.bootstrapped = {n: p for n, p in result.bootstrapped.items() if p is not None}
         return result
 
-    def lock(self, local: str, kind: Literal["link", "pass"] = "link") -> Lock:
-        """A lock of the link between the server and ``local``, on the
-        server (see :mod:`replicator.locks`): ``link`` is held by whatever
-        works on the link, ``pass`` while a pass runs over it."""
+    def lock(self, name: str, kind: Literal["link", "pass", "sink"] = "link") -> Lock:
+        """A lock on the server (see :mod:`replicator.locks`): ``link`` is
+        held by whatever works on the link between the server and the local
+        ``name``, ``pass`` while a pass runs over it, ``sink`` by whatever
+        runs the sink ``name``."""
         server = self.server
-        return server.dialect.lock(server.get_engine(), f"{kind}-{local}")
+        return server.dialect.lock(server.get_engine(), f"{kind}-{name}")
 
     @contextmanager
-    def _links_held(self, direction: Direction | None, held: dict[str, str]) -> Iterator[set[str]]:
-        """Take the link and pass locks of every local of ``direction``'s
-        links; yields the locals taken, and fills ``held`` with the others'
-        holders. A server that cannot be reached cannot be locked: its
-        passes then run anyway, and fail saying why; any other failure to
-        lock (a schema without ``replicator_runners``) is raised."""
+    def _held(self, direction: Direction | None, held: dict[str, str]) -> Iterator[set[str]]:
+        """Take the locks of every link of ``direction`` (and its pass lock)
+        and of every sink; yields what was taken (a local's name for its
+        link, ``sink:NAME`` for a sink) and fills ``held`` with the others
+        and their holders. A server that cannot be reached cannot be locked:
+        its passes and sinks then run anyway, and fail saying why; any other
+        failure to lock (a schema without ``replicator_runners``) is raised."""
         holder = locks.holder_name("replicator sync")
         taken: list[Lock] = []
         mine: set[str] = set()
+        wanted = [
+            (local, self.lock(local), self.lock(local, "pass"))
+            for local in dict.fromkeys(_local_of_link(s, t) for s, t in self.links(direction))
+        ] + [(SINK_HELD + name, self.lock(name, "sink"), None) for name in self.sinks]
         try:
-            for local in dict.fromkeys(_local_of_link(s, t) for s, t in self.links(direction)):
-                link, running = self.lock(local), self.lock(local, "pass")
+            for name, lock, running in wanted:
                 try:
-                    if not link.acquire(holder):
-                        held[local] = link.holder() or "another runner"
+                    if not lock.acquire(holder):
+                        held[name] = lock.holder() or "another runner"
                         continue
-                    taken.append(link)
-                    if running.acquire(holder):
+                    taken.append(lock)
+                    if running is not None and running.acquire(holder):
                         taken.append(running)
                 except (ConnectivityError, OperationalError):
-                    pass  # the server cannot be reached: its passes will say so
-                mine.add(local)
+                    pass  # the server cannot be reached: what runs will say so
+                mine.add(name)
             yield mine
         finally:
             for lock in reversed(taken):
-                with suppress(SQLAlchemyError):
+                with suppress(ReplicatorError, SQLAlchemyError):
                     lock.release()
 
     def bootstrap(self, name: str, progress: Callable[[int, int], None] | None = None) -> Any:

@@ -340,3 +340,17 @@ def test_sigterm_stops_a_runner_whatever_its_loop_is_doing(tmp_path):
         finally:
             service.kill()
             service.stdout.close()
+
+
+def test_sync_says_an_embedded_server_in_a_missing_directory_cannot_be_reached(tmp_path):
+    from typer.testing import CliRunner
+
+    from replicator.cli import app
+
+    config = write_config(
+        tmp_path, f"sqlite:///{tmp_path}/gone/server.sqlite", f"sqlite:///{tmp_path}/phone.sqlite"
+    )
+    result = CliRunner().invoke(app, ["sync", "--config", str(config)])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "server" in result.output and "cannot be reached" in result.output

@@ -474,3 +474,23 @@ def test_a_sink_on_the_server_follows_its_log_and_waits_out_long_writers(databas
         runner.close()
     phone.close()
     server.close()
+
+
+@pytest.mark.backends("sqlite", "mariadb")
+def test_one_runner_per_sink(cluster):
+    """A sink's collection and checkpoint are written by one runner at a
+    time: a sync elsewhere leaves it (and the link) to the runner."""
+    from replicator.service import Runner
+
+    server, _, r = cluster
+    write(server, d1=doc("Pan con tomate."))
+    runner = Runner(r, holder="runner A")
+    try:
+        runner.step()
+        assert [s.sink for s in runner.last.sinks] == ["documents"]
+        with Replicator(r.config) as other:
+            result = other.sync()
+        assert result.held == {"phone": "runner A", "sink:documents": "runner A"}
+        assert result.passes == [] and result.sinks == []
+    finally:
+        runner.close()
