@@ -9,6 +9,9 @@
     config = replicator.load_config("replicator.toml")
     with replicator.Replicator(config) as r:   # every link and channel
         result = r.sync()                      # one pass each: a SyncResult
+
+    with replicator.BackgroundSync(config, engines={"phone": engine}):
+        ...                                    # the app runs; its writes replicate
 """
 
 from __future__ import annotations
@@ -28,10 +31,13 @@ from replicator.errors import (
 from replicator.events import ChangeEvent, Operation
 from replicator.migration import migrate
 from replicator.node import Node
+from replicator.service import AsyncBackgroundSync, BackgroundSync, Runner, Timing
 from replicator.sync import PassResult, Replicator, SyncPass, SyncResult, replicate
 
 __all__ = [
     "ApplyError",
+    "AsyncBackgroundSync",
+    "BackgroundSync",
     "Capture",
     "CaptureError",
     "ChangeEvent",
@@ -44,9 +50,11 @@ __all__ = [
     "PassResult",
     "Replicator",
     "ReplicatorError",
+    "Runner",
     "SchemaError",
     "SyncPass",
     "SyncResult",
+    "Timing",
     "capture",
     "load_config",
     "migrate",

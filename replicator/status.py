@@ -63,6 +63,7 @@ class SinkStatus(msgspec.Struct, kw_only=True):
     node: str
     lag: int | None = None
     documents: int | None = None  # None: the collection is missing (or unreadable)
+    runner: str | None = None  # who runs it now (holds its lock)
     error: str | None = None
 
 
@@ -86,7 +87,7 @@ def status(replicator: Replicator, now: dt.datetime | None = None) -> Status:
     nodes = {name: _node(node) for name, node in replicator.nodes.items()}
     runners = _runners(replicator)
     links = [_link(p, nodes, runners, now) for p in replicator.passes()]
-    sinks = [_sink(name, sink) for name, sink in replicator.sinks.items()]
+    sinks = [_sink(replicator, name, sink) for name, sink in replicator.sinks.items()]
     return Status(
         links=links,
         nodes=list(nodes.values()),
@@ -175,9 +176,10 @@ def iso(moment: dt.datetime | None) -> str | None:
     return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
-def _sink(name: str, sink: Any) -> SinkStatus:
+def _sink(replicator: Replicator, name: str, sink: Any) -> SinkStatus:
     found = SinkStatus(sink=name, node=sink.node.name)
     try:
+        found.runner = replicator.lock(name, "sink").holder()
         found.lag = sink.lag()
         found.documents = sink.count()
     except (ReplicatorError, SQLAlchemyError) as e:
