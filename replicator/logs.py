@@ -2,9 +2,10 @@
 pass and one per change of state, as text or as JSON lines.
 
 The library logs to the ``replicator`` logger with two extras: ``event``
-(``pass``, ``sink``, ``node_unreachable``, ``node_reachable``,
-``link_taken``, ``link_held``, ``link_lost``, ``started``, ``stopped``,
-``bootstrapped``) and ``fields`` (what happened, as plain values). An app
+(``pass``, ``sink``, ``node_unreachable``, ``node_reachable``, ``started``,
+``stopped``, ``bootstrapped``, and for a link or a sink ``link_taken``,
+``link_held``, ``link_lost``, ``link_released``, ``link_error``,
+``sink_taken``, ...) and ``fields`` (what happened, as plain values). An app
 routes them like any other log; :func:`configure` is what the command uses.
 
 Whatever a line holds, a password in a database URL never appears in it:

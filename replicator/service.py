@@ -2,26 +2,32 @@
 run``) or inside the app's own process (:class:`BackgroundSync` in a
 thread, :class:`AsyncBackgroundSync` as an asyncio task).
 
-A :class:`Runner` works on the links whose lock it holds (a link is a local
-and the server, both directions; one runner per link, see
-:mod:`replicator.locks`). Each round it:
+A :class:`Runner` works on the links and sinks whose lock it holds (a link
+is a local and the server, both directions; one runner per link and per
+sink, see :mod:`replicator.locks`). Each round it:
 
 1. reads every node's outbox head: one cheap query per node, which also
    tells whether the node can be reached;
-2. takes the lock of each link it does not hold yet (never waiting: a link
-   another runner holds is tried again next round);
+2. takes the lock of each link and sink it does not hold yet, if the nodes
+   it needs can be reached (never waiting: one held elsewhere is tried
+   again a second later), and lets go of one whose local it cannot reach;
 3. runs the passes whose source has new events since that pass last read
-   it, and the sinks whose node's log moved; every pass and sink once per
-   ``interval`` whatever the heads say (a retry, a first bootstrap);
+   it, and the sinks whose node's log moved; all of a link's passes (with a
+   bootstrap of an empty local) and a sink once per ``interval``, and first
+   thing after taking it, whatever the heads say;
 4. waits: ``poll`` seconds after a round that found events, growing to
-   ``idle_poll`` while nothing happens, never past the next interval; while
-   a node cannot be reached or a pass fails, exponentially longer with
-   jitter, up to ``backoff_cap``.
+   ``idle_poll`` while nothing happens, never past the next interval. A
+   node that cannot be reached, or a link or sink whose work fails, is
+   tried again exponentially later with jitter (up to ``backoff_cap``),
+   each on its own; when nothing else can run, the runner sleeps until
+   the first retry.
 
 So a write reaches the other node within about ``idle_poll`` plus one pass
 under light load, and a quiet runner costs one head query per node per
-``idle_poll``. It logs one line per pass and one per change of state (a
-node lost or back, a link taken, found held or lost), not one per retry.
+``idle_poll``. It logs one line per pass that read something or failed (and each
+pass once per interval: the empty ones in between are only logged at debug
+level, and not recorded) and one per change of state (a node lost or back,
+a link or sink taken, found held, lost or let go), not one per retry.
 
 Stopping (:meth:`Runner.stop`, which SIGINT/SIGTERM call in ``replicator
 run``) lets the current batch commit with its checkpoint; then the runner
@@ -575,7 +581,35 @@ def _replicator_of(
     return Replicator(source, engines=engines), True
 
 
-class BackgroundSync:
+class _InProcess:
+    """What the thread and the asyncio forms share: a runner over the
+    app's engines, named as ``what`` to other runners."""
+
+    what = "background sync"
+
+    def __init__(
+        self,
+        source: Config | Replicator,
+        *,
+        engines: dict[str, Engine] | None = None,
+        timing: Timing | None = None,
+        direction: Direction | None = None,
+    ) -> None:
+        self.replicator, self._owned = _replicator_of(source, engines)
+        self.runner = Runner(
+            self.replicator,
+            timing=timing,
+            direction=direction,
+            holder=locks.holder_name(self.what),
+        )
+
+    @property
+    def last(self) -> Round | None:
+        """The last round (None before the first)."""
+        return self.runner.last
+
+
+class BackgroundSync(_InProcess):
     """Replication in a background thread of the app's process::
 
         engine = sqlalchemy.create_engine("duckdb:///app.duckdb")
@@ -591,32 +625,14 @@ class BackgroundSync:
     starts a round at once instead of at the next poll.
     """
 
-    def __init__(
-        self,
-        source: Config | Replicator,
-        *,
-        engines: dict[str, Engine] | None = None,
-        timing: Timing | None = None,
-        direction: Direction | None = None,
-    ) -> None:
-        self.replicator, self._owned = _replicator_of(source, engines)
-        self.runner = Runner(
-            self.replicator,
-            timing=timing,
-            direction=direction,
-            holder=locks.holder_name("background sync"),
-        )
+    def __init__(self, source: Config | Replicator, **options: Any) -> None:
+        super().__init__(source, **options)
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def last(self) -> Round | None:
-        """The last round (None before the first)."""
-        return self.runner.last
 
     def start(self) -> BackgroundSync:
         if self._thread is not None:
@@ -657,7 +673,7 @@ class BackgroundSync:
         self.stop()
 
 
-class AsyncBackgroundSync:
+class AsyncBackgroundSync(_InProcess):
     """Replication as an asyncio task of the app's event loop::
 
         async with AsyncBackgroundSync(config, engines={"phone": engine}) as sync:
@@ -669,21 +685,10 @@ class AsyncBackgroundSync:
     :class:`BackgroundSync`.
     """
 
-    def __init__(
-        self,
-        source: Config | Replicator,
-        *,
-        engines: dict[str, Engine] | None = None,
-        timing: Timing | None = None,
-        direction: Direction | None = None,
-    ) -> None:
-        self.replicator, self._owned = _replicator_of(source, engines)
-        self.runner = Runner(
-            self.replicator,
-            timing=timing,
-            direction=direction,
-            holder=locks.holder_name("asyncio background sync"),
-        )
+    what = "asyncio background sync"
+
+    def __init__(self, source: Config | Replicator, **options: Any) -> None:
+        super().__init__(source, **options)
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -691,10 +696,6 @@ class AsyncBackgroundSync:
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
-
-    @property
-    def last(self) -> Round | None:
-        return self.runner.last
 
     async def start(self) -> AsyncBackgroundSync:
         if self._task is not None:

@@ -246,14 +246,8 @@ class AdvisoryLock(Lock):
         """Whether the lock is held by a connection this same holder lost
         (a network cut the server has not noticed yet: it would keep the
         lock until its wait_timeout); if so, end that connection."""
-        owner = conn.exec_driver_sql("SELECT IS_USED_LOCK(%s)", (self.key,)).scalar()
-        if owner is None:
-            return False
-        c = runners.c
-        named = conn.execute(
-            sa.select(c.holder).where(c.name == self.name, c.connection_id == owner)
-        ).scalar()
-        if named != holder[:255]:
+        owner, named = self._owner(conn)
+        if owner is None or named != holder[:255]:
             return False
         try:  # a user may end its own connections
             conn.exec_driver_sql(f"KILL CONNECTION {int(owner)}")
@@ -289,13 +283,9 @@ class AdvisoryLock(Lock):
 
     def holder(self) -> str | None:
         with self._engine.connect() as conn:
-            owner = conn.exec_driver_sql("SELECT IS_USED_LOCK(%s)", (self.key,)).scalar()
+            owner, named = self._owner(conn)
             if owner is None:
                 return None
-            c = runners.c
-            named = conn.execute(
-                sa.select(c.holder).where(c.name == self.name, c.connection_id == owner)
-            ).scalar()
             if named:
                 return named
             seen = conn.exec_driver_sql(
@@ -303,6 +293,18 @@ class AdvisoryLock(Lock):
             ).first()
             where = f" from {seen[0]} (user {seen[1]})" if seen else ""
             return f"MariaDB connection {owner}{where}"
+
+    def _owner(self, conn: Connection) -> tuple[int | None, str | None]:
+        """The connection holding the lock (None: free), and the holder it
+        recorded (None if it recorded none)."""
+        owner = conn.exec_driver_sql("SELECT IS_USED_LOCK(%s)", (self.key,)).scalar()
+        if owner is None:
+            return None, None
+        c = runners.c
+        named = conn.execute(
+            sa.select(c.holder).where(c.name == self.name, c.connection_id == owner)
+        ).scalar()
+        return owner, named
 
     def _drop(self) -> None:
         if self._conn is not None:
