@@ -19,7 +19,6 @@ on the other's writes.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import os
 import socket
 import sys
@@ -30,6 +29,11 @@ from pathlib import Path
 from typing import IO
 
 from replicator.errors import ConnectivityError, ReplicatorError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): locks hold within one process only
+    fcntl = None  # type: ignore[assignment]
 
 # Tries to take a lock file (5 ms apart): a look at its holder shares it
 # for an instant, which must not make a taker give up.
@@ -193,8 +197,9 @@ def for_database(database: str | None, name: str, owner: object = None) -> Lock:
     is ``database``: a :class:`FileLock` beside the file
     (``app.sqlite.replicator-link-phone.lock``), or a :class:`ProcessLock`
     for an in-memory database (None, ``""`` or ``":memory:"``), which is
-    one per ``owner`` (its engine)."""
-    if not database or database == ":memory:":
+    one per ``owner`` (its engine). Without ``flock`` (Windows) it is a
+    :class:`ProcessLock` too: one runner per link within the process."""
+    if not database or database == ":memory:" or fcntl is None:
         return ProcessLock(name, owner)
     path = Path(database)
     return FileLock(path.with_name(f"{path.name}.replicator-{name}.lock"), name)
