@@ -165,8 +165,10 @@ class ProcessLock(Lock):
 
     def __init__(self, name: str, database: object = None) -> None:
         self.name = name
-        # In-memory databases are one per engine: the lock is one per database.
-        self._key = f"{id(database)}:{name}"
+        # In-memory databases are one per engine: the lock is one per database
+        # (named by its path, or by its engine's identity).
+        where = database if isinstance(database, str) else id(database)
+        self._key = f"{where}:{name}"
         self._held = False
 
     def acquire(self, holder: str) -> bool:
@@ -199,7 +201,9 @@ def for_database(database: str | None, name: str, owner: object = None) -> Lock:
     for an in-memory database (None, ``""`` or ``":memory:"``), which is
     one per ``owner`` (its engine). Without ``flock`` (Windows) it is a
     :class:`ProcessLock` too: one runner per link within the process."""
-    if not database or database == ":memory:" or fcntl is None:
+    if not database or database == ":memory:":
         return ProcessLock(name, owner)
+    if fcntl is None:
+        return ProcessLock(name, str(Path(database).resolve()))
     path = Path(database)
     return FileLock(path.with_name(f"{path.name}.replicator-{name}.lock"), name)
