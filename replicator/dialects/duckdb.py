@@ -12,7 +12,10 @@ write-write conflicts itself), and alembic has no implementation for it
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,11 +30,96 @@ from replicator.dialects.base import (
     Row,
     TableShape,
     last_per_key,
+    last_position,
     literal,
     names,
     quote,
     update_list,
 )
+from replicator.errors import ReplicatorError
+
+# How long a reader waits for the outbox's appenders in this process before
+# it settles for the horizon it already has (seconds), as on MariaDB.
+HORIZON_WAIT = 2
+# How long a snapshot (a bootstrap, a sink starting over) waits for them.
+SNAPSHOT_WAIT = 30
+_APPENDING = "replicator_duckdb_appending"
+
+
+class _Appenders:
+    """The transactions of this process appending to one DuckDB database's
+    outbox, and the readers establishing a horizon on it.
+
+    DuckDB runs the transactions of one process concurrently: one may take
+    outbox position 10 and commit after another took 11 and committed, and
+    a reader that read up to 11 in between has skipped 10 for good (the
+    outbox gap, spec invariant 2). So, as MariaDB's writers' row does
+    between processes, appenders count themselves in from their first
+    append until their connection goes back to the pool (after its commit
+    or rollback); a reader holds new appenders back, waits until none is
+    in flight, and reads the largest position: every position at or below
+    it is final. Appenders never wait for each other, only for a reader's
+    one query.
+    """
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.active = 0
+        self.reading = 0
+
+    def begin(self) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: not self.reading)
+            self.active += 1
+
+    def end(self) -> None:
+        with self.changed:
+            self.active -= 1
+            self.changed.notify_all()
+
+    def horizon(self, read: Callable[[], int], timeout: float) -> int | None:
+        with self.changed:
+            self.reading += 1
+            try:
+                # Appenders on this very thread would never end: give up then.
+                if not self.changed.wait_for(lambda: not self.active, timeout):
+                    return None
+                return read()
+            finally:
+                self.reading -= 1
+                self.changed.notify_all()
+
+
+_appenders: dict[Any, _Appenders] = {}
+_registry = threading.Lock()
+
+
+def _appenders_of(conn: Connection) -> _Appenders:
+    """The one :class:`_Appenders` of ``conn``'s database in this process
+    (by file; an in-memory database is one per engine)."""
+    engine = conn.engine
+    database = engine.url.database
+    key = (
+        str(Path(database).resolve())
+        if database and database != ":memory:"
+        else ("memory", id(engine))
+    )
+    with _registry:
+        if key not in _appenders:
+            _appenders[key] = _Appenders()
+        if not getattr(engine, "_replicator_appenders", False):
+            # An appender counts itself out when its connection is returned
+            # to the pool (or discarded), after its transaction ended.
+            sa.event.listen(engine, "checkin", _appended)
+            sa.event.listen(engine, "invalidate", _appended)
+            engine._replicator_appenders = True
+        return _appenders[key]
+
+
+def _appended(dbapi_connection: Any, record: Any, *error: Any) -> None:
+    appenders = record.info.pop(_APPENDING, None) if record is not None else None
+    if appenders is not None:
+        appenders.end()
 
 
 class DuckDBDialect(Dialect):
@@ -40,6 +128,43 @@ class DuckDBDialect(Dialect):
     # upserted in one columnar statement (DuckDB has one writing process and
     # aborts a transaction that would overwrite a concurrent write).
     advances_versions_in_sql = False
+
+    # Reading the outbox in commit order: see _Appenders.
+
+    def guard_append(self, conn: Connection) -> None:
+        if _APPENDING in conn.info:
+            return  # counted in until the connection goes back to the pool
+        appenders = _appenders_of(conn)
+        appenders.begin()
+        conn.info[_APPENDING] = appenders
+
+    def horizon(self, conn: Connection) -> int | None:
+        def read() -> int:
+            with conn.begin():  # a snapshot taken now, with no appender in flight
+                return last_position(conn)
+
+        return _appenders_of(conn).horizon(read, HORIZON_WAIT)
+
+    @contextmanager
+    def snapshot(self, engine: sa.Engine) -> Iterator[tuple[Connection, int]]:
+        with engine.connect() as conn:
+            transaction = None
+
+            def read() -> int:
+                nonlocal transaction
+                # The transaction's first statement, with no appender in
+                # flight: its snapshot holds every event up to the position.
+                transaction = conn.begin()
+                return last_position(conn)
+
+            position = _appenders_of(conn).horizon(read, SNAPSHOT_WAIT)
+            if position is None or transaction is None:
+                raise ReplicatorError(
+                    f"a snapshot of {engine.url.database}: this process's writers kept "
+                    f"appending to its outbox for {SNAPSHOT_WAIT} s; try again"
+                )
+            with transaction:
+                yield conn, position
 
     def insert_rows(
         self,
