@@ -207,3 +207,16 @@ def for_database(database: str | None, name: str, owner: object = None) -> Lock:
         return ProcessLock(name, str(Path(database).resolve()))
     path = Path(database)
     return FileLock(path.with_name(f"{path.name}.replicator-{name}.lock"), name)
+
+
+def in_directory(directory: str | Path, filename: str, name: str = "") -> Lock:
+    """A :class:`FileLock` on ``directory / filename`` (the directory made
+    if missing); a :class:`ProcessLock` on it without ``flock``."""
+    path = Path(directory) / filename
+    if fcntl is None:
+        return ProcessLock(name or filename, str(path.resolve()))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReplicatorError(f"cannot make the directory {path.parent}: {e.strerror}") from e
+    return FileLock(path, name or filename)

@@ -269,28 +269,33 @@ class Runner:
         heads = self._heads(current, now)
         reachable = set(heads)
         self._claim(reachable, now)
-        workable = False
+        ready = []
         for link in self.links.values():
             if not self._ready(link, reachable, now):
                 continue
-            workable = True
+            ready.append(link)
             before = len(current.passes)
             self._run_link(link, heads, now, current)
-            if all(p.ok for p in current.passes[before:]):
+            # A deferred pass (long writers) is tried again later too.
+            if all(p.status == "ok" for p in current.passes[before:]):
                 link.wait.ok()
             else:
                 link.wait.failed(now)
         for claim in self.sinks.values():
             if self._ready(claim, reachable, now):
-                workable = True
+                ready.append(claim)
                 self._run_sink(claim, heads, now, current)
         self.last = current
-        return self._delay(current, now, workable)
+        return self._delay(current, now, ready)
+
+    def _needs(self, claim: _Claim) -> set[str]:
+        """The nodes a claim's work needs: a link both ends, a sink its node."""
+        return {self._server_name, claim.node} if claim.kind == "link" else {claim.node}
 
     def _ready(self, claim: _Claim, reachable: set[str], now: float) -> bool:
         return (
             claim.held
-            and {self._server_name, claim.node} <= reachable
+            and self._needs(claim) <= reachable
             and now >= claim.wait.until
             and not self.stopping.is_set()
         )
@@ -325,8 +330,6 @@ class Runner:
 
     def _claim(self, reachable: set[str], now: float) -> None:
         """Take what is free; let go of what cannot be worked on."""
-        if self._server_name not in reachable:
-            return  # the locks live on the server
         for claim in self.claims:
             if claim.node not in reachable:
                 if claim.held:  # another runner may reach it: let it
@@ -336,6 +339,8 @@ class Runner:
                         extra={"event": f"{claim.kind}_released", "fields": claim.fields()},
                     )
                 continue
+            if not self._needs(claim) <= reachable:
+                continue  # a link's lock lives on the server
             if not claim.held and now < claim.next_try:
                 continue
             try:
@@ -481,19 +486,21 @@ class Runner:
             if full:
                 claim.full_at = now
 
-    def _delay(self, current: Round, now: float, workable: bool) -> float:
+    def _delay(self, current: Round, now: float, ready: list[_Claim]) -> float:
         """How long to wait: soon after events, longer while idle, never
-        past the next interval; when nothing could run (every node, link
-        and sink in reach is backing off or held elsewhere), until the
-        first may be tried again."""
+        past the next interval of what could run; when nothing could run
+        (every node, link and sink in reach is backing off or held
+        elsewhere), until the first may be tried again."""
         if current.moved:
             self._idle = self.timing.poll
         else:
             self._idle = min(self._idle * 2, self.timing.idle_poll)
         interval = self.timing.interval
-        due = [c.full_at + interval - now for c in self.claims if c.held and c.full_at is not None]
+        due = [
+            max(c.full_at + interval, c.wait.until) - now for c in ready if c.full_at is not None
+        ]
         delay = min(self._idle, *due) if due else self._idle
-        if not workable:
+        if not ready:
             waits = [*self._node_waits.values(), *(c.wait for c in self.claims)]
             retries = [w.until - now for w in waits if w.until > now] + [
                 c.next_try - now for c in self.claims if not c.held and c.next_try > now

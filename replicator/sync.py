@@ -549,10 +549,15 @@ class Replicator:
         return result
 
     def lock(self, name: str, kind: Literal["link", "pass", "sink"] = "link") -> Lock:
-        """A lock on the server (see :mod:`replicator.locks`): ``link`` is
-        held by whatever works on the link between the server and the local
-        ``name``, ``pass`` while a pass runs over it, ``sink`` by whatever
-        runs the sink ``name``."""
+        """A lock that one runner at a time holds (see :mod:`replicator.locks`):
+        ``link`` by whatever works on the link between the server and the
+        local ``name``, ``pass`` while a pass runs over it (both on the
+        server, where every runner of the link goes), ``sink`` by whatever
+        runs the sink ``name`` (a lock file in its collection's directory,
+        which every runner of the sink opens, even while the server is away)."""
+        if kind == "sink":
+            sink = self.sink(name)
+            return locks.in_directory(sink.path, f"replicator-sink-{name}.lock", name)
         server = self.server
         return server.dialect.lock(server.get_engine(), f"{kind}-{name}")
 

@@ -20,6 +20,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from replicator import outbox
 from replicator.dialects.base import last_position
@@ -38,14 +39,16 @@ class Tail:
         self.checkpoint = 0
         self.seen: list[str] = []
 
-    def step(self) -> None:
+    def step(self) -> bool:
+        """Read the next batch; whether it read anything."""
         with self.engine.connect() as conn:
             upto = self.horizon(conn)
             if upto is None:
-                return
+                return False
             entries, reached = outbox.read_batch(conn, after=self.checkpoint, upto=upto, limit=20)
         self.seen += [e.event.event_id for e in entries]
         self.checkpoint = reached
+        return bool(entries)
 
 
 def naive_horizon(conn: sa.Connection) -> int:
@@ -106,8 +109,9 @@ def test_tailing_readers_see_every_event_despite_out_of_order_commits(database_u
         for t in readers:
             t.join()
         assert not failures, failures
-        real.step()  # the tail end, after the last commit
-        naive.step()
+        for reader in (real, naive):  # the tail end, after the last commit
+            while reader.step():
+                pass
 
         with server.engine.connect() as conn:
             everything = [e.event_id for _, e in outbox.read(conn)]
@@ -124,4 +128,62 @@ def test_tailing_readers_see_every_event_despite_out_of_order_commits(database_u
         )
     finally:
         done.set()
+        server.close()
+
+
+def test_duckdb_an_appender_counts_out_at_its_commit_not_when_its_connection_returns(tmp_path):
+    """An app may keep one connection and bind its sessions to it."""
+    server = member("server", f"duckdb:///{tmp_path / 'app.duckdb'}", role="server")
+    dialect = server.node.dialect
+    try:
+        with server.engine.connect() as kept:
+            for i in range(2):
+                with Session(bind=kept) as session:
+                    session.add(
+                        app.VocabularyItem(item_id=f"v-{i}", user_id="u", word="w", translation="t")
+                    )
+                    session.commit()
+                with server.engine.connect() as reader:
+                    assert dialect.horizon(reader) == i + 1, "committed: nothing in flight"
+            with Session(bind=kept) as session:  # flushed, not committed: in flight
+                session.add(
+                    app.VocabularyItem(item_id="v-9", user_id="u", word="w", translation="t")
+                )
+                session.flush()
+                with server.engine.connect() as reader:
+                    assert dialect.horizon(reader) is None, "deferred while it is in flight"
+                session.rollback()
+            with server.engine.connect() as reader:
+                assert dialect.horizon(reader) == 2
+    finally:
+        server.close()
+
+
+def test_duckdb_a_thread_appending_again_is_not_held_back_by_a_waiting_reader(tmp_path):
+    """Its first transaction is what the reader waits for: holding its second
+    back would make each wait for the other."""
+    server = member("server", f"duckdb:///{tmp_path / 'app.duckdb'}", role="server")
+    dialect = server.node.dialect
+    results = []
+
+    def read() -> None:
+        with server.engine.connect() as reader:
+            results.append(dialect.horizon(reader))
+
+    try:
+        with server.sessions() as first:
+            first.add(app.VocabularyItem(item_id="a", user_id="u", word="w", translation="t"))
+            first.flush()
+            reader = threading.Thread(target=read)
+            reader.start()
+            time.sleep(0.1)  # the reader is holding new appenders back now
+            with server.sessions() as second:
+                second.add(app.VocabularyItem(item_id="b", user_id="u", word="w", translation="t"))
+                second.commit()
+            reader.join(timeout=10)
+            assert not reader.is_alive() and results == [None]
+            first.commit()
+        with server.engine.connect() as conn:
+            assert dialect.horizon(conn) == 2
+    finally:
         server.close()

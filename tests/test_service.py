@@ -520,3 +520,24 @@ def test_holder_names_are_unique_within_a_process():
     from replicator.locks import holder_name
 
     assert holder_name("replicator sync") != holder_name("replicator sync")
+
+
+def test_a_link_backing_off_past_its_interval_does_not_make_the_runner_spin(tmp_path):
+    server = member("server", f"sqlite:///{tmp_path / 'server.sqlite'}", role="server")
+    phone = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    tablet = member("tablet", f"sqlite:///{tmp_path / 'tablet.sqlite'}")
+    with tablet.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE replicator_checkpoints")  # its passes fail
+    clock = Clock()
+    with Replicator(config(server, phone, tablet)) as r:
+        runner = Runner(r, timing=Timing(interval=1), now=clock)
+        rounds = 0
+        while clock.now < 1120 and rounds < 5000:
+            clock.now += runner.step()
+            rounds += 1
+        runner.close()
+        assert not runner.last.unreachable
+    # Idle polls at 0.25 s would be 480 rounds; spinning would be thousands.
+    assert rounds < 600, rounds
+    for m in (tablet, phone, server):
+        m.close()

@@ -494,3 +494,33 @@ def test_one_runner_per_sink(cluster):
         assert result.passes == [] and result.sinks == []
     finally:
         runner.close()
+
+
+def test_a_runner_feeds_a_phones_sink_while_the_server_is_away(tmp_path):
+    """The sink's lock lives with its collection, so the phone's documents
+    follow into it without the server; the links wait, backing off."""
+    from replicator.config import loads
+    from replicator.service import Runner, Timing
+
+    phone = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
+    settings = loads(
+        f'[nodes.server]\nurl = "sqlite:///{tmp_path}/away/server.sqlite"\nrole = "server"\n'
+        f'[nodes.phone]\nurl = "{phone.node.url}"\nrole = "local"\n'
+        + SINK.format(path=tmp_path / "chroma")
+    )
+    clock = [1000.0]
+    with Replicator(settings, engines={"phone": phone.engine}) as r:
+        runner = Runner(r, timing=Timing(interval=5), now=lambda: clock[0])
+        write(phone, p1=doc("Mis apuntes de gramática."))
+        delays = []
+        for _ in range(6):
+            delays.append(runner.step())
+            clock[0] += delays[-1]
+            if len(delays) == 3:
+                write(phone, p2=doc("Más apuntes."))
+        assert "server" in runner.last.unreachable
+        assert set(indexed(r)) == {"p1", "p2"}
+        assert r.lock("documents", "sink").holder() == runner.holder
+        assert min(delays) > 0, "a runner with work it cannot do does not spin"
+        runner.close()
+    phone.close()

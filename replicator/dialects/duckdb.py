@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,10 +39,12 @@ from replicator.dialects.base import (
 )
 from replicator.errors import ReplicatorError
 
-# How long a reader waits for the outbox's appenders in this process before
-# it settles for the horizon it already has (seconds), as on MariaDB.
-HORIZON_WAIT = 2
-# How long a snapshot (a bootstrap, a sink starting over) waits for them.
+# A reader waits for a moment with no appender of this process in flight:
+# first SETTLE seconds letting them come and go, then at most HOLD_BACK
+# seconds holding new ones back (the app's writes wait that long at most).
+SETTLE = 0.05
+HOLD_BACK = 0.2
+# How long a snapshot (a bootstrap, a sink starting over) keeps trying.
 SNAPSHOT_WAIT = 30
 _APPENDING = "replicator_duckdb_appending"
 
@@ -54,37 +57,59 @@ class _Appenders:
     outbox position 10 and commit after another took 11 and committed, and
     a reader that read up to 11 in between has skipped 10 for good (the
     outbox gap, spec invariant 2). So, as MariaDB's writers' row does
-    between processes, appenders count themselves in from their first
-    append until their connection goes back to the pool (after its commit
-    or rollback); a reader holds new appenders back, waits until none is
-    in flight, and reads the largest position: every position at or below
-    it is final. Appenders never wait for each other, only for a reader's
-    one query.
+    between processes, an appending transaction counts itself in from its
+    first append until its commit or rollback has returned, and a reader
+    reads the largest position only at a moment when none is in flight
+    (holding new ones back for that one query): every position at or below
+    it is final.
+
+    A reader first waits for such a moment without holding anyone back
+    (appenders come and go; short ones leave gaps between them); only then
+    does it hold new appenders back, for at most :data:`HOLD_BACK` seconds,
+    so that a transaction left open for long delays the reader (whose pass
+    is deferred) but hardly the app. A thread that is appending already is
+    never held back: the reader is waiting for it.
     """
 
     def __init__(self) -> None:
         self.changed = threading.Condition()
         self.active = 0
         self.reading = 0
+        self.threads: dict[int, int] = {}  # thread -> its appenders in flight
 
-    def begin(self) -> None:
+    def begin(self) -> int:
+        me = threading.get_ident()
         with self.changed:
-            self.changed.wait_for(lambda: not self.reading)
+            if not self.threads.get(me):
+                self.changed.wait_for(lambda: not self.reading)
             self.active += 1
+            self.threads[me] = self.threads.get(me, 0) + 1
+        return me
 
-    def end(self) -> None:
+    def end(self, thread: int) -> None:
         with self.changed:
             self.active -= 1
+            left = self.threads.pop(thread, 1) - 1
+            if left:
+                self.threads[thread] = left
             self.changed.notify_all()
 
-    def horizon(self, read: Callable[[], int], timeout: float) -> int | None:
+    def horizon(self, read: Callable[[], int]) -> int | None:
+        """``read()`` at a moment when no appender is in flight, or None
+        when none came within :data:`SETTLE` plus :data:`HOLD_BACK`
+        seconds (a transaction left open: the pass is deferred)."""
+
+        def idle() -> bool:
+            return not self.active
+
         with self.changed:
+            if self.threads.get(threading.get_ident()):
+                return None  # this thread's own transaction is appending
+            if self.changed.wait_for(idle, SETTLE):
+                return read()
             self.reading += 1
             try:
-                # Appenders on this very thread would never end: give up then.
-                if not self.changed.wait_for(lambda: not self.active, timeout):
-                    return None
-                return read()
+                return read() if self.changed.wait_for(idle, HOLD_BACK) else None
             finally:
                 self.reading -= 1
                 self.changed.notify_all()
@@ -108,18 +133,39 @@ def _appenders_of(conn: Connection) -> _Appenders:
         if key not in _appenders:
             _appenders[key] = _Appenders()
         if not getattr(engine, "_replicator_appenders", False):
-            # An appender counts itself out when its connection is returned
-            # to the pool (or discarded), after its transaction ended.
-            sa.event.listen(engine, "checkin", _appended)
-            sa.event.listen(engine, "invalidate", _appended)
+            _count_out_when_done(engine)
             engine._replicator_appenders = True
         return _appenders[key]
 
 
-def _appended(dbapi_connection: Any, record: Any, *error: Any) -> None:
-    appenders = record.info.pop(_APPENDING, None) if record is not None else None
-    if appenders is not None:
-        appenders.end()
+def _count_out_when_done(engine: sa.Engine) -> None:
+    """Make an appender count itself out once its transaction's commit or
+    rollback has returned from the database (SQLAlchemy's transaction
+    events come before it), or when its connection is discarded."""
+    dialect = engine.dialect
+    for name in ("do_commit", "do_rollback"):
+        done = getattr(dialect, name)
+
+        def finished(dbapi_connection: Any, done: Callable[[Any], None] = done) -> None:
+            try:
+                done(dbapi_connection)
+            finally:
+                _count_out(getattr(dbapi_connection, "info", None))
+
+        setattr(dialect, name, finished)
+    for event in ("checkin", "invalidate", "close_detached"):
+        sa.event.listen(engine, event, _discarded)
+
+
+def _discarded(dbapi_connection: Any, record: Any = None, *more: Any) -> None:
+    _count_out(getattr(record, "info", None))
+
+
+def _count_out(info: dict | None) -> None:
+    counted = info.pop(_APPENDING, None) if info is not None else None
+    if counted is not None:
+        appenders, thread = counted
+        appenders.end(thread)
 
 
 class DuckDBDialect(Dialect):
@@ -133,17 +179,16 @@ class DuckDBDialect(Dialect):
 
     def guard_append(self, conn: Connection) -> None:
         if _APPENDING in conn.info:
-            return  # counted in until the connection goes back to the pool
+            return  # counted in until this transaction ends
         appenders = _appenders_of(conn)
-        appenders.begin()
-        conn.info[_APPENDING] = appenders
+        conn.info[_APPENDING] = (appenders, appenders.begin())
 
     def horizon(self, conn: Connection) -> int | None:
         def read() -> int:
             with conn.begin():  # a snapshot taken now, with no appender in flight
                 return last_position(conn)
 
-        return _appenders_of(conn).horizon(read, HORIZON_WAIT)
+        return _appenders_of(conn).horizon(read)
 
     @contextmanager
     def snapshot(self, engine: sa.Engine) -> Iterator[tuple[Connection, int]]:
@@ -157,7 +202,11 @@ class DuckDBDialect(Dialect):
                 transaction = conn.begin()
                 return last_position(conn)
 
-            position = _appenders_of(conn).horizon(read, SNAPSHOT_WAIT)
+            appenders, deadline = _appenders_of(conn), time.monotonic() + SNAPSHOT_WAIT
+            position = appenders.horizon(read)
+            while position is None and time.monotonic() < deadline:
+                time.sleep(HOLD_BACK)  # let the app's writes through in between
+                position = appenders.horizon(read)
             if position is None or transaction is None:
                 raise ReplicatorError(
                     f"a snapshot of {engine.url.database}: this process's writers kept "
