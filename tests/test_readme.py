@@ -14,12 +14,24 @@ from replicator import outbox
 README = Path(__file__).parent.parent / "README.md"
 
 
+def write_example(directory: Path, marker: str) -> None:
+    """Write the README's Python example that contains ``marker`` to
+    ``directory / "example.py"``."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (directory / "example.py").write_text(next(block for block in blocks if marker in block))
+
+
+def run_example(directory: Path) -> subprocess.CompletedProcess[str]:
+    """Run the ``example.py`` written in ``directory``, there."""
+    return subprocess.run(
+        [sys.executable, "example.py"], cwd=directory, capture_output=True, text=True, timeout=120
+    )
+
+
 def test_capture_example_runs_and_captures(tmp_path):
     code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
     (tmp_path / "example.py").write_text(code)
-    result = subprocess.run(
-        [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+    result = run_example(tmp_path)
     assert result.returncode == 0, result.stderr
     engine = sa.create_engine(f"duckdb:///{tmp_path / 'local.duckdb'}")
     with engine.connect() as conn:
@@ -31,9 +43,7 @@ def test_capture_example_runs_and_captures(tmp_path):
 def test_replication_example_runs_every_pass(tmp_path):
     from .cluster import NOW, app, member
 
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    code = next(block for block in blocks if "replicator.Replicator(" in block)
-    (tmp_path / "example.py").write_text(code)
+    write_example(tmp_path, "replicator.Replicator(")
     (tmp_path / "replicator.toml").write_text(
         '[nodes.server]\nurl = "sqlite:///server.sqlite"\nrole = "server"\n'
         '[nodes.phone]\nurl = "sqlite:///phone.sqlite"\nrole = "local"\n'
@@ -45,9 +55,7 @@ def test_replication_example_runs_every_pass(tmp_path):
             app.run_session(m.sessions, user_id="u-42", now=NOW)
         m.close()
 
-    result = subprocess.run(
-        [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+    result = run_example(tmp_path)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
@@ -104,9 +112,7 @@ def test_the_review_example_decides_through_the_library(tmp_path):
     edit_vocabulary(server, "v-1", strength=0.5)  # the server changed only the strength
     sync_members(server, phone)
 
-    result = subprocess.run(
-        [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+    result = run_example(tmp_path)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == "0 open\n"
@@ -117,9 +123,7 @@ def test_the_review_example_decides_through_the_library(tmp_path):
 
 
 def test_background_sync_example_replicates_from_the_apps_duckdb_engine(tmp_path):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    code = next(block for block in blocks if "BackgroundSync(" in block)
-    (tmp_path / "example.py").write_text(code)
+    write_example(tmp_path, "BackgroundSync(")
     (tmp_path / "replicator.toml").write_text(
         '[nodes.server]\nurl = "sqlite:///server.sqlite"\nrole = "server"\n'
         '[nodes.phone]\nurl = "duckdb:///phone.duckdb"\nrole = "local"\n'
@@ -131,9 +135,7 @@ def test_background_sync_example_replicates_from_the_apps_duckdb_engine(tmp_path
     with server.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE notes (note_id VARCHAR PRIMARY KEY, text VARCHAR)")
 
-    result = subprocess.run(
-        [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+    result = run_example(tmp_path)
 
     assert result.returncode == 0, result.stderr
     with server.connect() as conn:
