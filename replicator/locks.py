@@ -18,6 +18,7 @@ on the other's writes.
 
 from __future__ import annotations
 
+import abc
 import datetime as dt
 import os
 import socket
@@ -50,7 +51,7 @@ def holder_name(what: str = "") -> str:
     return f"pid {os.getpid()} on {socket.gethostname()} ({command}) since {since} [{tag}]"
 
 
-class Lock:
+class Lock(abc.ABC):
     """A named lock that one holder at a time holds, across processes.
 
     :meth:`acquire` never waits: it returns whether the lock is now held
@@ -61,17 +62,21 @@ class Lock:
 
     name: str
 
+    @abc.abstractmethod
     def acquire(self, holder: str) -> bool:
-        raise NotImplementedError
+        """See the class doc."""
 
+    @abc.abstractmethod
     def held(self) -> bool:
-        raise NotImplementedError
+        """See the class doc."""
 
+    @abc.abstractmethod
     def release(self) -> None:
-        raise NotImplementedError
+        """See the class doc."""
 
+    @abc.abstractmethod
     def holder(self) -> str | None:
-        raise NotImplementedError
+        """See the class doc."""
 
     def __enter__(self) -> Lock:
         return self

@@ -193,6 +193,10 @@ class Runner:
             for name, sink in replicator.sinks.items()
         }
         self._running = {local: replicator.lock(local, "pass") for local in self.links}
+        self._link_passes = {
+            local: [p for p in self.passes if local in (p.source.name, p.target.name)]
+            for local in self.links
+        }
         self.unreachable: dict[str, tuple[str, float]] = {}  # node -> (error, since)
         self.last: Round | None = None
         self.rounds = 0
@@ -396,8 +400,7 @@ class Runner:
 
     def _run_link(self, link: _Claim, heads: dict[str, int], now: float, current: Round) -> None:
         full = self._full(link, now)
-        mine = [p for p in self.passes if link.name in (p.source.name, p.target.name)]
-        due = [p for p in mine if full or self._moved(p, heads)]
+        due = [p for p in self._link_passes[link.name] if full or self._moved(p, heads)]
         if not due:
             return
         running = self._mark(self._running[link.name])

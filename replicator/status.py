@@ -84,9 +84,10 @@ class Status(msgspec.Struct, kw_only=True):
 def status(replicator: Replicator, now: dt.datetime | None = None) -> Status:
     """Read the state of every link, node and sink (see :class:`Status`)."""
     now = now or utcnow()
-    nodes = {name: _node(node) for name, node in replicator.nodes.items()}
+    logs: dict[str, str | None] = {}  # node -> the identity of its log
+    nodes = {name: _node(node, logs) for name, node in replicator.nodes.items()}
     runners = _runners(replicator)
-    links = [_link(p, nodes, runners, now) for p in replicator.passes()]
+    links = [_link(p, nodes, logs, runners, now) for p in replicator.passes()]
     sinks = [_sink(replicator, name, sink) for name, sink in replicator.sinks.items()]
     return Status(
         links=links,
@@ -96,10 +97,11 @@ def status(replicator: Replicator, now: dt.datetime | None = None) -> Status:
     )
 
 
-def _node(node: Any) -> NodeStatus:
+def _node(node: Any, logs: dict[str, str | None]) -> NodeStatus:
     found = NodeStatus(name=node.name, role=node.role, url=node.masked_url)
     try:
         with node.connect() as conn:
+            logs[node.name] = retention.log_id(conn)
             found.head = outbox.head(conn)
             found.open_review_items = parking.open_count(conn)
     except (ReplicatorError, SQLAlchemyError) as e:
@@ -123,6 +125,7 @@ def _runners(replicator: Replicator) -> dict[str, tuple[str | None, bool]]:
 def _link(
     sync_pass: SyncPass,
     nodes: dict[str, NodeStatus],
+    logs: dict[str, str | None],
     runners: dict[str, tuple[str | None, bool]],
     now: dt.datetime,
 ) -> LinkStatus:
@@ -138,10 +141,10 @@ def _link(
         runner=runner,
     )
     try:
-        with source.connect() as conn:
-            identity = retention.log_id(conn)
         with target.connect() as conn:
-            found.checkpoint = checkpoints.position(conn, source.name, sync_pass.channel, identity)
+            found.checkpoint = checkpoints.position(
+                conn, source.name, sync_pass.channel, logs.get(source.name)
+            )
             found.last_sync = _last_success(conn, sync_pass)
         with source.connect() as conn:
             found.lag, oldest = outbox.pending(

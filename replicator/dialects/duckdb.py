@@ -121,8 +121,12 @@ _registry = threading.Lock()
 
 def _appenders_of(conn: Connection) -> _Appenders:
     """The one :class:`_Appenders` of ``conn``'s database in this process
-    (by file; an in-memory database is one per engine)."""
+    (by file; an in-memory database is one per engine), kept on the engine
+    once found: this is on the capture path."""
     engine = conn.engine
+    found = getattr(engine, "_replicator_appenders", None)
+    if found is not None:
+        return found
     database = engine.url.database
     key = (
         str(Path(database).resolve())
@@ -130,12 +134,12 @@ def _appenders_of(conn: Connection) -> _Appenders:
         else ("memory", id(engine))
     )
     with _registry:
-        if key not in _appenders:
-            _appenders[key] = _Appenders()
-        if not getattr(engine, "_replicator_appenders", False):
+        found = getattr(engine, "_replicator_appenders", None)
+        if found is None:
+            found = _appenders.setdefault(key, _Appenders())
             _count_out_when_done(engine)
-            engine._replicator_appenders = True
-        return _appenders[key]
+            engine._replicator_appenders = found
+        return found
 
 
 def _count_out_when_done(engine: sa.Engine) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -204,7 +205,7 @@ class AdvisoryLock(Lock):
         if len(key) > 64:  # MariaDB's limit for a lock name
             key = "replicator:" + hashlib.sha1(key.encode()).hexdigest()
         self.key = key
-        self._engine = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)
+        self._engine = _lock_engine(engine)
         self._conn: Connection | None = None
 
     def acquire(self, holder: str) -> bool:
@@ -311,3 +312,14 @@ class AdvisoryLock(Lock):
             with suppress(DBAPIError):
                 self._conn.close()
             self._conn = None
+
+
+_lock_engines: weakref.WeakKeyDictionary[sa.Engine, sa.Engine] = weakref.WeakKeyDictionary()
+
+
+def _lock_engine(engine: sa.Engine) -> sa.Engine:
+    """An engine without a pool for ``engine``'s database, made once: each
+    lock's connection is its own, and outside the app's pool."""
+    if engine not in _lock_engines:
+        _lock_engines[engine] = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)
+    return _lock_engines[engine]
