@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -20,11 +22,41 @@ MESSAGES: dict[str, type] = {"change_event": ChangeEvent, "review_side": Side}
 
 
 def generate() -> dict[str, str]:
-    """File name -> JSON Schema text, for every message type."""
+    """File name -> JSON Schema text, for every message type.
+
+    Descriptions come from the structs' docstrings, cleaned here
+    (:func:`inspect.cleandoc`) rather than as msgspec happens to format them,
+    so the text does not change with msgspec's release.
+    """
     return {
-        f"{name}.json": json.dumps(msgspec.json.schema(struct), indent=2, sort_keys=True) + "\n"
+        f"{name}.json": json.dumps(_clean(msgspec.json.schema(struct)), indent=2, sort_keys=True)
+        + "\n"
         for name, struct in MESSAGES.items()
     }
+
+
+def meaning(schema: Any) -> Any:
+    """``schema`` without its prose (``description``, ``title``): what stays
+    is what a message may hold, the fields, their types, tags and defaults."""
+    if isinstance(schema, dict):
+        return {k: meaning(v) for k, v in schema.items() if k not in _PROSE}
+    if isinstance(schema, list):
+        return [meaning(v) for v in schema]
+    return schema
+
+
+_PROSE = frozenset({"description", "title"})
+
+
+def _clean(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {
+            k: inspect.cleandoc(v) if k == "description" and isinstance(v, str) else _clean(v)
+            for k, v in schema.items()
+        }
+    if isinstance(schema, list):
+        return [_clean(v) for v in schema]
+    return schema
 
 
 def write(directory: Path) -> list[Path]:
