@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from replicator import outbox
 from replicator.clock import from_datetime, to_datetime
+from replicator.errors import ConfigurationError
 from replicator.events import ChangeEvent, Operation, row_key
+from replicator.tables import app_table_names
+from replicator.tables import outbox as outbox_table
 
 
 class Change(msgspec.Struct, kw_only=True):
@@ -48,10 +53,57 @@ def key_text(key: str) -> str:
     return row_key(value if isinstance(value, list) else [value])
 
 
-def changes(conn: Connection, *, table: str | None = None, key: str | None = None) -> list[Change]:
-    """The node's changes (of one table, of one row), oldest first; ``[]``
-    when there are none."""
-    return [_change(p, e) for p, e in outbox.read(conn, table=table, key=key)]
+def changes(
+    conn: Connection,
+    *,
+    table: str | None = None,
+    key: str | None = None,
+    last: int | None = None,
+) -> Iterator[Change]:
+    """The node's changes (of one table, of one row), oldest first, read as
+    they are iterated; nothing when there are none. ``last`` keeps only the
+    newest ``last`` of them (still oldest first).
+
+    Raises :class:`ConfigurationError` when ``table`` is neither a table of
+    the node nor named by any event in its log (a typo, most likely).
+    """
+    if table is not None:
+        _check_table(conn, table)
+    after = 0
+    if last is not None:
+        c = outbox_table.c
+        select = sa.select(c.position).order_by(c.position.desc()).offset(last).limit(1)
+        if table is not None:
+            select = select.where(c.table_name == table)
+        if key is not None:
+            select = select.where(c.row_key == key)
+        after = conn.execute(select).scalar() or 0
+    # Not a generator itself: a bad table is refused when called, before
+    # anything is printed.
+    return (_change(p, e) for p, e in outbox.read(conn, after=after, table=table, key=key))
+
+
+def count(conn: Connection, *, table: str | None = None, key: str | None = None) -> int:
+    """How many changes :func:`changes` lists for the same arguments; 0 when none."""
+    c = outbox_table.c
+    select = sa.select(sa.func.count()).select_from(outbox_table)
+    if table is not None:
+        select = select.where(c.table_name == table)
+    if key is not None:
+        select = select.where(c.row_key == key)
+    return conn.execute(select).scalar_one()
+
+
+def _check_table(conn: Connection, table: str) -> None:
+    if table in app_table_names(conn):
+        return
+    c = outbox_table.c
+    logged = conn.execute(sa.select(c.position).where(c.table_name == table).limit(1)).first()
+    if logged is None:
+        known = ", ".join(app_table_names(conn)) or "none"
+        raise ConfigurationError(
+            f"no table {table!r} in the database or its log (its tables: {known})"
+        )
 
 
 def row_at(conn: Connection, table: str, key: str, moment: dt.datetime) -> dict[str, Any] | None:

@@ -268,7 +268,7 @@ def test_log_shows_a_rows_history_across_nodes_and_the_row_at_a_time(tmp_path):
     assert [(c["origin"], c["op"]) for c in changes] == [("phone", "insert"), ("server", "update")]
     assert changes[1]["changed"] == {"translation": ["?", "table"]}
     assert json.loads(then.stdout)["row"]["translation"] == "?"
-    assert text.returncode == 0 and "translation: '?' -> 'table'" in text.stdout
+    assert text.returncode == 0 and 'translation: "?" -> "table"' in text.stdout
     assert bad.returncode == 2 and "--key and --at need --table" in bad.stderr
 
 

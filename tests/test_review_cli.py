@@ -65,7 +65,7 @@ def test_an_operator_lists_shows_and_decides_every_item_then_sync_settles_them(p
 
     shown = review(config, "show", "server:1")
     assert shown.returncode == 0, shown.stderr
-    assert "'server 0' *" in shown.stdout and "'phone 0' *" in shown.stdout
+    assert '"server 0" *' in shown.stdout and '"phone 0" *' in shown.stdout
     assert "local (phone)" in shown.stdout and "Events parked" in shown.stdout
     document = as_json(review(config, "show", "server:1", "--json"))
     assert document["base"]["translation"] == "?"

@@ -1,0 +1,135 @@
+"""``replicator init``, ``sync`` and ``run``: set nodes up, replicate once,
+replicate continuously."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from replicator.cli.common import (
+    DEFAULT_CONFIG,
+    ConfigOption,
+    Direction,
+    JsonOption,
+    check_direction,
+    escape,
+    fail,
+    load,
+    open_replicator,
+    out,
+    say,
+    usage,
+    warn,
+)
+from replicator.cli.render import pass_table, sink_table
+from replicator.errors import ReplicatorError
+
+
+def init(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Create or upgrade the replicator's tables on every configured node."""
+    from replicator.migration import migrate
+
+    settings = load(config)
+    for name, node in settings.nodes.items():
+        try:
+            done = migrate(node.url)
+        except ReplicatorError as e:
+            raise fail(e) from e
+        say(f"{name}: replicator tables {_INIT_SAYS.get(str(done), 'are up to date')}")
+
+
+# What migrate() did -> what init says of it.
+_INIT_SAYS = {
+    "created": "created",
+    "upgraded": "upgraded to the current revision",
+    "up to date": "are up to date",
+}
+
+
+def sync(
+    config: ConfigOption = DEFAULT_CONFIG,
+    direction: Direction = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run one replication pass per configured link and channel."""
+    check_direction(direction)
+    with open_replicator(config) as replicator:
+        result = replicator.sync(direction)  # type: ignore[arg-type]
+    if as_json:
+        sys.stdout.write(result.to_json().decode() + "\n")
+    else:
+        out().print(pass_table(result.passes, result.bootstrapped))
+        if result.sinks:
+            out().print(sink_table(result.sinks))
+        for s in result.sinks:
+            if not s.ok:
+                warn(f"[bold red]failed:[/] sink {s.sink}: " + escape(s.error or ""))
+        for p in result.passes:
+            if p.status == "deferred":
+                warn(
+                    f"deferred: {p.source} -> {p.target} \\[{p.channel}]: the source's writers "
+                    "held its outbox; nothing was read, the next sync catches up"
+                )
+            if not p.ok:
+                warn(
+                    f"[bold red]failed:[/] {p.source} -> {p.target} \\[{p.channel}]: "
+                    + escape(p.error or "")
+                )
+    for name, held_by in result.held.items():
+        what = name.replace(":", " ", 1) if name.startswith("sink:") else f"link {name}"
+        warn(f"skipped: {what} is being worked on by {escape(held_by)}")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def run(
+    config: ConfigOption = DEFAULT_CONFIG,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            "--interval",
+            "-i",
+            help="The longest wait between passes, in seconds (default: "
+            "replication.interval_seconds). New events are picked up within a "
+            "fraction of a second anyway.",
+            metavar="SECONDS",
+        ),
+    ] = None,
+    direction: Direction = None,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format", help="text or json (one JSON object per line).", metavar="FORMAT"
+        ),
+    ] = "text",
+) -> None:
+    """Replicate continuously, until SIGINT or SIGTERM.
+
+    A signal lets the current batch commit with its checkpoint, then the
+    command exits 0. Logs one line per pass and per change of state to
+    standard error; backs off while a node cannot be reached.
+    """
+    import signal
+
+    from replicator import locks, logs
+    from replicator.service import Runner, Timing
+
+    if log_format not in logs.FORMATS:
+        usage(f"--log-format must be text or json, not {log_format!r}")
+    if interval is not None and not interval > 0:
+        usage(f"--interval must be more than 0 seconds, got {interval:g}")
+    check_direction(direction)
+    logs.configure(log_format)  # type: ignore[arg-type]
+    with open_replicator(config) as replicator:
+        timing = Timing(interval=interval or replicator.config.replication.interval_seconds)
+        runner = Runner(
+            replicator,
+            timing=timing,
+            direction=direction,  # type: ignore[arg-type]
+            holder=locks.holder_name("replicator run"),
+        )
+        signal.signal(signal.SIGINT, runner.on_signal)
+        signal.signal(signal.SIGTERM, runner.on_signal)
+        runner.run()
