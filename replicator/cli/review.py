@@ -286,6 +286,12 @@ def _decide(config, item, where, every, dry_run, as_json, *, take, one, by) -> N
     if as_json:
         print_json(result)
         return
+    _say_bulk(result, take=take, dry_run=dry_run)
+
+
+def _say_bulk(result, *, take: str | None, dry_run: bool, say=say) -> None:
+    """One line for a bulk decision: how many, and a sample of which
+    (``--json`` lists every one)."""
     how = f"take {take}" if take else "discard"
     verb = "would be decided" if dry_run else "decided"
     sample = ", ".join(d.ref for d in result.decided[:SAMPLE])
