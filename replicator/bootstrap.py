@@ -23,11 +23,11 @@ from sqlalchemy.engine import Connection
 
 from replicator import checkpoints, outbox, retention
 from replicator.apply import plain
+from replicator.checkpoints import DEFAULT_CHANNEL
 from replicator.clock import utcnow
-from replicator.errors import ReplicatorError
+from replicator.errors import ReplicatorError, SchemaError
 from replicator.events import row_key
 from replicator.node import Node
-from replicator.sync import DEFAULT_CHANNEL
 from replicator.tables import app_table_names, row_versions
 from replicator.tables import checkpoints as checkpoints_table
 
@@ -69,17 +69,22 @@ def bootstrap(
     *,
     channels: Collection[str] = (DEFAULT_CHANNEL,),
     unscoped: Mapping[str, str] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
     now: Callable[[], dt.datetime] = utcnow,
 ) -> BootstrapResult:
     """Copy the server's current rows (within ``node``'s scope) and their
     versions into the empty local ``node``, and set its checkpoints.
 
-    Tables are those the local has. ``unscoped`` as for a sync pass: a table
-    without the scope's columns is copied whole (``"all"``, the default) or
-    not at all (``"none"``). ``progress(done, total)`` counts tables.
+    Every server table the local's passes would carry is copied: ``unscoped``
+    as for a sync pass, a table without the scope's columns is copied whole
+    (``"all"``, the default) or not at all (``"none"``). ``progress(done,
+    total)`` counts rows copied, out of the rows in scope.
+
     Raises :class:`ReplicatorError` when ``node`` is not empty (its own
-    changes would be lost).
+    changes would be lost), and :class:`SchemaError`, naming them, when
+    some of those tables do not exist on ``node`` yet: a checkpoint set past
+    rows that were not copied would leave it without them for good. Nothing
+    is written then.
     """
     clock = time.perf_counter()
     if not is_empty(node):
@@ -88,22 +93,28 @@ def bootstrap(
             "bootstrap only fills a new or emptied replica"
         )
     unscoped = dict(unscoped or {})
-    with node.connect() as conn:
-        tables = [t for t in app_table_names(conn) if node.shape(conn, t) is not None]
+    tables = carried_tables(server, node, unscoped)
     copied: dict[str, int] = {}
     with node.begin() as target, server.dialect.snapshot(server.get_engine()) as (source, position):
-        for done, table in enumerate(tables, 1):
-            shape = node.shape(target, table)
-            source_shape = server.shape(source, table)
-            if shape is None or source_shape is None:
-                continue
+        plan = []
+        for table in tables:
+            shape, source_shape = node.shape(target, table), server.shape(source, table)
             columns = [c for c in shape.columns if c in source_shape.columns]
             scope = node.scope if all(c in columns for c in node.scope) else {}
-            if node.scope and not scope and unscoped.get(table, "all") == "none":
-                continue
-            copied[table] = _copy(source, target, server, node, table, columns, scope)
+            plan.append((table, columns, scope))
+        total = _count(source, plan) if progress is not None else None
+        done = 0
+
+        def advance(rows: int) -> None:
+            nonlocal done
+            done += rows
             if progress is not None:
-                progress(done, len(tables))
+                progress(done, total)
+
+        for table, columns, scope in plan:
+            copied[table] = _copy(source, target, server, node, table, columns, scope, advance)
+        if progress is not None:
+            progress(done, done)
         # A log pruned to its end still stands at the pruned position.
         position = max(position, retention.pruned_through(source))
         log_id = retention.log_id(source)
@@ -121,6 +132,51 @@ def bootstrap(
     )
 
 
+def carried_tables(server: Node, node: Node, unscoped: Mapping[str, str]) -> list[str]:
+    """The server's tables that ``node``'s passes carry (all of them, less
+    those without the scope's columns that ``unscoped`` keeps off a scoped
+    local), each checked to exist on ``node``.
+
+    Raises :class:`SchemaError` naming those that do not exist there (or
+    have no primary key): a checkpoint must not pass rows it did not copy.
+    """
+    with server.connect() as conn:
+        found = []
+        for table in app_table_names(conn):
+            shape = server.shape(conn, table)
+            if shape is None:
+                continue
+            unscoped_here = node.scope and not all(c in shape.columns for c in node.scope)
+            if unscoped_here and unscoped.get(table, "all") == "none":
+                continue
+            found.append(table)
+    node.forget_shapes()  # the app may have created its tables since they were looked at
+    with node.connect() as conn:
+        missing = [table for table in found if node.shape(conn, table) is None]
+    if missing:
+        node.forget_shapes()
+        raise SchemaError(
+            f"cannot bootstrap {node.name}: the server's "
+            + ("table " if len(missing) == 1 else "tables ")
+            + ", ".join(missing)
+            + f" {'does' if len(missing) == 1 else 'do'} not exist on {node.name} (or "
+            "lack a primary key); create the app's tables there first (for example "
+            "Base.metadata.create_all(engine)) and sync again. Nothing was copied and its "
+            "checkpoint did not move"
+        )
+    return found
+
+
+def _count(source: Connection, plan: list[tuple[str, list[str], Mapping[str, object]]]) -> int:
+    """How many rows the plan copies (one COUNT per table, in the snapshot)."""
+    total = 0
+    for table, columns, scope in plan:
+        bare = sa.table(table, *(sa.column(c) for c in columns))
+        select = sa.select(sa.func.count()).select_from(bare)
+        total += source.execute(select.where(*(bare.c[c] == v for c, v in scope.items()))).scalar()
+    return total
+
+
 def _copy(
     source: Connection,
     target: Connection,
@@ -129,8 +185,10 @@ def _copy(
     table: str,
     columns: list[str],
     scope: Mapping[str, object],
+    advance: Callable[[int], None],
 ) -> int:
     """Copy one table's rows in the scope, then their versions; the count.
+    ``advance(n)`` after each chunk of ``n`` rows.
 
     One result streams at a time: a second query on the source connection
     would cut a streaming result short (pymysql, DuckDB), so the versions
@@ -146,6 +204,7 @@ def _copy(
         values = [tuple(plain(v) for v in row) for row in rows]
         node.dialect.upsert_rows(target, shape.table(), columns, values)
         copied.update(row_key([row[i] for i in at]) for row in rows)
+        advance(len(rows))
     c = row_versions.c
     versions = source.execution_options(stream_results=True, yield_per=_CHUNK).execute(
         sa.select(c.table_name, c.row_key, c.version, c.hlc, c.origin, c.deleted).where(

@@ -17,6 +17,9 @@ from sqlalchemy.engine import Connection
 from replicator.dialects import Dialect
 from replicator.tables import checkpoints
 
+#: The channel every table belongs to unless the configuration assigns it another.
+DEFAULT_CHANNEL = "default"
+
 _COLUMNS = ("source", "channel", "position", "updated_at", "log_id")
 
 

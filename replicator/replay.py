@@ -34,10 +34,11 @@ from sqlalchemy.engine import Connection
 
 from replicator import checkpoints, outbox, retention
 from replicator.apply import Counts, apply_batch
+from replicator.checkpoints import DEFAULT_CHANNEL
 from replicator.clock import from_datetime, utcnow
 from replicator.errors import ReplicatorError
 from replicator.node import Node
-from replicator.sync import DEFAULT_CHANNEL, in_scope
+from replicator.sync import in_scope
 from replicator.tables import outbox as outbox_table
 
 

@@ -52,7 +52,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from replicator import locks, outbox
 from replicator.config import Config
-from replicator.errors import ReplicatorError, describe
+from replicator.errors import ReplicatorError, SchemaError, describe
 from replicator.locks import Lock
 from replicator.node import Node
 from replicator.sync import Direction, PassResult, Replicator, SyncPass
@@ -203,6 +203,7 @@ class Runner:
         self._seen: dict[tuple[str, str, str], int] = {}  # pass -> source head it read to
         self._sink_seen: dict[str, int] = {}
         self._retry: set[tuple[str, str, str]] = set()
+        self._refused: dict[str, str] = {}  # local -> why it cannot be bootstrapped yet
         self._idle = self.timing.poll
         # Each node, link and sink backs off on its own: one device away
         # does not slow the others down.
@@ -410,12 +411,20 @@ class Runner:
                 if self.stopping.is_set():
                     break
                 target = sync_pass.target
+                if target.name in self._refused and not full:
+                    continue  # it lacks tables: its next full round tries again
                 if (
                     full
                     and target.role == "local"
                     and not any(p.target is target for p in due[:ran])
                 ):
-                    self._bootstrap(target)
+                    refusal = self._bootstrap(target)
+                    if refusal is not None:
+                        # Its checkpoint must not move past rows it could not take.
+                        result = sync_pass.refused(refusal)
+                        current.passes.append(result)
+                        _log_pass(result)
+                        continue
                 head = self._head(sync_pass.source, heads)
                 result = sync_pass.run(self.stopping.is_set, record_empty=full)
                 ran += 1
@@ -436,13 +445,23 @@ class Runner:
         if full and ran == len(due):
             link.full_at = now
 
-    def _bootstrap(self, node: Node) -> None:
-        position = self.replicator.bootstrap_if_empty(node)
-        if position is not None:
+    def _bootstrap(self, node: Node) -> str | None:
+        """Bootstrap ``node`` if it is empty; why it cannot be, or None.
+        A node refused (it lacks tables the server has) gets no pass from
+        the server until a full round bootstraps it."""
+        try:
+            done = self.replicator.bootstrap_if_empty(node)
+        except SchemaError as e:
+            self._refused[node.name] = str(e)
+            return str(e)
+        self._refused.pop(node.name, None)
+        if done is not None:
+            rows = sum(done.rows.values())
             log.info(
-                f"bootstrapped {node.name} from the server up to {position}",
-                extra={"event": "bootstrapped", "fields": {"node": node.name}},
+                f"bootstrapped {node.name} from the server up to {done.position} ({rows} rows)",
+                extra={"event": "bootstrapped", "fields": {"node": node.name, "rows": rows}},
             )
+        return None
 
     def _mark(self, lock: Lock) -> bool:
         """Show other processes a pass is running (``replicator status``)."""

@@ -34,9 +34,18 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from replicator import checkpoints, conflicts, locks, outbox, retention
 from replicator.apply import Counts, Settlement, apply_batch, reject
+from replicator.bootstrap import BootstrapResult, is_empty
+from replicator.bootstrap import bootstrap as bootstrap_node
+from replicator.checkpoints import DEFAULT_CHANNEL
 from replicator.clock import utcnow
 from replicator.config import Config
-from replicator.errors import ConfigurationError, ConnectivityError, ReplicatorError, describe
+from replicator.errors import (
+    ConfigurationError,
+    ConnectivityError,
+    ReplicatorError,
+    SchemaError,
+    describe,
+)
 from replicator.events import Operation, encode_event
 from replicator.locks import Lock
 from replicator.node import Node
@@ -45,7 +54,6 @@ from replicator.parking import Reason
 from replicator.tables import sync_runs
 
 Direction = Literal["up", "down", "bidirectional"]
-DEFAULT_CHANNEL = "default"
 
 
 class PassResult(Counts, kw_only=True):
@@ -76,10 +84,12 @@ class PassResult(Counts, kw_only=True):
 
 class SyncResult(msgspec.Struct, kw_only=True):
     """The passes of one ``sync``, in the order they ran, and the empty
-    locals it bootstrapped first (their names and the position they got)."""
+    locals it bootstrapped first: each local's name and its
+    :class:`~replicator.bootstrap.BootstrapResult` (the position it got,
+    the rows it was given per table)."""
 
     passes: list[PassResult]
-    bootstrapped: dict[str, int] = {}
+    bootstrapped: dict[str, BootstrapResult] = {}
     sinks: list[Any] = []  # each a replicator.sink.SinkResult, run after the passes
     # What another runner holds, left alone: a local's name for its link,
     # sink:NAME for a sink; each with its holder.
@@ -133,6 +143,18 @@ class SyncPass:
                 {t: (name, conflicts.load(name)) for t, name in (policies or {}).items()},
                 (policy, conflicts.load(policy)),
             )
+
+    def refused(self, error: str) -> PassResult:
+        """The result of this pass when it must not run (its target lacks
+        tables the source has, say): ``failed``, ``error`` saying why;
+        nothing was read or written."""
+        return PassResult(
+            source=self.source.name,
+            target=self.target.name,
+            channel=self.channel,
+            status="failed",
+            error=error,
+        )
 
     def run(
         self, stop: Callable[[], bool] | None = None, *, record_empty: bool = True
@@ -532,20 +554,30 @@ class Replicator:
         """
         result = SyncResult(passes=[])
         stop = stop or (lambda: False)
+        tried: dict[str, BootstrapResult | None] = {}
+        refused: dict[str, str] = {}  # a local that lacks tables it needs: why
         with self._held(direction, result.held) as mine:
             for sync_pass in self.passes(direction):
                 if stop() or _local_of(sync_pass) not in mine:
                     continue
                 target = sync_pass.target
-                if target.role == "local" and target.name not in result.bootstrapped:
-                    result.bootstrapped[target.name] = self.bootstrap_if_empty(target)
+                if target.role == "local" and target.name not in tried:
+                    try:
+                        tried[target.name] = self.bootstrap_if_empty(target)
+                    except SchemaError as e:
+                        tried[target.name] = None
+                        refused[target.name] = str(e)
+                if target.name in refused:
+                    # Its checkpoint must not move past rows it could not take.
+                    result.passes.append(sync_pass.refused(refused[target.name]))
+                    continue
                 result.passes.append(sync_pass.run(stop))
             result.sinks = [
                 sink.run()
                 for name, sink in self.sinks.items()
                 if SINK_HELD + name in mine and not stop()
             ]
-        result.bootstrapped = {n: p for n, p in result.bootstrapped.items() if p is not None}
+        result.bootstrapped = {n: b for n, b in tried.items() if b is not None}
         return result
 
     def lock(self, name: str, kind: Literal["link", "pass", "sink"] = "link") -> Lock:
@@ -594,16 +626,16 @@ class Replicator:
                 with suppress(ReplicatorError, SQLAlchemyError):
                     lock.release()
 
-    def bootstrap(self, name: str, progress: Callable[[int, int], None] | None = None) -> Any:
+    def bootstrap(
+        self, name: str, progress: Callable[[int, int | None], None] | None = None
+    ) -> BootstrapResult:
         """Bootstrap the empty local ``name`` from the server (see
-        :mod:`replicator.bootstrap`); returns its ``BootstrapResult``."""
-        from replicator.bootstrap import bootstrap
-
+        :mod:`replicator.bootstrap`); ``progress(rows done, rows in all)``."""
         node = self.node(name)
         if node.role != "local":
             raise ConfigurationError(f"node {name} is the server; only a local is bootstrapped")
         try:
-            return bootstrap(
+            return bootstrap_node(
                 self.server,
                 node,
                 channels=[channel for channel, *_ in self.channels()],
@@ -620,19 +652,23 @@ class Replicator:
 
         return ReviewQueue(self.nodes.values(), **options)
 
-    def bootstrap_if_empty(self, node: Node) -> int | None:
+    def bootstrap_if_empty(self, node: Node) -> BootstrapResult | None:
         """Bootstrap the local ``node`` from the server when it is empty and
-        the server's log is not; returns the position it got, or None when
-        it needed none (or could not be reached: its pass says why)."""
-        from replicator.bootstrap import is_empty
+        the server's log is not; returns what it copied, or None when it
+        needed none (or a node could not be reached: its pass says why).
 
+        Raises :class:`SchemaError` when ``node`` lacks tables the server
+        has: then no pass from the server may run to it either, or its
+        checkpoint would pass rows it never received."""
         try:
             with self.server.connect() as conn:
                 if not outbox.head(conn):
                     return None  # nothing to copy: the log is the whole story
             if not is_empty(node):
                 return None
-            return self.bootstrap(node.name).position
+            return self.bootstrap(node.name)
+        except SchemaError:
+            raise
         except (ReplicatorError, SQLAlchemyError):
             return None  # the pass reports what is wrong with the node
 

@@ -55,12 +55,9 @@ def pass_table(passes, bootstrapped=None) -> Table:
 
 def _bootstrap_text(b) -> str:
     """``3 rows copied (notes 2, tags 1), at log position 12``."""
-    rows = getattr(b, "rows", None)
-    if rows is None:  # a bare position
-        return f"at log position {b}"
-    tables = getattr(b, "tables", None) or {}
-    detail = f" ({', '.join(f'{t} {n}' for t, n in tables.items())})" if tables else ""
-    return f"{plural(rows, 'row')} copied{detail}, at log position {b.position}"
+    filled = ", ".join(f"{t} {n}" for t, n in b.rows.items() if n)
+    detail = f" ({filled})" if filled else ""
+    return f"{plural(sum(b.rows.values()), 'row')} copied{detail}, at log position {b.position}"
 
 
 def sink_table(results) -> Table:
