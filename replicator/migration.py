@@ -7,7 +7,7 @@ database.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
@@ -38,45 +38,55 @@ def alembic_config(connection: Connection | None = None) -> Any:
     return config
 
 
-def migrate(target: str | Engine | Connection, revision: str = "head") -> None:
-    """Create or upgrade the replicator's tables on one database.
+#: What :func:`migrate` did: made the tables, moved them to a newer revision, or nothing.
+Migrated = Literal["created", "upgraded", "up to date"]
+
+
+def migrate(target: str | Engine | Connection, revision: str = "head") -> Migrated:
+    """Create or upgrade the replicator's tables on one database; says which.
 
     ``target`` is a SQLAlchemy URL, an engine or a connection (use the app's
     own engine for a DuckDB file the app holds open: DuckDB lets one process
     write a file at a time). Idempotent: at the target revision already, it
-    changes nothing.
+    changes nothing and returns ``"up to date"``; ``"created"`` when there
+    were no replicator tables, ``"upgraded"`` when an older revision was there.
     """
     if isinstance(target, Connection):
-        _upgrade(target, revision)
-        return
+        return _upgrade(target, revision)
     if isinstance(target, str):
         try:
             engine = create_engine(target)
         except Exception as e:
             raise ConfigurationError(f"cannot use database URL {target!r}: {e}") from e
         try:
-            _run(engine, revision)
+            return _run(engine, revision)
         finally:
             engine.dispose()
-    else:
-        _run(target, revision)
+    return _run(target, revision)
 
 
-def _run(engine: Engine, revision: str) -> None:
+def _run(engine: Engine, revision: str) -> Migrated:
     try:
         conn = engine.connect()
     except DBAPIError as e:
         url = engine.url.render_as_string(hide_password=True)
         raise ConnectivityError(f"connecting to {url} failed: {e.orig}") from e
     with conn, conn.begin():
-        _upgrade(conn, revision)
+        return _upgrade(conn, revision)
 
 
-def _upgrade(conn: Connection, revision: str) -> None:
+def _upgrade(conn: Connection, revision: str) -> Migrated:
     from alembic import command
+    from alembic.runtime.migration import MigrationContext
 
     try:
+        options = {"version_table": VERSION_TABLE}
+        before = MigrationContext.configure(conn, opts=options).get_current_revision()
         command.upgrade(alembic_config(conn), revision)
+        after = MigrationContext.configure(conn, opts=options).get_current_revision()
     except Exception as e:
         url = conn.engine.url.render_as_string(hide_password=True)
         raise SchemaError(f"migrating the replicator's tables on {url} failed: {e}") from e
+    if before is None:
+        return "created"
+    return "up to date" if before == after else "upgraded"

@@ -72,8 +72,8 @@ EXPECTED = {
 
 
 def test_migrate_twice_creates_the_tables_once(database_url):
-    replicator.migrate(database_url)
-    replicator.migrate(database_url)  # at head already: changes nothing
+    assert replicator.migrate(database_url) == "created"
+    assert replicator.migrate(database_url) == "up to date"  # at head already: changes nothing
 
     engine = sa.create_engine(database_url)
     try:
@@ -158,3 +158,9 @@ def test_migrations_match_the_table_definitions(engine):
             },
         )
         assert compare_metadata(context, metadata) == []
+
+
+def test_migrate_says_it_upgraded_an_older_revision(database_url):
+    replicator.migrate(database_url, revision="0004")
+    assert replicator.migrate(database_url) == "upgraded"
+    assert replicator.migrate(database_url) == "up to date"
