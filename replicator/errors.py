@@ -7,14 +7,35 @@ configuration, wait for the network, look at the review queue.
 
 from __future__ import annotations
 
+import re
+
+#: What a node whose replicator tables do not exist is said to be.
+NOT_INITIALIZED = "not initialized (run replicator init)"
+
+# A missing replicator table, as SQLite ("no such table: replicator_outbox"),
+# MariaDB (1146, "Table 'db.replicator_outbox' doesn't exist") and DuckDB
+# ("Table with name replicator_outbox does not exist") say it.
+_MISSING_TABLE = re.compile(
+    r"(?:no such table: |Table '(?:[^'.]*\.)?|Table with name )(replicator_\w+)"
+)
+
 
 def describe(error: Exception) -> str:
-    """A one-line account of ``error``: a replicator error's message, or a
+    """A one-line account of ``error``: a replicator error's message, a
+    node without the replicator's tables as :data:`NOT_INITIALIZED`, or a
     driver's exception (the original one SQLAlchemy wraps) by type."""
     if isinstance(error, ReplicatorError):
         return str(error)
+    if not_initialized(error):
+        return NOT_INITIALIZED
     orig = getattr(error, "orig", None)
     return f"{type(orig or error).__name__}: {orig or error}".splitlines()[0]
+
+
+def not_initialized(error: BaseException) -> bool:
+    """Whether ``error`` says one of the replicator's tables does not exist."""
+    orig = getattr(error, "orig", None) or error
+    return _MISSING_TABLE.search(str(orig)) is not None
 
 
 class ReplicatorError(Exception):

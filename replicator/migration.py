@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import sqlalchemy as sa
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -77,16 +78,21 @@ def _run(engine: Engine, revision: str) -> Migrated:
 
 def _upgrade(conn: Connection, revision: str) -> Migrated:
     from alembic import command
-    from alembic.runtime.migration import MigrationContext
 
     try:
-        options = {"version_table": VERSION_TABLE}
-        before = MigrationContext.configure(conn, opts=options).get_current_revision()
+        before = _revision(conn)
         command.upgrade(alembic_config(conn), revision)
-        after = MigrationContext.configure(conn, opts=options).get_current_revision()
+        after = _revision(conn)
     except Exception as e:
         url = conn.engine.url.render_as_string(hide_password=True)
         raise SchemaError(f"migrating the replicator's tables on {url} failed: {e}") from e
     if before is None:
         return "created"
     return "up to date" if before == after else "upgraded"
+
+
+def _revision(conn: Connection) -> str | None:
+    """The revision the replicator's tables are at; None when they do not exist."""
+    if not sa.inspect(conn).has_table(VERSION_TABLE):
+        return None
+    return conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()

@@ -36,7 +36,7 @@ from replicator import checkpoints, outbox, retention
 from replicator.apply import Counts, apply_batch
 from replicator.checkpoints import DEFAULT_CHANNEL
 from replicator.clock import from_datetime, utcnow
-from replicator.errors import ReplicatorError
+from replicator.errors import ConfigurationError, ReplicatorError
 from replicator.node import Node
 from replicator.sync import in_scope
 from replicator.tables import outbox as outbox_table
@@ -89,13 +89,24 @@ def replay(
     """Replay ``log``'s outbox from ``start`` to ``end`` (default: all that
     has committed) onto ``node``; see the module's docstring.
 
-    ``progress(done, total)`` is called after each batch, in positions.
-    Raises :class:`ReplicatorError` when the log's writers keep it from
-    telling what has committed, or a database error fails the replay (the
-    batches before stay applied; replaying again is harmless).
+    ``start`` 0 is where a checkpoint starts: like 1, the whole log (the
+    result's ``start`` is then 1). ``progress(done, total)`` counts
+    positions: it is called after every ``batch_size`` events applied, also
+    within one large source transaction (which is still applied in one
+    node transaction), with ``done`` rising to ``total`` (``end - start +
+    1``) at the last call; never when there is nothing to replay.
+
+    Raises :class:`ConfigurationError` for a negative ``start`` or
+    ``batch_size`` below 1, and :class:`ReplicatorError` when the log's
+    writers keep it from telling what has committed, or a database error
+    fails the replay (the batches before stay applied; replaying again is
+    harmless).
     """
-    if start < 1:
-        raise ReplicatorError(f"a replay starts at position 1 or later, not {start}")
+    if start < 0:
+        raise ConfigurationError(f"a replay starts at a log position, 0 or more, not {start}")
+    if batch_size < 1:
+        raise ConfigurationError(f"batch_size must be at least 1, got {batch_size}")
+    start = max(start, 1)  # the log's first position is 1
     clock = time.perf_counter()
     with log.connect() as conn:
         horizon = log.dialect.horizon(conn)
@@ -120,24 +131,31 @@ def replay(
             entries, reached = outbox.read_batch(
                 conn, after=after, upto=upto, limit=batch_size, exclude_origin=None
             )
-        kept = in_scope(log, node, unscoped or {}, tconn, entries)
-        counts.add(
-            apply_batch(
-                tconn,
-                node.dialect,
-                kept,
-                shape_of=lambda table: node.shape(tconn, table),
-                settle=None,
-                now=now(),
-                restore=True,
-                log=checkpoints.followed(tconn, node.name),
-                own=node.name,
+        logs = checkpoints.followed(tconn, node.name)
+        # A batch holds whole source transactions, so one large transaction
+        # is one large batch: it is applied in slices of batch_size, all in
+        # this node transaction, so that progress is reported as it goes.
+        for at in range(0, max(len(entries), 1), batch_size):
+            part = entries[at : at + batch_size]
+            kept = in_scope(log, node, unscoped or {}, tconn, part)
+            counts.add(
+                apply_batch(
+                    tconn,
+                    node.dialect,
+                    kept,
+                    shape_of=lambda table: node.shape(tconn, table),
+                    settle=None,
+                    now=now(),
+                    restore=True,
+                    log=logs,
+                    own=node.name,
+                )
             )
-        )
-        counts.read += len(entries) - len(kept)
-        counts.skipped += len(entries) - len(kept)
-        if progress is not None:
-            progress(reached - start + 1, upto - start + 1)
+            counts.read += len(part) - len(kept)
+            counts.skipped += len(part) - len(kept)
+            if progress is not None:
+                last = at + batch_size >= len(entries)
+                progress((reached if last else part[-1].position) - start + 1, upto - start + 1)
         return reached
 
     position = start - 1

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from replicator import checkpoints, outbox, parking, retention
 from replicator.clock import to_datetime, utcnow
-from replicator.errors import ReplicatorError, describe
+from replicator.errors import ReplicatorError, describe, not_initialized
 from replicator.sync import Replicator, SyncPass
 from replicator.tables import sync_runs
 
@@ -49,10 +49,15 @@ class LinkStatus(msgspec.Struct, kw_only=True):
 
 
 class NodeStatus(msgspec.Struct, kw_only=True):
+    """One node: ``reachable`` False when it could not be read (``error``
+    says why); ``initialized`` False when it answers but has no replicator
+    tables (``error`` then says to run ``replicator init``)."""
+
     name: str
     role: str
     url: str  # its password masked
     reachable: bool = True
+    initialized: bool = True
     error: str | None = None
     head: int | None = None
     open_review_items: int | None = None
@@ -77,6 +82,11 @@ class Status(msgspec.Struct, kw_only=True):
     def reachable(self) -> bool:
         return all(n.reachable for n in self.nodes)
 
+    @property
+    def ok(self) -> bool:
+        """Every node reachable and initialized."""
+        return all(n.reachable and n.initialized for n in self.nodes)
+
     def to_json(self) -> bytes:
         return msgspec.json.encode(self)
 
@@ -86,7 +96,7 @@ def status(replicator: Replicator, now: dt.datetime | None = None) -> Status:
     now = now or utcnow()
     logs: dict[str, str | None] = {}  # node -> the identity of its log
     nodes = {name: _node(node, logs) for name, node in replicator.nodes.items()}
-    runners = _runners(replicator)
+    runners = _runners(replicator, nodes)
     links = [_link(p, nodes, logs, runners, now) for p in replicator.passes()]
     sinks = [_sink(replicator, name, sink) for name, sink in replicator.sinks.items()]
     return Status(
@@ -105,13 +115,23 @@ def _node(node: Any, logs: dict[str, str | None]) -> NodeStatus:
             found.head = outbox.head(conn)
             found.open_review_items = parking.open_count(conn)
     except (ReplicatorError, SQLAlchemyError) as e:
-        found.reachable, found.error = False, describe(e)
+        if not_initialized(e):
+            found.initialized = False
+        else:
+            found.reachable = False
+        found.error = describe(e)
     return found
 
 
-def _runners(replicator: Replicator) -> dict[str, tuple[str | None, bool]]:
-    """Per local: who holds its link, and whether a pass is running."""
-    found = {}
+def _runners(
+    replicator: Replicator, nodes: dict[str, NodeStatus]
+) -> dict[str, tuple[str | None, bool]]:
+    """Per local: who holds its link, and whether a pass is running (not
+    asked of a server that could not be read: one wait for it is enough)."""
+    found: dict[str, tuple[str | None, bool]] = {}
+    server = nodes[replicator.server.name]
+    if not (server.reachable and server.initialized):
+        return found
     for local in replicator.config.locals:
         try:
             holder = replicator.lock(local).holder()
@@ -140,6 +160,10 @@ def _link(
         syncing=running,
         runner=runner,
     )
+    for end in (source, target):  # a node that could not be read is not asked again
+        if not (nodes[end.name].reachable and nodes[end.name].initialized):
+            found.reachable, found.error = False, f"{end.name}: {nodes[end.name].error}"
+            return found
     try:
         with target.connect() as conn:
             found.checkpoint = checkpoints.position(

@@ -82,6 +82,23 @@ class PassResult(Counts, kw_only=True):
         return self.status != "failed"
 
 
+class PassProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """How far a running pass over one link and channel has got, reported
+    after each batch it commits: ``read`` and ``applied`` count events as in
+    its :class:`PassResult` so far; ``position`` is the source position it
+    has seen everything up to, out of ``horizon`` (where this pass stops).
+    When the pass ends ``ok``, its last report has ``position == horizon``
+    and the counts of its result."""
+
+    source: str
+    target: str
+    channel: str
+    read: int
+    applied: int
+    position: int
+    horizon: int
+
+
 class SyncResult(msgspec.Struct, kw_only=True):
     """The passes of one ``sync``, in the order they ran, and the empty
     locals it bootstrapped first: each local's name and its
@@ -157,13 +174,19 @@ class SyncPass:
         )
 
     def run(
-        self, stop: Callable[[], bool] | None = None, *, record_empty: bool = True
+        self,
+        stop: Callable[[], bool] | None = None,
+        *,
+        record_empty: bool = True,
+        progress: Callable[[PassProgress], None] | None = None,
     ) -> PassResult:
         """Apply everything the source has committed after the checkpoint.
 
         ``stop`` is asked after each committed batch: when it returns True
         the pass ends there (its checkpoint committed; the next pass goes
-        on from it). The pass is recorded in ``replicator_sync_runs``,
+        on from it). ``progress`` is called with a :class:`PassProgress`
+        after each committed batch (never when there is nothing to read).
+        The pass is recorded in ``replicator_sync_runs``,
         unless it read nothing and ended ``ok`` and ``record_empty`` is
         False (a runner polling often records its empty passes only once
         per interval). Never raises for a database problem: the result
@@ -223,6 +246,18 @@ class SyncPass:
                 counts.read += len(batch) - len(entries)
                 counts.skipped += len(batch) - len(entries)
                 unhandled = []
+                if progress is not None:
+                    progress(
+                        PassProgress(
+                            source=result.source,
+                            target=result.target,
+                            channel=result.channel,
+                            read=result.read,
+                            applied=result.applied,
+                            position=reached,
+                            horizon=horizon,
+                        )
+                    )
                 if stop is not None and stop():
                     break
         except ConfigurationError:
@@ -539,18 +574,27 @@ class Replicator:
                 )
 
     def sync(
-        self, direction: Direction | None = None, *, stop: Callable[[], bool] | None = None
+        self,
+        direction: Direction | None = None,
+        *,
+        stop: Callable[[], bool] | None = None,
+        progress: Callable[[PassProgress], None] | None = None,
     ) -> SyncResult:
         """One pass per link and channel; a failing channel does not stop
         the others (its result says why). A local that is empty (new, or
-        emptied) is bootstrapped before its first pass from the server.
-        Then each vector sink follows its node's log.
+        emptied) is bootstrapped before its first pass from the server
+        (``result.bootstrapped`` says with what). A local that lacks tables
+        the server's passes would carry is not: its passes from the server
+        do not run but fail, saying which tables to create (its checkpoint
+        must not pass rows it could not take); the next sync after they
+        exist bootstraps it. Then each vector sink follows its node's log.
 
         A link (a local and the server) that another runner is working on
         (``replicator run``, a background sync, another ``sync``) is left
         alone: ``result.held`` names it and its holder. ``stop`` is asked
         after every committed batch; once it returns True, nothing more
-        runs.
+        runs. ``progress`` gets each pass's :class:`PassProgress` after
+        every committed batch (see :meth:`SyncPass.run`).
         """
         result = SyncResult(passes=[])
         stop = stop or (lambda: False)
@@ -571,7 +615,7 @@ class Replicator:
                     # Its checkpoint must not move past rows it could not take.
                     result.passes.append(sync_pass.refused(refused[target.name]))
                     continue
-                result.passes.append(sync_pass.run(stop))
+                result.passes.append(sync_pass.run(stop, progress=progress))
             result.sinks = [
                 sink.run()
                 for name, sink in self.sinks.items()
@@ -742,4 +786,13 @@ class Replicator:
         self.close()
 
 
-__all__ = ["ConnectivityError", "PassResult", "Replicator", "SyncPass", "SyncResult", "replicate"]
+__all__ = [
+    "DEFAULT_CHANNEL",  # re-exported: it lives in replicator.checkpoints
+    "ConnectivityError",
+    "PassProgress",
+    "PassResult",
+    "Replicator",
+    "SyncPass",
+    "SyncResult",
+    "replicate",
+]

@@ -21,6 +21,7 @@ from replicator.cli.common import (
     usage,
     warn,
 )
+from replicator.errors import NOT_INITIALIZED
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -32,7 +33,7 @@ def status(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -
     Per link and channel: head, checkpoint, lag in events and seconds, last
     successful sync, whether a pass runs now and who holds the link; per
     node: reachable, open review items; per sink: lag. Exits 1 when a node
-    cannot be reached.
+    cannot be reached or is not initialized.
     """
     from replicator.status import status as read_status
 
@@ -42,7 +43,7 @@ def status(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -
         sys.stdout.write(found.to_json().decode() + "\n")
     else:
         out().print(_status_tables(found))
-    if not found.reachable:
+    if not found.ok:
         raise typer.Exit(1)
 
 
@@ -57,6 +58,8 @@ def _status_tables(found) -> Table:
         now = "[green]syncing[/]" if link.syncing else ("idle" if link.runner else "")
         if not link.reachable:
             now = "[red]unreachable[/]"
+            if link.error and link.error.endswith(NOT_INITIALIZED):
+                now = "[yellow]not initialized[/]"
         behind = "" if link.lag_seconds is None else age(link.lag_seconds)
         table.add_row(
             f"{link.source} -> {link.target}",
@@ -71,6 +74,8 @@ def _status_tables(found) -> Table:
         state = "reachable"
         if not node.reachable:
             state = f"[red]unreachable[/]: {escape(node.error or '')}"
+        elif not node.initialized:
+            state = f"[yellow]{escape(NOT_INITIALIZED)}[/]"
         items = node.open_review_items
         notes.append(
             f"{node.name} ({node.role}, {escape(node.url)}): {state}"
