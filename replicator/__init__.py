@@ -46,6 +46,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "BackgroundSync": ("replicator.service", "BackgroundSync"),
     "Runner": ("replicator.service", "Runner"),
     "Timing": ("replicator.service", "Timing"),
+    "PassProgress": ("replicator.sync", "PassProgress"),
     "PassResult": ("replicator.sync", "PassResult"),
     "Replicator": ("replicator.sync", "Replicator"),
     "SyncPass": ("replicator.sync", "SyncPass"),
@@ -66,6 +67,7 @@ __all__ = [  # the names of _EXPORTS (a test checks that the two agree)
     "HybridLogicalClock",
     "Node",
     "Operation",
+    "PassProgress",
     "PassResult",
     "Replicator",
     "ReplicatorError",
@@ -129,4 +131,11 @@ if TYPE_CHECKING:
     from replicator.migration import migrate
     from replicator.node import Node
     from replicator.service import AsyncBackgroundSync, BackgroundSync, Runner, Timing
-    from replicator.sync import PassResult, Replicator, SyncPass, SyncResult, replicate
+    from replicator.sync import (
+        PassProgress,
+        PassResult,
+        Replicator,
+        SyncPass,
+        SyncResult,
+        replicate,
+    )

@@ -77,8 +77,14 @@ def bootstrap(
 
     Every server table the local's passes would carry is copied: ``unscoped``
     as for a sync pass, a table without the scope's columns is copied whole
-    (``"all"``, the default) or not at all (``"none"``). ``progress(done,
-    total)`` counts rows copied, out of the rows in scope.
+    (``"all"``, the default) or not at all (``"none"``).
+
+    ``progress(done, total)`` counts rows: it is called after every chunk
+    copied, ``total`` being the rows in scope (one COUNT per table in the
+    snapshot, run only when ``progress`` is given; the signature admits
+    None, "unknown", for progress displays shared with other operations),
+    and once at the end with ``done == total``, the rows copied (also when
+    there were none).
 
     Raises :class:`ReplicatorError` when ``node`` is not empty (its own
     changes would be lost), and :class:`SchemaError`, naming them, when

@@ -37,6 +37,8 @@ class NodeConfig(_Section):
     url: str
     role: Literal["server", "local"]
     scope: dict[str, Any] = {}
+    # Seconds to wait for a server to answer a connection attempt.
+    connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
 
 
 class ReplicationConfig(_Section):

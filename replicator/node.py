@@ -6,7 +6,7 @@ on it, and the ``source`` of every checkpoint a target keeps for it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,11 +17,28 @@ from sqlalchemy.exc import DBAPIError
 
 from replicator.capture import NODE_NAME
 from replicator.config import NodeConfig
-from replicator.dialects import Dialect, for_connection
+from replicator.dialects import Dialect, for_connection, for_url
 from replicator.dialects.base import TableShape
 from replicator.errors import ConfigurationError, ConnectivityError
 
 Role = Literal["server", "local"]
+
+# Called as listener(node name, its URL without password) before a node's
+# own engine opens a new database connection: see :func:`on_connect`.
+_listeners: list[Callable[[str, str], None]] = []
+
+
+@contextmanager
+def on_connect(listener: Callable[[str, str], None]) -> Iterator[None]:
+    """While the block runs, call ``listener(node, url)`` before each new
+    database connection a node makes (not when the pool hands out one it
+    holds), so that a command can say which node it is waiting for. The
+    URL never holds a password. Engines the app passed in are not watched."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
 
 
 @dataclass(eq=False)
@@ -39,6 +56,8 @@ class Node:
     role: Role = "local"
     scope: Mapping[str, Any] = field(default_factory=dict)
     engine: Engine | None = None
+    #: Seconds a connection attempt to a server waits for it to answer.
+    connect_timeout: float = 5.0
     _own_engine: bool = field(default=False, repr=False)
     _shapes: dict[str, TableShape | None] = field(default_factory=dict, repr=False)
 
@@ -57,7 +76,12 @@ class Node:
     @classmethod
     def from_config(cls, name: str, settings: NodeConfig, engine: Engine | None = None) -> Node:
         return cls(
-            name=name, url=settings.url, role=settings.role, scope=settings.scope, engine=engine
+            name=name,
+            url=settings.url,
+            role=settings.role,
+            scope=settings.scope,
+            engine=engine,
+            connect_timeout=settings.connect_timeout,
         )
 
     @property
@@ -68,12 +92,28 @@ class Node:
     def get_engine(self) -> Engine:
         if self.engine is None:
             try:
-                self.engine = sa.create_engine(self.url)
+                given = sa.engine.make_url(self.url)
+                found = for_url(given)
+                url = (
+                    given
+                    if found is None
+                    else found.with_connect_timeout(given, self.connect_timeout)
+                )
+                self.engine = sa.create_engine(url)
+                if found is not None:
+                    found.after_connect_timeout(self.engine, given)
             except Exception as e:
                 raise ConfigurationError(
                     f"node {self.name}: cannot use {self.masked_url}: {e}"
                 ) from e
             self._own_engine = True
+            name, where = self.name, self.masked_url
+
+            @sa.event.listens_for(self.engine, "do_connect")
+            def _connecting(*_: Any) -> None:
+                for listener in tuple(_listeners):
+                    listener(name, where)
+
         return self.engine
 
     @property
@@ -86,8 +126,11 @@ class Node:
         try:
             conn = self.get_engine().connect()
         except DBAPIError as e:
+            why = str(e.orig)
+            if "timed out" in why:
+                why = f"no answer within {self.connect_timeout:g} s (connect_timeout): {why}"
             raise ConnectivityError(
-                f"node {self.name} ({self.masked_url}) cannot be reached: {e.orig}"
+                f"node {self.name} ({self.masked_url}) cannot be reached: {why}"
             ) from e
         with conn:
             yield conn

@@ -161,17 +161,21 @@ class SyncPass:
                 (policy, conflicts.load(policy)),
             )
 
-    def refused(self, error: str) -> PassResult:
+    def refused(self, error: str, unreachable: Collection[str] = ()) -> PassResult:
         """The result of this pass when it must not run (its target lacks
         tables the source has, say): ``failed``, ``error`` saying why;
-        nothing was read or written."""
-        return PassResult(
+        nothing was read or applied. It is recorded in
+        ``replicator_sync_runs`` like a pass that ran, so ``status`` shows
+        why the target gets nothing."""
+        result = PassResult(
             source=self.source.name,
             target=self.target.name,
             channel=self.channel,
             status="failed",
             error=error,
         )
+        self._record(result, self.now(), skip=unreachable)
+        return result
 
     def run(
         self,
@@ -374,7 +378,7 @@ class SyncPass:
 
     # --- recording -------------------------------------------------------------
 
-    def _record(self, result: PassResult, started: dt.datetime) -> None:
+    def _record(self, result: PassResult, started: dt.datetime, skip: Collection[str] = ()) -> None:
         row = {
             "source": result.source,
             "target": result.target,
@@ -394,6 +398,8 @@ class SyncPass:
         }
         # On the target; on the source when the target cannot be reached.
         for node in (self.target, self.source):
+            if node.name in skip:
+                continue  # known to be away: asking again costs a connect timeout
             try:
                 with node.begin() as conn:
                     conn.execute(sync_runs.insert(), row)
@@ -600,9 +606,14 @@ class Replicator:
         stop = stop or (lambda: False)
         tried: dict[str, BootstrapResult | None] = {}
         refused: dict[str, str] = {}  # a local that lacks tables it needs: why
-        with self._held(direction, result.held) as mine:
+        away = self._away(direction)
+        with self._held(direction, result.held, away) as mine:
             for sync_pass in self.passes(direction):
                 if stop() or _local_of(sync_pass) not in mine:
+                    continue
+                ends = [n.name for n in (sync_pass.source, sync_pass.target) if n.name in away]
+                if ends:  # said once per node, not once per pass and lock
+                    result.passes.append(sync_pass.refused(away[ends[0]], unreachable=ends))
                     continue
                 target = sync_pass.target
                 if target.role == "local" and target.name not in tried:
@@ -637,14 +648,31 @@ class Replicator:
         server = self.server
         return server.dialect.lock(server.get_engine(), f"{kind}-{name}")
 
+    def _away(self, direction: Direction | None) -> dict[str, str]:
+        """The nodes of ``direction``'s links that cannot be reached, each
+        with why: one connection attempt each (the pool keeps it for the
+        passes), so a server that does not answer costs one connect timeout
+        per sync, not one per pass and lock."""
+        away = {}
+        for node in dict.fromkeys(n for link in self.links(direction) for n in link):
+            try:
+                with node.connect():
+                    pass
+            except ConnectivityError as e:
+                away[node.name] = str(e)
+        return away
+
     @contextmanager
-    def _held(self, direction: Direction | None, held: dict[str, str]) -> Iterator[set[str]]:
+    def _held(
+        self, direction: Direction | None, held: dict[str, str], away: Mapping[str, str]
+    ) -> Iterator[set[str]]:
         """Take the locks of every link of ``direction`` (and its pass lock)
         and of every sink; yields what was taken (a local's name for its
         link, ``sink:NAME`` for a sink) and fills ``held`` with the others
         and their holders. A server that cannot be reached cannot be locked:
         its passes and sinks then run anyway, and fail saying why; any other
-        failure to lock (a schema without ``replicator_runners``) is raised."""
+        failure to lock (a schema without ``replicator_runners``) is raised.
+        A server in ``away`` is not asked."""
         holder = locks.holder_name("replicator sync")
         taken: list[Lock] = []
         mine: set[str] = set()
@@ -654,6 +682,9 @@ class Replicator:
         ] + [(SINK_HELD + name, self.lock(name, "sink"), None) for name in self.sinks]
         try:
             for name, lock, running in wanted:
+                if running is not None and self.server.name in away:
+                    mine.add(name)  # its passes say the server is away
+                    continue
                 try:
                     if not lock.acquire(holder):
                         held[name] = lock.holder() or "another runner"

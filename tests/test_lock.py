@@ -67,7 +67,8 @@ def test_this_environment_runs_the_locked_versions():
     drift = []
     for name, versions in _pinned().items():
         wanted = [
-            v for v, marker in versions
+            v
+            for v, marker in versions
             if marker is None or Requirement(f"x; {marker}").marker.evaluate(environment)
         ]
         if not wanted:
@@ -79,6 +80,7 @@ def test_this_environment_runs_the_locked_versions():
         if installed != wanted[0]:
             drift.append(f"{name} {installed} (locked {wanted[0]})")
     assert not drift, (
-        "installed versions differ from requirements.lock: " + ", ".join(drift)
+        "installed versions differ from requirements.lock: "
+        + ", ".join(drift)
         + "; install with `pip install -c requirements.lock ...`"
     )

@@ -14,6 +14,7 @@ from replicator.config import loads
 from replicator.errors import SchemaError
 from replicator.service import Runner, Timing
 from replicator.sync import Replicator
+from replicator.tables import sync_runs
 from replicator.verify import verify
 
 from .cluster import add_vocabulary, app, member
@@ -37,11 +38,11 @@ def bare_local(tmp_path, kind):
     return engine
 
 
-def settings(server, engine):
+def settings(server, engine, extra=""):
     return loads(
         f'[nodes.server]\nurl = "{server.node.url}"\nrole = "server"\n'
         f'[nodes.phone]\nurl = "{engine.url.render_as_string(hide_password=False)}"\n'
-        'role = "local"\n'
+        'role = "local"\n' + extra
     )
 
 
@@ -51,6 +52,13 @@ def nothing_moved(engine):
         assert sa.inspect(conn).get_table_names() == [
             t for t in sa.inspect(conn).get_table_names() if t.startswith("replicator_")
         ], "no app table was made by the replicator"
+
+
+def nothing_moved_but_app_tables(engine):
+    """No checkpoint, and the app's tables (made by the app) still empty."""
+    with engine.connect() as conn:
+        assert checkpoints.all_of(conn) == {}, "no checkpoint was set"
+        assert conn.exec_driver_sql("SELECT count(*) FROM vocabulary_items").scalar() == 0
 
 
 @pytest.mark.backends("mariadb", "sqlite")
@@ -71,6 +79,10 @@ def test_sync_refuses_to_bootstrap_a_local_without_tables_then_fills_it(
         assert table in down[0].error, down[0].error
     assert "create the app's tables" in down[0].error
     nothing_moved(local)
+    with local.connect() as conn:  # `status` shows why the phone gets nothing
+        c = sync_runs.c
+        recorded = conn.execute(sa.select(c.error).where(c.target == "phone")).scalars().all()
+    assert recorded and all("vocabulary_items" in e for e in recorded), recorded
 
     app.Base.metadata.create_all(local)  # the app starts, and makes its tables
     with Replicator(config, engines={"phone": local}) as r:
@@ -89,14 +101,48 @@ def test_bootstrap_names_every_missing_table_and_writes_nothing(database_url, tm
     local = bare_local(tmp_path, "sqlite")
     with local.begin() as conn:  # one table made by hand, the others missing
         app.Base.metadata.tables["user_profiles"].create(conn)
-    with Replicator(settings(server, local), engines={"phone": local}) as r:
-        with pytest.raises(SchemaError) as refused:
-            bootstrap(r.server, r.node("phone"))
+    with (
+        Replicator(settings(server, local), engines={"phone": local}) as r,
+        pytest.raises(SchemaError) as refused,
+    ):
+        bootstrap(r.server, r.node("phone"))
     message = str(refused.value)
     assert "vocabulary_items" in message and "user_profiles" not in message.split("exist")[0]
     with local.connect() as conn:
         assert checkpoints.all_of(conn) == {}
         assert conn.exec_driver_sql("SELECT count(*) FROM user_profiles").scalar() == 0
+
+
+@pytest.mark.backends("mariadb", "sqlite")
+def test_a_table_kept_off_a_scoped_local_is_not_required_there(database_url, tmp_path):
+    server = server_with_rows(database_url)
+    with server.engine.begin() as conn:  # a server table without the scope's column
+        conn.exec_driver_sql("CREATE TABLE glossary (term VARCHAR(40) PRIMARY KEY, meaning TEXT)")
+        conn.exec_driver_sql("INSERT INTO glossary VALUES ('hola', 'hello')")
+    local = bare_local(tmp_path, "sqlite")
+    app.Base.metadata.create_all(local)  # the app's tables; no glossary
+    scoped = 'scope = { user_id = "u-42" }\n'
+
+    with Replicator(settings(server, local, scoped), engines={"phone": local}) as r:
+        whole = r.sync()  # unscoped = "all": the glossary goes to the phone too
+    errors = {p.error for p in whole.passes if p.target == "phone"}
+    assert not whole.ok and len(errors) == 1, errors
+    (error,) = errors
+    assert "table glossary does not exist on phone" in error
+    assert "vocabulary_items" not in error
+    nothing_moved_but_app_tables(local)
+
+    kept_off = scoped + '[tables.glossary]\nunscoped = "none"\n'
+    with Replicator(settings(server, local, kept_off), engines={"phone": local}) as r:
+        filled = r.sync()
+        # verify() reports a table kept off the local as missing there: compare
+        # the app's tables only.
+        checked = verify(r.server, r.node("phone"), tables=sorted(app.Base.metadata.tables))
+    assert filled.ok, [p.error for p in filled.passes]
+    assert "glossary" not in filled.bootstrapped["phone"].rows
+    assert filled.bootstrapped["phone"].rows["vocabulary_items"] >= 2
+    assert checked.equal
+    local.dispose()
 
 
 @pytest.mark.backends("sqlite")

@@ -85,3 +85,48 @@ def test_a_replay_never_overwrites_a_newer_change(tampered):
 
     assert vocabulary(phone, "v-s") == ("loaf", 0.0)  # its newer change stands
     assert done.updated == 1 and done.inserted == 1  # café restored, sal back
+
+
+def test_a_replay_reports_progress_within_one_large_source_transaction(pair):
+    server, phone = pair
+    with server.sessions.begin() as session:  # one transaction, 50 events
+        for i in range(50):
+            session.add(
+                app.VocabularyItem(item_id=f"v-{i}", user_id="u-42", word=f"w{i}", translation="?")
+            )
+    seen = []
+
+    done = replay(
+        server.node, phone.node, start=1, batch_size=10, progress=lambda *a: seen.append(a)
+    )
+
+    assert (done.read, done.inserted) == (50, 50)
+    assert seen == [(n, 50) for n in (10, 20, 30, 40, 50)], (
+        "a report per slice of 10, not 0 -> 100%"
+    )
+    assert phone.rows("vocabulary_items") == server.rows("vocabulary_items")
+
+
+def test_a_replay_from_position_0_replays_the_whole_log(pair):
+    server, phone = pair
+    add_vocabulary(server, "v-1", "mesa")
+    add_vocabulary(server, "v-2", "silla")
+
+    dry = replay(server.node, phone.node, start=0, dry_run=True)
+    done = replay(server.node, phone.node, start=0)
+
+    assert (dry.start, dry.end, dry.read, dry.inserted) == (1, 2, 2, 2)
+    assert (done.start, done.end, done.inserted, done.checkpoint) == (1, 2, 2, 2)
+    assert phone.rows("vocabulary_items") == server.rows("vocabulary_items")
+
+
+@pytest.mark.backends("sqlite")
+def test_a_replay_from_a_negative_position_is_a_usage_error(pair):
+    from replicator.errors import ConfigurationError
+
+    server, phone = pair
+    add_vocabulary(server, "v-1", "mesa")
+
+    with pytest.raises(ConfigurationError, match="0 or more, not -1"):
+        replay(server.node, phone.node, start=-1)
+    assert phone.rows("vocabulary_items") == []

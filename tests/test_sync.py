@@ -11,7 +11,7 @@ import pytest
 from replicator import checkpoints
 from replicator.sync import SyncPass, replicate
 
-from .cluster import NOW, add_vocabulary, app, edit_vocabulary, member
+from .cluster import NOW, add_vocabulary, app, config, edit_vocabulary, member
 
 
 def test_a_pass_copies_every_captured_change_and_a_second_pass_applies_nothing(pair):
@@ -122,6 +122,52 @@ def test_a_batch_never_splits_a_source_transaction(pair):
 
     assert result.applied == 4
     assert seen == [3, 1]
+
+
+def test_a_pass_reports_its_progress_after_every_batch_it_commits(pair):
+    server, local = pair
+    app.run_session(local.sessions, user_id="u-42", now=NOW)
+    seen = []
+
+    result = SyncPass(local.node, server.node, batch_size=2).run(progress=seen.append)
+
+    assert result.ok and result.read == 15
+    assert len(seen) > 2, f"one report per batch, got {seen}"
+    reads, positions = [p.read for p in seen], [p.position for p in seen]
+    assert reads == sorted(reads) and positions == sorted(positions)
+    assert [p.applied for p in seen] == sorted(p.applied for p in seen)
+    last = seen[-1]
+    assert (last.read, last.applied) == (result.read, result.applied)
+    assert last.position == last.horizon
+    assert {(p.source, p.target, p.channel) for p in seen} == {("phone", "server", "default")}
+    # Nothing to read: no report.
+    again = []
+    SyncPass(local.node, server.node).run(progress=again.append)
+    assert again == []
+
+
+def test_a_sync_reports_each_link_and_channels_progress(pair):
+    from replicator.sync import Replicator
+
+    server, local = pair
+    app.run_session(local.sessions, user_id="u-42", now=NOW)
+    add_vocabulary(server, "v-s", "pan")
+    settings = config(server, local, extra="[replication]\nbatch_size = 3\n")
+    seen = []
+
+    with Replicator(settings, engines={"server": server.engine, "phone": local.engine}) as r:
+        result = r.sync(progress=seen.append)
+
+    assert result.ok, [p.error for p in result.passes]
+    for p in result.passes:
+        mine = [
+            s for s in seen if (s.source, s.target, s.channel) == (p.source, p.target, p.channel)
+        ]
+        assert mine, f"no progress reported for {p.source} -> {p.target}"
+        assert [s.read for s in mine] == sorted(s.read for s in mine)
+        assert (mine[-1].read, mine[-1].applied) == (p.read, p.applied)
+    up = [s for s in seen if s.source == "phone"]
+    assert len(up) > 1, "the 15 events of the phone in batches of 3 report more than once"
 
 
 @pytest.mark.backends("sqlite", "mariadb")

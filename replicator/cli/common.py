@@ -230,3 +230,24 @@ def progress(description: str, unit: str = "") -> Iterator[Callable[[int, int | 
     with Progress(*columns, console=err(), transient=True) as bar:
         task = bar.add_task(description, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+@contextmanager
+def activity() -> Iterator[Callable[[str], None]]:
+    """A line on a terminal's standard error saying what the command is
+    doing now (nothing when piped): yields ``show(text)``. Each new database
+    connection shows which node it is waiting for, so a server that does not
+    answer is named while the command waits for it."""
+    from replicator.node import on_connect
+
+    if not err().is_terminal:
+        with on_connect(lambda node, url: None):
+            yield lambda text: None
+        return
+    with err().status("starting", spinner="dots") as line:
+
+        def show(text: str) -> None:
+            line.update(escape(text))
+
+        with on_connect(lambda node, url: show(f"connecting to {node} ({url})…")):
+            yield show

@@ -12,6 +12,7 @@ from replicator.cli.common import (
     DEFAULT_CONFIG,
     ConfigOption,
     JsonOption,
+    activity,
     age,
     by_policy,
     escape,
@@ -37,7 +38,7 @@ def status(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -
     """
     from replicator.status import status as read_status
 
-    with open_replicator(config) as replicator:
+    with open_replicator(config) as replicator, activity():
         found = read_status(replicator)
     if as_json:
         sys.stdout.write(found.to_json().decode() + "\n")

@@ -13,6 +13,7 @@ from replicator.cli.common import (
     ConfigOption,
     Direction,
     JsonOption,
+    activity,
     check_direction,
     escape,
     fail,
@@ -55,8 +56,16 @@ def sync(
 ) -> None:
     """Run one replication pass per configured link and channel."""
     check_direction(direction)
-    with open_replicator(config) as replicator:
-        result = replicator.sync(direction)  # type: ignore[arg-type]
+    with open_replicator(config) as replicator, activity() as show:
+
+        def progress(p) -> None:
+            done = f" ({p.position * 100 // p.horizon}%)" if p.horizon else ""
+            show(
+                f"{p.source} -> {p.target} [{p.channel}]: {p.read:,} events read, "
+                f"{p.applied:,} rows applied{done}"
+            )
+
+        result = replicator.sync(direction, progress=progress)  # type: ignore[arg-type]
     if as_json:
         sys.stdout.write(result.to_json().decode() + "\n")
     else:

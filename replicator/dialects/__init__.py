@@ -8,7 +8,7 @@ upsert statements, row locks, DDL quirks) in one place.
 
 from __future__ import annotations
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from replicator.dialects.base import Dialect
 from replicator.dialects.duckdb import DuckDBDialect
@@ -40,4 +40,11 @@ def for_connection(bind: Connection | Engine) -> Dialect:
         ) from None
 
 
-__all__ = ["Dialect", "for_connection"]
+def for_url(url: str | URL) -> Dialect | None:
+    """The dialect module for a database URL, before any engine is made;
+    None when the replicator does not know its database (making an engine
+    for it then says what is wrong)."""
+    return _BY_NAME.get(make_url(url).get_backend_name())
+
+
+__all__ = ["Dialect", "for_connection", "for_url"]

@@ -291,6 +291,17 @@ class Dialect:
         """
         return last_position(conn)
 
+    def with_connect_timeout(self, url: sa.URL, seconds: float) -> sa.URL:
+        """``url`` set to give up a connection attempt after ``seconds``
+        (unless it already says how long); a file database has no such
+        wait, so by default the URL is returned as it is."""
+        return url
+
+    def after_connect_timeout(self, engine: sa.Engine, given: sa.URL) -> None:
+        """Set up ``engine``, made from :meth:`with_connect_timeout`'s URL
+        (``given`` is the URL before it), for what follows a connection;
+        nothing by default."""
+
     def lock(self, engine: sa.Engine, name: str) -> Lock:
         """The lock called ``name`` on this database, that one holder at a
         time holds across processes (see :mod:`replicator.locks`). An

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -47,6 +48,26 @@ class MariaDBDialect(Dialect):
     incoming = "VALUES({})"
     json_set, json_get, greatest = "JSON_SET", "JSON_VALUE", "GREATEST"
     concurrent_writers = True
+
+    def with_connect_timeout(self, url: sa.URL, seconds: float) -> sa.URL:
+        """pymysql's ``connect_timeout`` bounds only the TCP connect; the
+        server's greeting is read under ``read_timeout``. Both are set to
+        ``seconds`` (whole seconds, at least 1) so a server that never
+        answers is given up; :meth:`after_connect_timeout` then lifts the
+        read timeout once connected. A URL that names either keeps its own.
+        In the URL, not ``connect_args``, so engines made from it (the
+        locks') are bounded too."""
+        wait = str(max(1, math.ceil(seconds)))
+        bounded = {k: wait for k in ("connect_timeout", "read_timeout") if k not in url.query}
+        return url.update_query_dict(bounded)
+
+    def after_connect_timeout(self, engine: sa.Engine, given: sa.URL) -> None:
+        """Once connected, reads wait as long as the URL as given says (its
+        ``read_timeout``, or for ever): a long query must not fail for a
+        bound meant for the handshake."""
+        reads = given.query.get("read_timeout")
+        _read_timeouts[engine] = None if reads is None else int(reads)
+        _lift_read_timeout(engine)
 
     def refusal(self, error: DBAPIError) -> str | None:
         # pymysql reports some refusals as OperationalError.
@@ -315,11 +336,30 @@ class AdvisoryLock(Lock):
 
 
 _lock_engines: weakref.WeakKeyDictionary[sa.Engine, sa.Engine] = weakref.WeakKeyDictionary()
+# An engine whose URL bounds the handshake -> the read timeout after it.
+_read_timeouts: weakref.WeakKeyDictionary[sa.Engine, int | None] = weakref.WeakKeyDictionary()
+
+
+def _lift_read_timeout(engine: sa.Engine) -> None:
+    """After each new connection of ``engine``, set pymysql's read timeout
+    to what the user asked for. pymysql has no public setter: it keeps the
+    timeout in ``_read_timeout`` and applies it at the next read (checked on
+    pymysql 1.1 and 1.2)."""
+    reads = _read_timeouts[engine]
+
+    @sa.event.listens_for(engine, "connect")
+    def _connected(dbapi_connection: Any, _: Any) -> None:
+        if hasattr(dbapi_connection, "_read_timeout"):
+            dbapi_connection._read_timeout = reads
 
 
 def _lock_engine(engine: sa.Engine) -> sa.Engine:
     """An engine without a pool for ``engine``'s database, made once: each
     lock's connection is its own, and outside the app's pool."""
     if engine not in _lock_engines:
-        _lock_engines[engine] = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)
+        lock_engine = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)
+        if engine in _read_timeouts:
+            _read_timeouts[lock_engine] = _read_timeouts[engine]
+            _lift_read_timeout(lock_engine)
+        _lock_engines[engine] = lock_engine
     return _lock_engines[engine]
