@@ -153,3 +153,12 @@ def test_a_bulk_decision_prints_a_count_and_a_sample():
     [line] = printed
     assert line.startswith("200 of 200 matching items decided (take local): server:1, server:2")
     assert "and 195 more" in line and "server:200" not in line
+
+
+def test_replay_from_0_is_the_whole_log_and_a_negative_position_is_a_usage_error(demo):
+    whole = run("replay", "-n", "local", "--from", "0", "--dry-run", "--json", "-c", str(demo))
+    assert whole.returncode == 0, whole.stderr
+    report = json.loads(whole.stdout)
+    assert (report["start"], report["dry_run"]) == (1, True) and report["read"] > 0
+    negative = run("replay", "-n", "local", "--from", "-1", "-c", str(demo))
+    assert negative.returncode == 2 and "--from" in negative.stderr
