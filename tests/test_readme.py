@@ -142,3 +142,26 @@ def test_background_sync_example_replicates_from_the_apps_duckdb_engine(tmp_path
         notes = conn.exec_driver_sql("SELECT note_id, text FROM notes ORDER BY note_id").all()
     server.dispose()
     assert notes == [("n-1", "written on the phone"), ("n-2", "written while awaiting")]
+
+
+def test_the_configuration_reference_documents_every_key_and_its_example_loads():
+    """Each key config.py accepts has a row in the README's Configuration
+    section, and its complete example is a valid configuration."""
+    import msgspec
+
+    from replicator import config
+
+    text = README.read_text()
+    section = text[text.index("## Configuration\n") : text.index("### Before the first sync")]
+    for struct in (
+        config.NodeConfig,
+        config.ReplicationConfig,
+        config.TableConfig,
+        config.ChannelConfig,
+        config.SinkConfig,
+    ):
+        for field in msgspec.structs.fields(struct):
+            assert f"`{field.name}`" in section, f"{struct.__name__}.{field.name} is undocumented"
+    example = re.search(r"A complete example:\n\n```toml\n(.*?)```", section, re.S).group(1)
+    loaded = config.loads(example)
+    assert loaded.server == "server" and loaded.locals == ["phone", "laptop"]
