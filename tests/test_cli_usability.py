@@ -62,10 +62,32 @@ def test_importing_the_package_defers_sqlalchemy_but_keeps_its_names():
     assert callable(replicator.capture) and replicator.capture.__name__ == "capture"
 
 
-@pytest.mark.parametrize(
-    "command",
-    [(), ("review",), ("sink",), ("review", "list"), ("verify",), ("log",), ("run",), ("replay",)],
-)
+EVERY_COMMAND = [
+    (),
+    *[
+        (name,)
+        for name in (
+            "demo",
+            "init",
+            "sync",
+            "run",
+            "status",
+            "stats",
+            "replay",
+            "bootstrap",
+            "prune",
+            "verify",
+            "log",
+            "review",
+            "sink",
+        )
+    ],
+    *[("review", name) for name in ("list", "history", "show", "resolve", "discard")],
+    *[("sink", name) for name in ("status", "rebuild", "query")],
+]
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND, ids=lambda c: " ".join(c) or "replicator")
 def test_help_reads_as_prose(command):
     result = run(*command, "--help")
     assert result.returncode == 0, result.stderr

@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from replicator.cli import demo, recovery, review, sink, status, sync
+from replicator.cli.common import PlainCommand
 
 app = typer.Typer(
     name="replicator",
@@ -65,7 +66,7 @@ COMMANDS = {
     recovery.log: "The change history of a node, a table or a row.",
 }
 for command, line in COMMANDS.items():
-    app.command(short_help=line)(command)
+    app.command(short_help=line, cls=PlainCommand)(command)
 app.add_typer(review.app, name="review", short_help="The manual-review queue: list, show, decide.")
 app.add_typer(sink.app, name="sink", short_help="Vector sinks: status, rebuild, query.")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 
 from replicator.errors import ConfigurationError, ReplicatorError
 
@@ -55,6 +56,24 @@ LimitOption = Annotated[
         metavar="N",
     ),
 ]
+
+
+class PlainCommand(TyperCommand):
+    """A command whose help names its arguments as its options are named
+    (``SINK``, not ``{SINK}`` nor ``SINK <str>``). Typer has no switch for
+    it: an argument's type label comes from its ``display_type_rich``
+    (checked on Typer 0.29), set here to show none."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument):
+                param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [piece.strip("{}") for piece in super().collect_usage_pieces(ctx)]
+
+
 # What a terminal shows without --limit.
 TERMINAL_LIMIT = 50
 DIRECTIONS = ("up", "down", "bidirectional")

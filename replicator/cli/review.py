@@ -14,6 +14,7 @@ from replicator.cli.common import (
     ConfigOption,
     JsonOption,
     LimitOption,
+    PlainCommand,
     age,
     escape,
     open_replicator,
@@ -100,7 +101,9 @@ def _unreachable(listing) -> None:
         raise typer.Exit(1)
 
 
-@app.command("list", short_help="List open items, with counts by table and reason.")
+@app.command(
+    "list", cls=PlainCommand, short_help="List open items, with counts by table and reason."
+)
 def review_list(
     table: TableFilter = None,
     node: NodeFilter = None,
@@ -124,7 +127,7 @@ def review_list(
     _print_listing(listing, "Open review items", "open", shown, as_json)
 
 
-@app.command("history", short_help="List closed items, newest first.")
+@app.command("history", cls=PlainCommand, short_help="List closed items, newest first.")
 def review_history(
     table: TableFilter = None,
     node: NodeFilter = None,
@@ -164,7 +167,7 @@ def _print_listing(listing, title: str, state: str, limit: int | None, as_json: 
     _unreachable(listing)
 
 
-@app.command("show", short_help="Show an item's versions side by side.")
+@app.command("show", cls=PlainCommand, short_help="Show an item's versions side by side.")
 def review_show(
     item: Annotated[str, typer.Argument(help="The item: NODE:NUMBER, or NUMBER.", metavar="ITEM")],
     config: ConfigOption = DEFAULT_CONFIG,
@@ -183,7 +186,9 @@ def review_show(
         out().print(line, highlight=False, soft_wrap=True)
 
 
-@app.command("resolve", short_help="Settle items by taking a side or a merged row.")
+@app.command(
+    "resolve", cls=PlainCommand, short_help="Settle items by taking a side or a merged row."
+)
 def review_resolve(
     item: ItemArgument = None,
     take: Annotated[
@@ -237,7 +242,9 @@ def review_resolve(
     )
 
 
-@app.command("discard", short_help="Drop items' incoming versions, keeping the rows held.")
+@app.command(
+    "discard", cls=PlainCommand, short_help="Drop items' incoming versions, keeping the rows held."
+)
 def review_discard(
     item: ItemArgument = None,
     by: ByOption = None,

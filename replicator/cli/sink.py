@@ -11,6 +11,7 @@ from replicator.cli.common import (
     DEFAULT_CONFIG,
     ConfigOption,
     JsonOption,
+    PlainCommand,
     escape,
     open_replicator,
     out,
@@ -32,7 +33,7 @@ SinkArgument = Annotated[
 ]
 
 
-@app.command("status", short_help="Each sink's collection, checkpoint and lag.")
+@app.command("status", cls=PlainCommand, short_help="Each sink's collection, checkpoint and lag.")
 def sink_status(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
     """Show each sink's node, collection, checkpoint and lag (events not yet indexed)."""
     with open_replicator(config) as replicator:
@@ -63,7 +64,7 @@ def sink_status(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = Fal
         say("no sinks are configured")
 
 
-@app.command("rebuild", short_help="Rebuild a sink's collection from its node.")
+@app.command("rebuild", cls=PlainCommand, short_help="Rebuild a sink's collection from its node.")
 def sink_rebuild(
     name: SinkArgument,
     config: ConfigOption = DEFAULT_CONFIG,
@@ -84,7 +85,7 @@ def sink_rebuild(
         raise typer.Exit(1)
 
 
-@app.command("query", short_help="The documents nearest a text.")
+@app.command("query", cls=PlainCommand, short_help="The documents nearest a text.")
 def sink_query(
     name: SinkArgument,
     text: Annotated[str, typer.Argument(help="What to look for.", metavar="TEXT")],
