@@ -7,7 +7,7 @@ on it, and the ``source`` of every checkpoint a target keeps for it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -122,18 +122,37 @@ class Node:
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
-        """A connection; :class:`ConnectivityError` when the node cannot be reached."""
+        """A connection; :class:`ConnectivityError` when the node cannot be
+        reached, or when the connection breaks as it goes back to the pool."""
+        engine = self.get_engine()
         try:
-            conn = self.get_engine().connect()
+            conn = engine.connect()
         except DBAPIError as e:
-            why = str(e.orig)
-            if "timed out" in why:
-                why = f"no answer within {self.connect_timeout:g} s (connect_timeout): {why}"
-            raise ConnectivityError(
-                f"node {self.name} ({self.masked_url}) cannot be reached: {why}"
-            ) from e
-        with conn:
+            raise self._unreachable(e.orig) from e
+        try:
             yield conn
+        except BaseException:
+            # What the block raised says more than a failed check-in would.
+            with suppress(Exception):
+                conn.close()
+            raise
+        try:
+            conn.close()
+        except (DBAPIError, _driver_error(engine)) as e:
+            # The pool resets a connection as it takes it back (on MariaDB a
+            # COMMIT to restore the isolation level); when the network has
+            # gone, the driver's own error comes out of that reset,
+            # unwrapped by SQLAlchemy. A caller that catches the project's
+            # and SQLAlchemy's errors (a runner's pass) must still see it.
+            with suppress(Exception):
+                conn.invalidate()
+            raise self._unreachable(e) from e
+
+    def _unreachable(self, why: BaseException | None) -> ConnectivityError:
+        text = str(why)
+        if "timed out" in text:
+            text = f"no answer within {self.connect_timeout:g} s (connect_timeout): {text}"
+        return ConnectivityError(f"node {self.name} ({self.masked_url}) cannot be reached: {text}")
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -157,3 +176,9 @@ class Node:
             self.engine.dispose()
             self.engine = None
             self._own_engine = False
+
+
+def _driver_error(engine: Engine) -> type[BaseException]:
+    """The DB-API's base error class of ``engine``'s driver (or SQLAlchemy's
+    wrapper of it, where the driver has none)."""
+    return getattr(engine.dialect.loaded_dbapi, "Error", DBAPIError)

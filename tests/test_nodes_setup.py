@@ -144,3 +144,26 @@ def test_a_query_longer_than_the_connect_timeout_still_runs(database_url):
         with _lock_engine(node.get_engine()).connect() as lock_conn:
             assert lock_conn.exec_driver_sql("SELECT SLEEP(2)").scalar() == 0
     node.dispose()
+
+
+@pytest.mark.backends("mariadb")
+def test_a_connection_that_breaks_going_back_to_the_pool_is_a_connectivity_error(database_url):
+    """The pool's reset on check-in (a COMMIT restoring the isolation level)
+    meets a connection the network has dropped: the driver's own error must
+    come out as the project's, or a runner's pass lets it escape and dies."""
+    from replicator.errors import ConnectivityError
+    from replicator.node import Node
+
+    node = Node("server", url=database_url, role="server")
+    killer = sa.create_engine(database_url)
+    with pytest.raises(ConnectivityError, match="node server .* cannot be reached"):
+        with node.connect() as conn:
+            conn = conn.execution_options(isolation_level="READ COMMITTED")
+            conn.exec_driver_sql("SELECT 1")
+            own = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+            with killer.connect() as other:
+                other.exec_driver_sql(f"KILL {own}")
+    with node.connect() as conn:  # the pool hands out a working connection next
+        assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+    killer.dispose()
+    node.dispose()
