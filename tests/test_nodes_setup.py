@@ -156,13 +156,15 @@ def test_a_connection_that_breaks_going_back_to_the_pool_is_a_connectivity_error
 
     node = Node("server", url=database_url, role="server")
     killer = sa.create_engine(database_url)
-    with pytest.raises(ConnectivityError, match="node server .* cannot be reached"):
-        with node.connect() as conn:
-            conn = conn.execution_options(isolation_level="READ COMMITTED")
-            conn.exec_driver_sql("SELECT 1")
-            own = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
-            with killer.connect() as other:
-                other.exec_driver_sql(f"KILL {own}")
+    with (
+        pytest.raises(ConnectivityError, match=r"node server .* cannot be reached"),
+        node.connect() as conn,
+    ):
+        conn = conn.execution_options(isolation_level="READ COMMITTED")
+        conn.exec_driver_sql("SELECT 1")
+        own = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+        with killer.connect() as other:
+            other.exec_driver_sql(f"KILL {own}")
     with node.connect() as conn:  # the pool hands out a working connection next
         assert conn.exec_driver_sql("SELECT 1").scalar() == 1
     killer.dispose()
