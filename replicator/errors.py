@@ -12,11 +12,16 @@ import re
 #: What a node whose replicator tables do not exist is said to be.
 NOT_INITIALIZED = "not initialized (run replicator init)"
 
-# A missing replicator table, as SQLite ("no such table: replicator_outbox"),
-# MariaDB (1146, "Table 'db.replicator_outbox' doesn't exist") and DuckDB
-# ("Table with name replicator_outbox does not exist") say it.
+# A missing replicator table, as SQLite ("no such table: replicator_outbox",
+# or "main.replicator_outbox"), MariaDB (1146, "Table 'db.replicator_outbox'
+# doesn't exist") and DuckDB ("Catalog Error: Table with name
+# replicator_outbox does not exist!") say it. The whole phrase, not the
+# name alone: MariaDB's "Table 'replicator_outbox' already exists" (1050)
+# is something else.
 _MISSING_TABLE = re.compile(
-    r"(?:no such table: |Table '(?:[^'.]*\.)?|Table with name )(replicator_\w+)"
+    r"no such table: (?:\w+\.)?replicator_\w+"
+    r"|Table '(?:[^'.]*\.)?replicator_\w+' doesn't exist"
+    r"|Table with name replicator_\w+ does not exist"
 )
 
 

@@ -23,22 +23,59 @@ from replicator.errors import ConfigurationError, ConnectivityError
 
 Role = Literal["server", "local"]
 
-# Called as listener(node name, its URL without password) before a node's
-# own engine opens a new database connection: see :func:`on_connect`.
-_listeners: list[Callable[[str, str], None]] = []
+#: ``connecting(node, url)``: a node's own engine is about to open a new
+#: database connection (``url`` without its password).
+Connecting = Callable[[str, str], None]
+#: ``finished(node, url, error)``: that attempt is over; ``error`` is None
+#: when the connection was made, else what the driver raised.
+Finished = Callable[[str, str, BaseException | None], None]
+
+_listeners: list[tuple[Connecting, Finished | None]] = []
 
 
 @contextmanager
-def on_connect(listener: Callable[[str, str], None]) -> Iterator[None]:
-    """While the block runs, call ``listener(node, url)`` before each new
+def on_connect(connecting: Connecting, finished: Finished | None = None) -> Iterator[None]:
+    """While the block runs, call ``connecting(node, url)`` before each new
     database connection a node makes (not when the pool hands out one it
-    holds), so that a command can say which node it is waiting for. The
-    URL never holds a password. Engines the app passed in are not watched."""
+    holds), and ``finished(node, url, error)`` once the attempt is over
+    (``error`` None: connected), so that a command can say which node it is
+    waiting for, and stop saying it. The URL never holds a password.
+    Listeners are called in the thread that connects, and what they raise
+    fails the connection: keep them quick and quiet. Engines the app passed
+    in are not watched, nor MariaDB's lock connections (made with the same
+    timeout, after the node's own first connection)."""
+    listener = (connecting, finished)
     _listeners.append(listener)
     try:
         yield
     finally:
         _listeners.remove(listener)
+
+
+def _announce(name: str, where: str) -> Callable[..., Any]:
+    """A ``do_connect`` listener telling :func:`on_connect`'s listeners
+    about each new connection of node ``name`` (at ``where``)."""
+
+    def connecting(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        watching = tuple(_listeners)
+        for before, _ in watching:
+            before(name, where)
+        after = [finished for _, finished in watching if finished is not None]
+        if not after:
+            return None  # SQLAlchemy connects as usual
+        # Connect here (as SQLAlchemy would: the dialect's connect) to see
+        # how the attempt ends; the connection returned is the one used.
+        try:
+            connection = dialect.connect(*cargs, **cparams)
+        except BaseException as e:
+            for finished in after:
+                finished(name, where, e)
+            raise
+        for finished in after:
+            finished(name, where, None)
+        return connection
+
+    return connecting
 
 
 @dataclass(eq=False)
@@ -107,12 +144,7 @@ class Node:
                     f"node {self.name}: cannot use {self.masked_url}: {e}"
                 ) from e
             self._own_engine = True
-            name, where = self.name, self.masked_url
-
-            @sa.event.listens_for(self.engine, "do_connect")
-            def _connecting(*_: Any) -> None:
-                for listener in tuple(_listeners):
-                    listener(name, where)
+            sa.event.listen(self.engine, "do_connect", _announce(self.name, self.masked_url))
 
         return self.engine
 

@@ -239,6 +239,12 @@ class ChromaSink:
 
     # --- running -----------------------------------------------------------
 
+    def away(self, error: str) -> SinkResult:
+        """The result of a run that was not tried: the node cannot be
+        reached (``error`` says why), and asking it again would only wait
+        once more. Nothing was read or written."""
+        return SinkResult(sink=self.name, node=self.node.name, status="failed", error=error)
+
     def run(self) -> SinkResult:
         """Apply the table's events after the checkpoint, batch by batch,
         up to what had committed when it started; start over when needed

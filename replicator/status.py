@@ -98,7 +98,7 @@ def status(replicator: Replicator, now: dt.datetime | None = None) -> Status:
     nodes = {name: _node(node, logs) for name, node in replicator.nodes.items()}
     runners = _runners(replicator, nodes)
     links = [_link(p, nodes, logs, runners, now) for p in replicator.passes()]
-    sinks = [_sink(replicator, name, sink) for name, sink in replicator.sinks.items()]
+    sinks = [_sink(replicator, name, sink, nodes) for name, sink in replicator.sinks.items()]
     return Status(
         links=links,
         nodes=list(nodes.values()),
@@ -203,11 +203,18 @@ def iso(moment: dt.datetime | None) -> str | None:
     return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
-def _sink(replicator: Replicator, name: str, sink: Any) -> SinkStatus:
+def _sink(replicator: Replicator, name: str, sink: Any, nodes: dict[str, NodeStatus]) -> SinkStatus:
     found = SinkStatus(sink=name, node=sink.node.name)
+    node = nodes.get(sink.node.name)
     try:
+        # The lock file and the collection are local files: read even when
+        # the node is away.
         found.runner = replicator.lock(name, "sink").holder()
-        found.lag = sink.lag()
+        if node is not None and not (node.reachable and node.initialized):
+            # Not asked again: one wait for a node that does not answer is enough.
+            found.error = f"{node.name}: {node.error}"
+        else:
+            found.lag = sink.lag()
         found.documents = sink.count()
     except (ReplicatorError, SQLAlchemyError) as e:
         found.error = describe(e)

@@ -628,7 +628,7 @@ class Replicator:
                     continue
                 result.passes.append(sync_pass.run(stop, progress=progress))
             result.sinks = [
-                sink.run()
+                sink.away(away[sink.node.name]) if sink.node.name in away else sink.run()
                 for name, sink in self.sinks.items()
                 if SINK_HELD + name in mine and not stop()
             ]
@@ -654,7 +654,9 @@ class Replicator:
         passes), so a server that does not answer costs one connect timeout
         per sync, not one per pass and lock."""
         away = {}
-        for node in dict.fromkeys(n for link in self.links(direction) for n in link):
+        nodes = [n for link in self.links(direction) for n in link]
+        nodes += [sink.node for sink in self.sinks.values()]
+        for node in dict.fromkeys(nodes):
             try:
                 with node.connect():
                     pass

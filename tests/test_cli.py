@@ -113,7 +113,8 @@ def test_unreachable_node_exits_1(tmp_path):
     )
     result = run("init", cwd=tmp_path)
     assert result.returncode == 1
-    assert "connecting to mysql+pymysql://nobody:***@127.0.0.1:1/app failed" in result.stderr
+    message = " ".join(result.stderr.split())
+    assert "node server (mysql+pymysql://nobody:***@127.0.0.1:1/app) cannot be reached" in message
     assert "secret" not in result.stderr, "passwords are masked"
 
 

@@ -268,5 +268,8 @@ def activity() -> Iterator[Callable[[str], None]]:
         def show(text: str) -> None:
             line.update(escape(text))
 
-        with on_connect(lambda node, url: show(f"connecting to {node} ({url})…")):
+        def finished(node: str, url: str, error: BaseException | None) -> None:
+            show(f"connected to {node}" if error is None else f"{node} did not answer")
+
+        with on_connect(lambda node, url: show(f"connecting to {node} ({url})…"), finished):
             yield show

@@ -31,14 +31,22 @@ from replicator.errors import ReplicatorError
 def init(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Create or upgrade the replicator's tables on every configured node."""
     from replicator.migration import migrate
+    from replicator.node import Node
 
     settings = load(config)
-    for name, node in settings.nodes.items():
-        try:
-            done = migrate(node.url)
-        except ReplicatorError as e:
-            raise fail(e) from e
-        say(f"{name}: replicator tables {_INIT_SAYS.get(str(done), 'are up to date')}")
+    with activity():
+        for name, node_settings in settings.nodes.items():
+            # Through a Node, so that a server that does not answer is given
+            # up after its connect_timeout, as in every other command.
+            node = Node.from_config(name, node_settings)
+            try:
+                with node.begin() as conn:
+                    done = migrate(conn)
+            except ReplicatorError as e:
+                raise fail(e) from e
+            finally:
+                node.dispose()
+            say(f"{name}: replicator tables {_INIT_SAYS.get(str(done), 'are up to date')}")
 
 
 # What migrate() did -> what init says of it.

@@ -255,7 +255,8 @@ class AdvisoryLock(Lock):
             if e.orig.args[0] == _NO_SUCH_TABLE:
                 raise SchemaError(
                     f"database {self._engine.url.database} has no replicator_runners table "
-                    "(where a runner names itself): run `replicator init` to upgrade it"
+                    "(where a runner names itself): its replicator tables do not exist or "
+                    "are at an older revision; run `replicator init`"
                 ) from e
             raise
         except BaseException:
