@@ -5,6 +5,8 @@ it; the tests then fail loudly if the server is unreachable)."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,31 @@ def mariadb_server_url() -> str:
             f"MariaDB tests need {MARIADB_ENV} (e.g. mysql+pymysql://root@127.0.0.1:3306/test)"
         )
     return url
+
+
+def waits_for_a_lock(engine: Engine, thread: threading.Thread, seconds: float = 30.0) -> bool:
+    """Whether ``thread`` comes to wait for an InnoDB lock in ``engine``'s
+    MariaDB database before it ends: True as soon as a transaction of that
+    database is in LOCK WAIT, False when the thread ends first. Nothing is
+    assumed about how long the thread takes to get there; ``seconds`` only
+    bounds a hang (the test fails)."""
+    query = sa.text(
+        "SELECT count(*) FROM information_schema.INNODB_TRX t "
+        "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
+        "WHERE t.trx_state = 'LOCK WAIT' AND p.DB = DATABASE()"
+    )
+    deadline = time.monotonic() + seconds
+    with engine.connect() as conn:
+        while thread.is_alive():
+            waiting = conn.execute(query).scalar()
+            conn.rollback()
+            if waiting:
+                return True
+            assert time.monotonic() < deadline, f"{thread.name}: no lock wait, no end in {seconds}s"
+            # InnoDB refreshes these tables only when they were last read
+            # more than 0.1 s ago: asking more often would see no change.
+            time.sleep(0.15)
+    return False
 
 
 @pytest.fixture

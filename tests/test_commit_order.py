@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from replicator import outbox
+from replicator.dialects import duckdb as duckdb_dialect
 from replicator.dialects.base import last_position
 
 from .cluster import app, member
@@ -159,9 +160,14 @@ def test_duckdb_an_appender_counts_out_at_its_commit_not_when_its_connection_ret
         server.close()
 
 
-def test_duckdb_a_thread_appending_again_is_not_held_back_by_a_waiting_reader(tmp_path):
+def test_duckdb_a_thread_appending_again_is_not_held_back_by_a_waiting_reader(
+    tmp_path, monkeypatch
+):
     """Its first transaction is what the reader waits for: holding its second
     back would make each wait for the other."""
+    # The reader holds new appenders back for the whole test, not for a
+    # window the test would have to hit by sleeping.
+    monkeypatch.setattr(duckdb_dialect, "HOLD_BACK", 60.0)
     server = member("server", f"duckdb:///{tmp_path / 'app.duckdb'}", role="server")
     dialect = server.node.dialect
     results = []
@@ -174,15 +180,23 @@ def test_duckdb_a_thread_appending_again_is_not_held_back_by_a_waiting_reader(tm
         with server.sessions() as first:
             first.add(app.VocabularyItem(item_id="a", user_id="u", word="w", translation="t"))
             first.flush()
+            with server.engine.connect() as conn:
+                appenders = duckdb_dialect._appenders_of(conn)
             reader = threading.Thread(target=read)
             reader.start()
-            time.sleep(0.1)  # the reader is holding new appenders back now
+            deadline = time.monotonic() + 30
+            while not appenders.reading:  # until the reader holds new appenders back
+                assert reader.is_alive() and time.monotonic() < deadline, results
+                time.sleep(0.001)
             with server.sessions() as second:
                 second.add(app.VocabularyItem(item_id="b", user_id="u", word="w", translation="t"))
                 second.commit()
+            assert reader.is_alive() and appenders.reading, (
+                "the second append waited for the reader to give up"
+            )
+            first.commit()  # nothing in flight now: the reader reads
             reader.join(timeout=10)
-            assert not reader.is_alive() and results == [None]
-            first.commit()
+            assert not reader.is_alive() and results == [2]
         with server.engine.connect() as conn:
             assert dialect.horizon(conn) == 2
     finally:

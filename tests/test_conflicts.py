@@ -29,6 +29,7 @@ from .cluster import (
     member,
     vocabulary,
 )
+from .conftest import waits_for_a_lock
 
 START = dt.datetime(2026, 11, 24, 9, 0)
 
@@ -372,10 +373,11 @@ def test_a_pass_never_decides_on_a_row_an_app_transaction_is_changing(pair):
     syncing = threading.Thread(target=lambda: passes.append(replicate(local.node, server.node)))
 
     syncing.start()
-    syncing.join(0.5)
-    waited = syncing.is_alive()
-    session.commit()
-    session.close()
+    try:
+        waited = waits_for_a_lock(server.engine, syncing)  # not a guess at how long it takes
+    finally:
+        session.commit()
+        session.close()
     syncing.join(60)
 
     assert waited, "the pass must wait for the app's transaction to end"

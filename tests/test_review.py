@@ -31,6 +31,7 @@ from .cluster import (
     sync,
     vocabulary,
 )
+from .conftest import waits_for_a_lock
 from .models import Label, Labels
 
 START = dt.datetime(2026, 11, 24, 9, 0, tzinfo=dt.UTC)
@@ -548,12 +549,14 @@ def test_a_decision_waits_for_an_app_transaction_changing_the_row(pair):
     decided = []
     deciding = threading.Thread(target=lambda: decided.append(q.resolve(1, take="server")))
     deciding.start()
-    deciding.join(0.3)
-    assert deciding.is_alive(), "the decision did not wait for the app's transaction"
-    session.commit()
-    session.close()
+    try:
+        waited = waits_for_a_lock(server.engine, deciding)  # not a guess at how long it takes
+    finally:
+        session.commit()
+        session.close()
     deciding.join(10)
 
+    assert waited, "the decision did not wait for the app's transaction"
     [decision] = decided
     assert decision.row["strength"] == 9.0  # the app's change, taken as the server's row
     with server.engine.connect() as conn:
