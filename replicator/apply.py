@@ -53,14 +53,21 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from replicator import conflicts, outbox, parking, versions
+from replicator import conflicts, constraints, outbox, parking, versions
 from replicator.conflicts import Conflict, Decision, Policy, Side
 from replicator.dialects import Dialect
 from replicator.dialects.base import TableShape
-from replicator.events import ChangeEvent, Operation, encode_event, key_from_text, new_id
+from replicator.events import (
+    ChangeEvent,
+    Operation,
+    encode_event,
+    key_from_text,
+    new_id,
+    row_key,
+)
 from replicator.outbox import Entry
 from replicator.parking import Item, Parking, Reason
-from replicator.tables import settlements
+from replicator.tables import app_table_names, settlements
 from replicator.versions import Order, RowVersion
 
 _encode_json = msgspec.json.Encoder().encode
@@ -169,11 +176,49 @@ def reject(
     shape_of: Callable[[str], TableShape | None],
     now: dt.datetime,
 ) -> Counts:
-    """Park one event the target refused to store, with its reason."""
+    """Park one event the target refused to store, with its reason; a
+    refused constraint is named where it can be (the unique value another
+    row holds, the missing parent: see :mod:`replicator.constraints`)."""
     batch = _Batch(conn, dialect, shape_of, None, now)
     batch.counts.read = 1
     batch.load({entry.table: {entry.row_key}})
+    shape, event = batch.shapes.get(entry.table), entry.event
+    if reason is Reason.CONSTRAINT_VIOLATION and shape and event and event.row is not None:
+        row = {c: plain(v) for c, v in event.row.items()}
+        explained = constraints.explain(conn, dialect, shape, row)
+        if explained is not None:
+            reason, detail = explained[0], f"{explained[1]} ({detail})"
     batch.park_entry(entry, reason, detail)
+    batch.write()
+    return batch.counts
+
+
+def remove_orphans(
+    conn: Connection,
+    dialect: Dialect,
+    entry: Entry,
+    *,
+    shape_of: Callable[[str], TableShape | None],
+    settle: Settlement | None,
+    now: dt.datetime,
+) -> Counts:
+    """Before ``entry`` (a delete) is applied on its own: remove and park the
+    target's rows that refer to its row (see :meth:`_Batch.orphans`), in
+    ``conn``'s transaction, leaving the row itself. For a database that
+    checks foreign keys against the state at the start of a transaction
+    (DuckDB refuses to delete a parent in the transaction that deleted its
+    children), the caller commits this first. Nothing for another event."""
+    batch = _Batch(conn, dialect, shape_of, settle, now)
+    event = entry.event
+    if event is None or event.op is not Operation.DELETE:
+        return batch.counts
+    batch.shapes[entry.table] = shape_of(entry.table)
+    if batch.shapes[entry.table] is None:
+        return batch.counts
+    batch.hlc = event.hlc
+    batch.deletes[entry.table] = {entry.row_key: event.key}
+    batch.orphans()
+    del batch.deletes[entry.table]
     batch.write()
     return batch.counts
 
@@ -201,6 +246,8 @@ class _Batch:
         self.current: dict[str, dict[str, RowVersion]] = {}
         self.open: dict[tuple[str, str], Item] = {}
         self.upserts: dict[str, dict[str, dict]] = {}
+        # Per upserted row, the only columns to write when it exists (None: all).
+        self.only: dict[str, dict[str, set[str] | None]] = {}
         self.deletes: dict[str, dict[str, dict]] = {}
         self.new_versions: dict[tuple[str, str], RowVersion] = {}
         self.outgoing: list[tuple[str, str, str, int, bytes]] = []
@@ -211,6 +258,7 @@ class _Batch:
         # (table, key) -> (settlement version, version of the row it kept)
         self.settled: dict[tuple[str, str], tuple[dict, dict]] = {}
         self.new_settled: set[tuple[str, str]] = set()
+        self.hlc = 0  # the latest event's, for the server's own changes
 
     # --- deciding ------------------------------------------------------------
 
@@ -223,6 +271,7 @@ class _Batch:
 
     def apply(self, entries: list[Entry]) -> None:
         self.counts.read = len(entries)
+        self.hlc = max((e.event.hlc for e in entries if e.event is not None), default=0)
         keys: dict[str, set[str]] = {}
         for entry in entries:
             keys.setdefault(entry.table, set()).add(entry.row_key)
@@ -344,7 +393,10 @@ class _Batch:
         deleted = event.op is Operation.DELETE
         seen = self.current[table].get(entry.row_key)
         existed = seen is not None and not seen.deleted
-        self._write(table, entry.row_key, event.key, None if deleted else event.row, existed)
+        changed = set(event.changed) if event.op is Operation.UPDATE and existed else None
+        self._write(
+            table, entry.row_key, event.key, None if deleted else event.row, existed, changed
+        )
         self._set_version(
             table,
             entry.row_key,
@@ -491,17 +543,31 @@ class _Batch:
         self.counts.applied += len(run)
 
     def _write(
-        self, table: str, key: str, key_values: dict, row: dict | None, existed: bool = True
+        self,
+        table: str,
+        key: str,
+        key_values: dict,
+        row: dict | None,
+        existed: bool = True,
+        changed: set[str] | None = None,
     ) -> None:
         """Record a row's new state (None: deleted); ``existed``: whether the
-        target held it before, for the insert/update/delete counts."""
+        target held it before, for the insert/update/delete counts;
+        ``changed``: the only columns that differ from the target's row
+        (None: any may)."""
         upserts = self.upserts.setdefault(table, {})
         deletes = self.deletes.setdefault(table, {})
+        only = self.only.setdefault(table, {})
         if row is None:
             deletes[key] = key_values
             upserts.pop(key, None)
+            only.pop(key, None)
             self.counts.deleted += existed
         else:
+            # Columns changed by several events of the batch add up; a row
+            # written whole once is written whole.
+            earlier = only.get(key, set()) if key in upserts else set()
+            only[key] = None if changed is None or earlier is None else earlier | changed
             upserts[key] = row
             deletes.pop(key, None)
             if existed:
@@ -620,16 +686,124 @@ class _Batch:
 
     # --- writing ---------------------------------------------------------------
 
+    def orphans(self) -> None:
+        """Delete wins: a row of the target that refers (by a foreign key to
+        the primary key) to a row this batch deletes, and that the batch
+        neither deletes nor writes, is deleted with it (and the rows that
+        refer to it, in turn) and parked with reason ``missing_parent``,
+        its row whole in the item. It was made on this node or elsewhere
+        while the parent was being deleted: no node keeps it, none is left
+        with an orphan, and a person can still see it. The server sends
+        the delete on to every node, as a change of its own."""
+        pending = [t for t in self.shapes if self.deletes.get(t)]
+        if not pending:
+            return
+        children: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        for table in app_table_names(self.conn):
+            shape = self.shapes.setdefault(table, self.shape_of(table))
+            for columns, parent, parent_columns in shape.parents if shape else ():
+                parent_shape = self.shape_of(parent)
+                if parent_shape is not None and tuple(parent_columns) == parent_shape.key:
+                    children.setdefault(parent, []).append((table, columns))
+        while pending:
+            parent = pending.pop(0)
+            gone = list(self.deletes.get(parent, {}).items())
+            for child, columns in children.get(parent, []):
+                found = self._referring(child, columns, [tuple(k.values()) for _, k in gone])
+                if found:
+                    self._remove_orphans(child, parent, found)
+                    pending.append(child)
+
+    def _referring(
+        self, child: str, columns: tuple[str, ...], parent_keys: list[tuple]
+    ) -> dict[str, dict]:
+        """The rows of ``child`` whose ``columns`` hold one of ``parent_keys``
+        and that this batch does not delete or write: row key -> row."""
+        shape = self.shapes[child]
+        assert shape is not None
+        quoted = self.conn.dialect.identifier_preparer.quote(child)
+        found: dict[str, dict] = {}
+        for start in range(0, len(parent_keys), self.dialect.in_chunk):
+            chunk = parent_keys[start : start + self.dialect.in_chunk]
+            condition, params = self.dialect.where_in(self.conn, columns, chunk)
+            result = self.conn.exec_driver_sql(f"SELECT * FROM {quoted} WHERE {condition}", params)
+            for raw in result.mappings():
+                key = row_key([raw[c] for c in shape.key])
+                if key not in self.deletes.get(child, {}) and key not in self.upserts.get(
+                    child, {}
+                ):
+                    found[key] = dict(raw)
+        return found
+
+    def _remove_orphans(self, child: str, parent: str, rows: dict[str, dict]) -> None:
+        shape = self.shapes[child]
+        assert shape is not None
+        stored = versions.load_many(self.conn, self.dialect, {child: set(rows)}).get(child, {})
+        current = self.current.setdefault(child, {})
+        for key, row in rows.items():
+            key_values = {c: row[c] for c in shape.key}
+            seen = current.get(key) or stored.get(key)
+            self._write(child, key, key_values, None, existed=True)
+            before = seen or RowVersion({}, self.hlc, self.own or "", False)
+            self._park(
+                Parking(
+                    table=child,
+                    key=key,
+                    reason=Reason.MISSING_PARENT,
+                    detail=(
+                        f"the {parent} row it refers to was deleted on another node while this "
+                        f"row was made or changed; the delete wins: this row was removed with "
+                        "it and kept here"
+                    ),
+                    # The removed row, as the side that lost: the delete that
+                    # removed it descends from its version, and must not close
+                    # the item as superseded.
+                    remote=Side(
+                        row=row, version=before.version, hlc=before.hlc, origin=before.origin
+                    ),
+                )
+            )
+            if self.settle is not None:
+                # The server's own change, as a settlement is: every node drops the row.
+                version = versions.increment(before.version, self.settle.node)
+                hlc = max(self.hlc, before.hlc + 1)
+                event = ChangeEvent(
+                    event_id=new_id(),
+                    origin=self.settle.node,
+                    table=child,
+                    key=key_values,
+                    op=Operation.DELETE,
+                    row=None,
+                    changed={c: plain(v) for c, v in row.items()},
+                    version=version,
+                    hlc=hlc,
+                    txid=self.txid,
+                )
+                self.outgoing.append((self.settle.node, child, key, hlc, encode_event(event)))
+                after = RowVersion(version, hlc, self.settle.node, True)
+            else:
+                after = msgspec.structs.replace(before, deleted=True)
+            self._set_version(child, key, after, f"the delete of its {parent} row")
+
     def write(self, careful: bool = False) -> None:
-        # Tables in the order the batch first touched them (the source's
-        # dependency order): deletes children first, then upserts parents
-        # first, so foreign keys hold throughout.
-        tables = [t for t in self.shapes if self.upserts.get(t) or self.deletes.get(t)]
+        self.orphans()
+        # Parents before their children (by the target's foreign keys; else
+        # in the order the batch first touched them, the source's dependency
+        # order): deletes children first, then upserts parents first, so
+        # foreign keys hold throughout.
+        tables = parents_first(
+            [t for t in self.shapes if self.upserts.get(t) or self.deletes.get(t)], self.shapes
+        )
         for table in reversed(tables):
             _delete_rows(self.conn, self.dialect, self.shapes[table], self.deletes.get(table, {}))
         for table in tables:
             _upsert_rows(
-                self.conn, self.dialect, self.shapes[table], self.upserts.get(table, {}), careful
+                self.conn,
+                self.dialect,
+                self.shapes[table],
+                self.upserts.get(table, {}),
+                self.only.get(table, {}),
+                careful,
             )
         versions.store(self.conn, self.dialect, self.new_versions)
         record_settlements(
@@ -816,18 +990,43 @@ def _delete_rows(
 
 
 def _upsert_rows(
-    conn: Connection, dialect: Dialect, shape: TableShape, upserts: dict[str, dict], careful: bool
+    conn: Connection,
+    dialect: Dialect,
+    shape: TableShape,
+    upserts: dict[str, dict],
+    only: dict[str, set[str] | None],
+    careful: bool,
 ) -> None:
     table = shape.table()
     if careful:
-        for row in upserts.values():
-            dialect.write_row(conn, table, {c: plain(v) for c, v in row.items()})
+        for key, row in upserts.items():
+            dialect.write_row(conn, table, {c: plain(v) for c, v in row.items()}, only.get(key))
         return
-    by_columns: dict[tuple[str, ...], list[tuple]] = {}
-    for row in upserts.values():
-        by_columns.setdefault(tuple(row), []).append(tuple(plain(v) for v in row.values()))
-    for columns, rows in by_columns.items():
-        dialect.upsert_rows(conn, table, columns, rows)
+    groups: dict[tuple[tuple[str, ...], frozenset[str] | None], list[tuple]] = {}
+    for key, row in upserts.items():
+        changed = only.get(key)
+        group = (tuple(row), None if changed is None else frozenset(changed))
+        groups.setdefault(group, []).append(tuple(plain(v) for v in row.values()))
+    for (columns, changed), rows in groups.items():
+        dialect.upsert_rows(conn, table, columns, rows, update=changed)
+
+
+def parents_first(tables: list[str], shapes: Mapping[str, TableShape | None]) -> list[str]:
+    """``tables`` ordered so that a table comes after those it refers to by
+    a foreign key (among ``tables``), otherwise in the given order; a cycle
+    keeps the given order."""
+    refers = {
+        t: {p for _, p, _ in (shapes[t].parents if shapes.get(t) else ()) if p in tables and p != t}
+        for t in tables
+    }
+    ordered: list[str] = []
+    while len(ordered) < len(tables):
+        ready = [t for t in tables if t not in ordered and refers[t] <= set(ordered)]
+        if not ready:  # a cycle: the rest as given
+            ordered += [t for t in tables if t not in ordered]
+            break
+        ordered.append(ready[0])
+    return ordered
 
 
 def plain(value: object) -> object:

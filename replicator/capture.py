@@ -47,7 +47,7 @@ from sqlalchemy.orm.base import instance_state
 from sqlalchemy.orm.exc import UnmappedColumnError
 from sqlalchemy.sql.ddl import sort_tables
 
-from replicator import outbox, versions
+from replicator import keys, outbox, versions
 from replicator.clock import HybridLogicalClock
 from replicator.dialects import Dialect, for_connection
 from replicator.errors import CaptureError, ConfigurationError, SchemaError
@@ -57,6 +57,8 @@ from replicator.tables import outbox as outbox_table
 from replicator.tables import row_versions as row_versions_table
 
 _MISSING: Any = object()
+# Keys a process claims at a time where transactions write concurrently.
+_CHUNK = 100
 NODE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
@@ -70,6 +72,9 @@ class TablePlan:
     selected: tuple[sa.Column, ...]  # the mapped columns, in the order of `columns`
     on_update: frozenset[str]  # columns the flush itself sets on UPDATE (onupdate)
     stored: tuple[tuple[str, Callable[[Any], Any]], ...] = ()  # see Dialect.stored
+    #: (column, attribute) of a single integer key the database would
+    #: generate: capture gives new rows keys from the node's leased blocks.
+    serial: tuple[str, str] | None = None
 
     def normalize(self, row: dict[str, Any]) -> dict[str, Any]:
         """``row`` with session values turned into stored ones (in place)."""
@@ -87,9 +92,10 @@ class TablePlan:
         return tuple(row[c] for c in self.key_columns)
 
     def rows(self, result: Iterable[Any]) -> list[dict[str, Any]]:
-        """Rows of a SELECT of :attr:`selected` as dicts by column name."""
+        """Rows of a SELECT of :attr:`selected` as dicts by column name, their
+        values as stored (see :meth:`normalize`)."""
         names = [name for name, _ in self.columns]
-        return [dict(zip(names, row, strict=True)) for row in result]
+        return [self.normalize(dict(zip(names, row, strict=True))) for row in result]
 
 
 @dataclass
@@ -120,6 +126,8 @@ class Capture:
     scope: dict[str, Any] = field(default_factory=dict)
     _plans: dict[Mapper, tuple[TablePlan, ...]] = field(default_factory=dict, repr=False)
     _txids: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, repr=False)
+    _role: keys.Role | None = field(default=None, repr=False)
+    _reserved: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     def stop(self) -> None:
         """Stop capturing this engine's writes (idempotent)."""
@@ -149,6 +157,45 @@ class Capture:
         if txid is None:
             txid = self._txids[root] = new_id()
         return txid
+
+    # --- keys ----------------------------------------------------------------
+
+    def new_keys(self, conn: Connection, table: str, count: int) -> list[int] | None:
+        """``count`` keys for new rows of ``table`` (see :mod:`replicator.keys`),
+        or None where the database is to generate them (a node that has
+        never replicated). Raises :class:`CaptureError` when a local has
+        used up its keys."""
+        if self._role is None:
+            self._role = keys.role_of(conn)
+            if self._role is None:
+                return None
+        if not self.dialect.concurrent_writers:
+            # One writer at a time: take them in the app's transaction.
+            if self._role == "server":
+                return keys.take_or_lease(conn, self.dialect, self.node, table, count)
+            return keys.take(conn, self.dialect, table, count)
+        # Concurrent writers (MariaDB): a transaction holding the blocks' row
+        # until it ends would make every insert wait for every other. Keys
+        # are claimed in chunks, each in a short transaction of its own;
+        # those a process does not use are skipped, never given twice.
+        reserved = self._reserved.setdefault(table, [])
+        if len(reserved) < count:
+            claim = max(count - len(reserved), _CHUNK)
+            for attempt in range(3):
+                try:
+                    with self.engine.connect() as own, own.begin():
+                        if self._role == "server":
+                            claimed = keys.take_or_lease(own, self.dialect, self.node, table, claim)
+                        else:
+                            claimed = keys.take(own, self.dialect, table, claim)
+                    break
+                except sa.exc.IntegrityError:
+                    if attempt == 2:
+                        raise
+                    # Another process leased the same block first: lease above it.
+            reserved += claimed
+        given, self._reserved[table] = reserved[:count], reserved[count:]
+        return given
 
     # --- recording -----------------------------------------------------------
 
@@ -239,6 +286,8 @@ def _plan(mapper: Mapper, table: sa.Table, dialect: Dialect) -> TablePlan:
         except UnmappedColumnError:
             continue  # a column the class does not map keeps its database value
         selected.append(column)
+    serial = table.autoincrement_column
+    attrs = dict(columns)
     return TablePlan(
         table,
         tuple(columns),
@@ -252,6 +301,7 @@ def _plan(mapper: Mapper, table: sa.Table, dialect: Dialect) -> TablePlan:
             for c in selected
             if (as_stored := dialect.stored(c)) is not None
         ),
+        None if serial is None or serial.name not in attrs else (serial.name, attrs[serial.name]),
     )
 
 
@@ -460,6 +510,7 @@ def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
         return
     dirty = session.dirty
     _join_writers(session, itertools.chain(session.new, session.deleted, dirty))
+    _give_keys(session)
     unknown: dict[TablePlan, list[Any]] = defaultdict(list)
     for obj in dirty:
         state = instance_state(obj)
@@ -500,6 +551,27 @@ def _join_writers(session: Session, objects: Iterable[Any]) -> None:
         capture = _capture_for(session, mapper)
         if capture is not None and capture.plans(mapper):
             capture.dialect.guard_append(_connection(session, mapper))
+
+
+def _give_keys(session: Session) -> None:
+    """Give the new objects of integer-keyed tables that have no key yet one
+    from the node's blocks (see :mod:`replicator.keys`), before the flush
+    inserts them."""
+    waiting: dict[tuple[Capture, TablePlan], list[Any]] = defaultdict(list)
+    for obj in session.new:
+        state = instance_state(obj)
+        capture = _capture_for(session, state.mapper)
+        if capture is None:
+            continue
+        for plan in capture.plans(state.mapper):
+            if plan.serial is not None and state.dict.get(plan.serial[1]) is None:
+                waiting[(capture, plan)].append(obj)
+    for (capture, plan), objects in waiting.items():
+        conn = _connection(session, instance_state(objects[0]).mapper)
+        given = capture.new_keys(conn, plan.name, len(objects))
+        if given is not None:
+            for obj, key in zip(objects, given, strict=True):
+                setattr(obj, plan.serial[1], key)
 
 
 def _identity_key(plan: TablePlan, state: Any) -> tuple[Any, ...]:
@@ -686,10 +758,13 @@ def _bulk_insert(
                 "captured: give every row its key"
             )
         existing = {plan.key_of(r): r for r in _select_by_keys(conn, plan, keys, capture.dialect)}
+    params = _with_keys(state, capture, plan, conn)
     user_columns = len(statement.returning_column_descriptions or ())
     # RETURNING the table's columns gives each inserted row exactly as stored:
     # keys the database generated, Python- and server-side defaults included.
-    result = state.invoke_statement(statement=statement.returning(*plan.selected)).freeze()
+    result = state.invoke_statement(
+        statement=statement.returning(*plan.selected), params=params
+    ).freeze()
     rows = plan.rows(r[user_columns:] for r in result().all())
     changes = []
     for row in rows:
@@ -703,6 +778,39 @@ def _bulk_insert(
     if user_columns:
         return result().columns(*range(user_columns))
     return _InsertResult(len(rows))
+
+
+def _with_keys(state: ORMExecuteState, capture: Capture, plan: TablePlan, conn: Connection) -> Any:
+    """Keys from the node's blocks for the rows of a bulk insert that have
+    none (parameters to merge into the statement's), or None."""
+    if plan.serial is None:
+        return None
+    attr = plan.serial[1]
+    sets = state.parameters if isinstance(state.parameters, list) else [state.parameters or {}]
+    missing = [i for i, values in enumerate(sets) if values.get(attr) is None]
+    if not missing:
+        return None
+    if not state.parameters:
+        # insert(Model).values(...): the values are in the statement, where
+        # keys cannot be added; a key given there is taken as it is.
+        named = state.statement.compile().params
+        if plan.serial[0] in named or attr in named:
+            return None
+        if capture.new_keys(conn, plan.name, 0) is not None:
+            raise CaptureError(
+                f"insert({plan.name}).values(...) without keys: this node gives new rows of "
+                f"{plan.name!r} keys from its leased blocks, which cannot be added to values() "
+                "written into the statement; pass the rows as parameters instead: "
+                "session.execute(insert(Model), [{...}, ...])"
+            )
+        return None
+    given = capture.new_keys(conn, plan.name, len(missing))
+    if given is None:
+        return None
+    merged: list[dict[str, Any]] = [{} for _ in sets]
+    for i, key in zip(missing, given, strict=True):
+        merged[i] = {attr: key}
+    return merged if isinstance(state.parameters, list) else merged[0]
 
 
 def _keys_in_parameters(plan: TablePlan, parameters: Any) -> list[tuple[Any, ...]] | None:

@@ -48,6 +48,9 @@ class ReplicationConfig(_Section):
     interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 15.0
     # How long applied events stay in an outbox: "7d", "12h", "30m", "90s".
     retention: str = "7d"
+    # Integer keys per block leased to a local for each integer-keyed table
+    # (see replicator.keys); a pass leases another below half a block.
+    key_block: Annotated[int, msgspec.Meta(ge=2, le=1_000_000_000)] = 10_000
 
 
 class TableConfig(_Section):

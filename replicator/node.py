@@ -109,6 +109,9 @@ class Node:
             raise ConfigurationError(f"node {self.name}: needs a url or an engine")
         if self.engine is not None and not self.url:
             self.url = self.engine.url.render_as_string(hide_password=False)
+        if self.engine is not None:
+            # Replicated rows keep their references on every node.
+            for_connection(self.engine).enforce_foreign_keys(self.engine)
 
     @classmethod
     def from_config(cls, name: str, settings: NodeConfig, engine: Engine | None = None) -> Node:
@@ -139,6 +142,7 @@ class Node:
                 self.engine = sa.create_engine(url)
                 if found is not None:
                     found.after_connect_timeout(self.engine, given)
+                    found.enforce_foreign_keys(self.engine)
             except Exception as e:
                 raise ConfigurationError(
                     f"node {self.name}: cannot use {self.masked_url}: {e}"

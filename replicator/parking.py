@@ -47,6 +47,9 @@ class Reason(enum.StrEnum):
     MANUAL_REVIEW = "manual_review"  # the policy asks a person
     RESOLVER_ERROR = "resolver_error"  # a custom resolver raised or returned no decision
     CONSTRAINT_VIOLATION = "constraint_violation"  # the target refused the row
+    UNIQUE_VIOLATION = "unique_violation"  # another row holds its unique value
+    MISSING_PARENT = "missing_parent"  # the row it refers to is gone (or never came)
+    KEY_COLLISION = "key_collision"  # two nodes made different rows with one key
     INVALID_VALUE = "invalid_value"  # the target cannot store a value
     MISSING_TABLE = "missing_table"
     MISSING_COLUMN = "missing_column"

@@ -14,7 +14,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from replicator import checkpoints, outbox, parking, retention
+from replicator import checkpoints, keys, outbox, parking, retention
 from replicator.clock import to_datetime, utcnow
 from replicator.errors import ReplicatorError, describe, not_initialized
 from replicator.sync import Replicator, SyncPass
@@ -61,6 +61,9 @@ class NodeStatus(msgspec.Struct, kw_only=True):
     error: str | None = None
     head: int | None = None
     open_review_items: int | None = None
+    #: Keys left in the blocks leased to it, by integer-keyed table (see
+    #: :mod:`replicator.keys`); empty when it holds none.
+    keys: dict[str, int] = {}
 
 
 class SinkStatus(msgspec.Struct, kw_only=True):
@@ -114,6 +117,7 @@ def _node(node: Any, logs: dict[str, str | None]) -> NodeStatus:
             logs[node.name] = retention.log_id(conn)
             found.head = outbox.head(conn)
             found.open_review_items = parking.open_count(conn)
+            found.keys = keys.remaining(conn)
     except (ReplicatorError, SQLAlchemyError) as e:
         if not_initialized(e):
             found.initialized = False

@@ -32,8 +32,8 @@ import msgspec
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from replicator import checkpoints, conflicts, locks, outbox, retention
-from replicator.apply import Counts, Settlement, apply_batch, reject
+from replicator import checkpoints, conflicts, keys, locks, outbox, retention
+from replicator.apply import Counts, Settlement, apply_batch, reject, remove_orphans
 from replicator.bootstrap import BootstrapResult, is_empty
 from replicator.bootstrap import bootstrap as bootstrap_node
 from replicator.checkpoints import DEFAULT_CHANNEL
@@ -144,6 +144,7 @@ class SyncPass:
         policy: str = "latest_timestamp",
         policies: Mapping[str, str] | None = None,
         now: Callable[[], dt.datetime] = utcnow,
+        key_block: int = keys.BLOCK,
     ) -> None:
         if batch_size < 1:
             raise ConfigurationError(f"batch_size must be at least 1, got {batch_size}")
@@ -151,6 +152,7 @@ class SyncPass:
         self.tables = None if tables is None else frozenset(tables)
         self.exclude_tables = frozenset(exclude_tables)
         self.batch_size = batch_size
+        self.key_block = key_block
         self.unscoped = dict(unscoped or {})
         self.now = now
         self.settle = None
@@ -208,6 +210,7 @@ class SyncPass:
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replicator-read")
         pending: tuple[int, Future] | None = None
         try:
+            self._lease_keys()
             with self.source.connect() as conn:
                 horizon = self.source.dialect.horizon(conn)
                 through = retention.pruned_through(conn)
@@ -277,6 +280,13 @@ class SyncPass:
             self._record(result, started)
         return result
 
+    def _lease_keys(self) -> None:
+        """Keep the local of a link between a local and the server a block of
+        keys ahead for its integer-keyed tables (see :mod:`replicator.keys`)."""
+        ends = {self.source.role: self.source, self.target.role: self.target}
+        if len(ends) == 2:
+            keys.refill(ends["local"], ends["server"], self.key_block)
+
     def _checkpoint(self, tconn: Any, log_id: str | None) -> tuple[int, int]:
         """Where this channel resumes, and how far the target has applied
         the source's log for the retention check.
@@ -331,6 +341,8 @@ class SyncPass:
                 refusal = self.target.dialect.refusal(e)
                 if refusal is None:
                     raise
+                if self._delete_after_orphans(entry, upto, started, counts, log_id):
+                    continue
                 with self.target.begin() as tconn:
                     self.target.dialect.exclude_writers(tconn)
                     counts.add(
@@ -346,6 +358,41 @@ class SyncPass:
                     )
                     self._advance(tconn, upto, started, log_id)
         yield []
+
+    def _delete_after_orphans(
+        self, entry: Entry, upto: int, started: dt.datetime, counts: Counts, log_id: str | None
+    ) -> bool:
+        """A delete the target refused because rows refer to its row: remove
+        (and park) those rows in a transaction of their own, then apply the
+        delete in another; whether that worked. DuckDB checks foreign keys
+        against the start of a transaction, so a parent and the rows that
+        refer to it cannot go in one."""
+        if entry.event is None or entry.event.op is not Operation.DELETE:
+            return False
+        shape_of = self.target.shape
+        try:
+            with self.target.begin() as tconn:
+                self.target.dialect.exclude_writers(tconn)
+                swept = remove_orphans(
+                    tconn,
+                    self.target.dialect,
+                    entry,
+                    shape_of=lambda table: shape_of(tconn, table),
+                    settle=self.settle,
+                    now=self.now(),
+                )
+            with self.target.begin() as tconn:
+                self.target.dialect.exclude_writers(tconn)
+                applied = self._apply(tconn, [entry], careful=True)
+                self._advance(tconn, upto, started, log_id)
+        except DBAPIError as e:
+            if self.target.dialect.refusal(e) is None:
+                raise
+            return False
+        swept.read = 0
+        counts.add(swept)
+        counts.add(applied)
+        return True
 
     def _advance(self, tconn: Any, upto: int, started: dt.datetime, log_id: str | None) -> None:
         checkpoints.advance(
@@ -574,6 +621,7 @@ class Replicator:
                     tables=tables,
                     exclude_tables=excluded,
                     batch_size=size,
+                    key_block=self.config.replication.key_block,
                     unscoped=unscoped,
                     policy=self.config.replication.policy,
                     policies=policies,

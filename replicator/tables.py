@@ -106,6 +106,10 @@ log = sa.Table(
     sa.Column("log_id", sa.String(32), nullable=False),
     sa.Column("pruned_position", sa.BigInteger, nullable=False),
     sa.Column("pruned_at", sa.DateTime),
+    # The role this database last replicated as ("server" or "local"; None
+    # until its first pass). A local takes the keys of new rows from the
+    # blocks the server leased it (see replicator.keys).
+    sa.Column("role", sa.String(16)),
 )
 
 row_versions = sa.Table(
@@ -215,7 +219,33 @@ runners = sa.Table(
     sa.Column("since", sa.DateTime, nullable=False),
 )
 
-REQUIRED_FOR_CAPTURE = (outbox.name, row_versions.name)
+key_blocks = sa.Table(
+    "replicator_key_blocks",
+    metadata,
+    # The integer keys this node may give new rows of a table whose key the
+    # database would otherwise generate: blocks leased from the server (the
+    # server's own, where it assigns keys itself). Capture takes keys from
+    # the lowest block first; `next_key` is the next unused one.
+    sa.Column("table_name", TABLE_NAME, primary_key=True),
+    sa.Column("first_key", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("last_key", sa.BigInteger, nullable=False),
+    sa.Column("next_key", sa.BigInteger, nullable=False),
+)
+
+key_leases = sa.Table(
+    "replicator_key_leases",
+    metadata,
+    # On the server: every block of keys it has leased, and to whom. A key
+    # is leased once, ever; the server's own AUTO_INCREMENT is kept above
+    # every block.
+    sa.Column("table_name", TABLE_NAME, primary_key=True),
+    sa.Column("first_key", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("last_key", sa.BigInteger, nullable=False),
+    sa.Column("holder", NODE, nullable=False),
+    sa.Column("leased_at", sa.DateTime, nullable=False),
+)
+
+REQUIRED_FOR_CAPTURE = (outbox.name, row_versions.name, key_blocks.name)
 
 
 def is_replicator_table(name: str) -> bool:

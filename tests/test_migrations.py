@@ -12,7 +12,9 @@ from replicator.migration import VERSION_TABLE
 from replicator.tables import metadata
 
 EXPECTED = {
-    "replicator_log": {"id", "log_id", "pruned_position", "pruned_at"},
+    "replicator_log": {"id", "log_id", "pruned_position", "pruned_at", "role"},
+    "replicator_key_blocks": {"table_name", "first_key", "last_key", "next_key"},
+    "replicator_key_leases": {"table_name", "first_key", "last_key", "holder", "leased_at"},
     "replicator_runners": {"name", "holder", "connection_id", "since"},
     "replicator_settlements": {"table_name", "row_key", "version", "kept"},
     "replicator_outbox": {
@@ -84,7 +86,7 @@ def test_migrate_twice_creates_the_tables_once(database_url):
         assert primary_key_of(engine, "replicator_row_versions") == ["table_name", "row_key"]
         with engine.connect() as conn:
             assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [
-                ("0005",)
+                ("0006",)
             ]
     finally:
         engine.dispose()

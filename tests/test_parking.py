@@ -55,9 +55,12 @@ def test_a_row_the_target_refuses_is_parked_and_the_rest_of_the_batch_applied(pa
         labels = conn.execute(sa.select(Label.__table__)).all()
     assert labels == [("l-server", "verbs")]  # the server's row is untouched
     [item] = open_items(server)
-    assert (item.table, item.key, item.reason) == ("labels", '["l-phone"]', "constraint_violation")
-    # The project's words, then the database's own reason (worded as each driver words it).
-    assert item.detail.startswith(REFUSED) and item.detail[len(REFUSED) :].strip(), item.detail
+    assert (item.table, item.key, item.reason) == ("labels", '["l-phone"]', "unique_violation")
+    # Which value, held by which row; then the database's own reason (worded
+    # as each driver words it).
+    named = "labels: name = 'verbs' is held by another row (label_id='l-server')"
+    assert item.detail.startswith(named), item.detail
+    assert f"({REFUSED}" in item.detail and item.detail.split(REFUSED)[1].strip(), item.detail
     assert item.remote.row == {"label_id": "l-phone", "name": "verbs"}
     assert item.local is None  # the server never had this row
     assert [decode_event(p).key for p in item.events] == [{"label_id": "l-phone"}]

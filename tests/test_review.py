@@ -234,7 +234,7 @@ def test_an_item_parked_on_a_local_is_decided_there_and_reaches_the_server(pair)
     both_name_a_label_verbs(server, phone)
     replicate(server.node, phone.node)  # the phone refuses the server's label
     [item] = open_items(phone)
-    assert item.reason == "constraint_violation"
+    assert item.reason == "unique_violation"
     q = queue(server, phone)
 
     with pytest.raises(ReviewError, match="phone refused the decided row of labels"):
@@ -424,7 +424,7 @@ def test_an_item_on_a_scoped_local_is_decided_within_its_scope(database_url, tmp
         add_vocabulary(server, "v-server", "mesa")
         replicate(server.node, phone.node)  # refused on the phone
         [item] = open_items(phone)
-        assert item.reason == "constraint_violation"
+        assert item.reason == "unique_violation"
         q = queue(server, phone)
 
         with pytest.raises(ConfigurationError, match="user_id = 'u-7', outside phone's scope"):

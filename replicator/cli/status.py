@@ -78,9 +78,11 @@ def _status_tables(found) -> Table:
         elif not node.initialized:
             state = f"[yellow]{escape(NOT_INITIALIZED)}[/]"
         items = node.open_review_items
+        left = ", ".join(f"{escape(t)} {n}" for t, n in sorted(node.keys.items()))
         notes.append(
             f"{node.name} ({node.role}, {escape(node.url)}): {state}"
             + (f", {plural(items, 'open review item')}" if items else "")
+            + (f", keys left: {left}" if left else "")
         )
     runners = {link.runner for link in found.links if link.runner}
     notes += [f"runner: {escape(r)}" for r in sorted(runners)]

@@ -8,8 +8,9 @@ here once. DuckDB replaces the row-wise statements with columnar ones.
 from __future__ import annotations
 
 import decimal
+import enum
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -32,6 +33,11 @@ class TableShape(NamedTuple):
     #: Each column's declared type as the database names it, lower case
     #: (``"varchar(64)"``, ``"double"``); ``""`` where unknown.
     types: tuple[str, ...] = ()
+    #: The column sets of its unique constraints and unique indexes, the
+    #: primary key aside.
+    unique: tuple[tuple[str, ...], ...] = ()
+    #: Its foreign keys: ``(columns, parent table, parent's columns)``.
+    parents: tuple[tuple[tuple[str, ...], str, tuple[str, ...]], ...] = ()
 
     def declared(self, column: str) -> str:
         """``column``'s declared type (``""`` when unknown)."""
@@ -82,6 +88,9 @@ class Dialect:
         Capture records rows as the database stores them, so every replica
         receives the same values (and a row's key stays one string).
         """
+        as_text = enum_stored(column)
+        if as_text is not None:
+            return as_text
         scale = _decimal_scale(column)
         if scale is None:
             return None
@@ -125,16 +134,19 @@ class Dialect:
         columns: Sequence[str],
         rows: Sequence[Row],
         hoist: Sequence[str] = (),
+        update: Collection[str] | None = None,
     ) -> None:
         """Insert or replace ``rows`` by ``table``'s primary key.
 
         ``columns`` must include the primary key. When a key repeats, the last
         row for it wins; nothing when empty. ``hoist`` as for :meth:`insert_rows`.
+        A row that exists gets only the columns in ``update`` written (None:
+        all of ``columns``; an empty ``update`` is taken as None).
         """
         rows = last_per_key(table, columns, rows)
         columns, rows, constants = hoisted(columns, rows, NO_CONSTANTS, hoist)
         updates = self.key_guard(conn, table) + update_list(
-            conn, table, [*constants, *columns], self.incoming
+            conn, table, [*constants, *columns], self.incoming, update
         )
         tail = f" {self._on_conflict(conn, table)} {updates}"
         execute_values(conn, *self._insert(conn, table, columns, constants), rows, tail)
@@ -155,13 +167,22 @@ class Dialect:
         clause names the primary key, so it cannot hit another row)."""
         return ""
 
-    def write_row(self, conn: Connection, table: sa.Table, row: Mapping[str, Any]) -> None:
+    def write_row(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        row: Mapping[str, Any],
+        update: Collection[str] | None = None,
+    ) -> None:
         """Insert or update one row by its primary key with plain statements:
-        slow, but a row the database refuses fails with its own message."""
+        slow, but a row the database refuses fails with its own message.
+        ``update`` as for :meth:`upsert_rows`."""
         names = {c.name for c in table.primary_key.columns}
         key = [table.c[name] == row[name] for name in names]
         if conn.execute(sa.select(sa.literal(1)).select_from(table).where(*key)).first():
-            values = {c: v for c, v in row.items() if c not in names}
+            values = {
+                c: v for c, v in row.items() if c not in names and (not update or c in update)
+            }
             if values:
                 conn.execute(table.update().where(*key).values(values))
         else:
@@ -249,7 +270,24 @@ class Dialect:
         reflected = inspector.get_columns(name)
         columns = tuple(c["name"] for c in reflected)
         key = tuple(inspector.get_pk_constraint(name)["constrained_columns"])
-        return TableShape(name, columns, key, tuple(_type_name(c["type"]) for c in reflected))
+        unique = [tuple(u["column_names"]) for u in inspector.get_unique_constraints(name)]
+        unique += [
+            tuple(i["column_names"])
+            for i in inspector.get_indexes(name)
+            if i.get("unique") and None not in i["column_names"]
+        ]
+        parents = tuple(
+            (tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]))
+            for f in inspector.get_foreign_keys(name)
+        )
+        return TableShape(
+            name,
+            columns,
+            key,
+            tuple(_type_name(c["type"]) for c in reflected),
+            tuple(dict.fromkeys(u for u in unique if u != key)),
+            parents,
+        )
 
     # --- reading the outbox in commit order ------------------------------
 
@@ -297,6 +335,11 @@ class Dialect:
         wait, so by default the URL is returned as it is."""
         return url
 
+    def enforce_foreign_keys(self, engine: sa.Engine) -> None:
+        """Make every connection ``engine`` opens from now on check foreign
+        keys, where the database lets a connection choose (SQLite); nothing
+        where it always does (MariaDB, DuckDB)."""
+
     def after_connect_timeout(self, engine: sa.Engine, given: sa.URL) -> None:
         """Set up ``engine``, made from :meth:`with_connect_timeout`'s URL
         (``given`` is the URL before it), for what follows a connection;
@@ -316,6 +359,40 @@ class Dialect:
         Databases with a single writer need no lock.
         """
         return select
+
+    # --- keys the database generates (see replicator.keys) --------------------
+
+    #: Whether the database's own key generator can be moved above a block
+    #: of keys leased to other nodes (:meth:`skip_generated_keys`), so that
+    #: a server's inserts need no keys from capture.
+    keeps_generated_keys_out = False
+
+    def generated_key(self, conn: Connection, table: str) -> str | None:
+        """The column of ``table``'s primary key when it is a single integer
+        column the database numbers itself on insert (AUTO_INCREMENT) and
+        can be kept out of leased blocks; None otherwise or when the table
+        does not exist."""
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(table):
+            return None
+        key = inspector.get_pk_constraint(table)["constrained_columns"]
+        if len(key) != 1:
+            return None
+        for column in inspector.get_columns(table):
+            if column["name"] == key[0]:
+                generated = column.get("autoincrement") is True
+                if isinstance(column["type"], sa.Integer) and generated:
+                    return key[0]
+        return None
+
+    def next_generated_key(self, conn: Connection, table: str) -> int:
+        """The key the database would give ``table``'s next row (1 when unknown)."""
+        return 1
+
+    def skip_generated_keys(self, conn: Connection, table: str, last: int) -> None:
+        """Make the database generate only keys above ``last`` for ``table``
+        (only where :attr:`keeps_generated_keys_out`)."""
+        raise NotImplementedError
 
     def _insert(
         self,
@@ -355,6 +432,18 @@ def last_position(conn: Connection) -> int:
     return conn.exec_driver_sql(
         "SELECT COALESCE(MAX(position), 0) FROM replicator_outbox"
     ).scalar_one()
+
+
+def enum_stored(column: sa.Column) -> Callable[[Any], Any] | None:
+    """For an ``Enum`` column of a Python enum: a member as the column stores
+    it, which is its name unless the column says otherwise
+    (``values_callable``); None for other columns."""
+    kind = column.type
+    members = getattr(kind, "enum_class", None) if isinstance(kind, sa.Enum) else None
+    if members is None:
+        return None
+    text = dict(zip(members, kind.enums, strict=False))
+    return lambda value: text.get(value, value) if isinstance(value, enum.Enum) else value
 
 
 def _decimal_scale(column: sa.Column) -> int | None:
@@ -450,9 +539,18 @@ def last_per_key(table: sa.Table, columns: Sequence[str], rows: Sequence[Row]) -
     return list(by_key.values()) if len(by_key) < len(rows) else list(rows)
 
 
-def update_list(conn: Connection, table: sa.Table, columns: Sequence[str], template: str) -> str:
-    """``a = <template>, ...`` over the non-key columns; ``{}`` is the column."""
+def update_list(
+    conn: Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    template: str,
+    update: Collection[str] | None = None,
+) -> str:
+    """``a = <template>, ...`` over the non-key columns (those in ``update``
+    only, unless it is None or empty); ``{}`` is the column."""
     key = {c.name for c in table.primary_key.columns}
     return ", ".join(
-        f"{quote(conn, c)} = {template.format(quote(conn, c))}" for c in columns if c not in key
+        f"{quote(conn, c)} = {template.format(quote(conn, c))}"
+        for c in columns
+        if c not in key and (not update or c in update)
     )

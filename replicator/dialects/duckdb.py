@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -254,7 +254,12 @@ class DuckDBDialect(Dialect):
         columns: Sequence[str],
         rows: Sequence[Row],
         hoist: Sequence[str] = (),
+        update: Collection[str] | None = None,
     ) -> None:
+        # Only the columns given in `update` are set on an existing row:
+        # DuckDB carries out an update that sets an indexed column (even to
+        # its value) as a delete and an insert, which it refuses for a row
+        # that other rows refer to.
         if not rows:
             return
         # In one statement DuckDB keeps the *first* row of a repeated key; the
@@ -262,7 +267,8 @@ class DuckDBDialect(Dialect):
         rows = last_per_key(table, columns, rows)
         conn.exec_driver_sql(
             f"INSERT INTO {quote(conn, table.name)} {_columnar_select(conn, columns)} "
-            f"{self._on_conflict(conn, table)} {update_list(conn, table, columns, self.incoming)}",
+            f"{self._on_conflict(conn, table)} "
+            f"{update_list(conn, table, columns, self.incoming, update)}",
             _by_column(rows),
         )
 
@@ -295,7 +301,46 @@ class DuckDBDialect(Dialect):
             (name,),
         ).scalar()
         types = tuple(type_.lower() for _, type_ in reflected)
-        return TableShape(name, tuple(columns), tuple(key or ()), types)
+        unique: list[tuple[str, ...]] = []
+        parents = []
+        for kind, names_, parent, parent_names in conn.exec_driver_sql(
+            "SELECT constraint_type, constraint_column_names, referenced_table, "
+            "referenced_column_names FROM duckdb_constraints() "
+            "WHERE table_name = ? AND schema_name = current_schema() "
+            "AND constraint_type IN ('UNIQUE', 'FOREIGN KEY')",
+            (name,),
+        ):
+            if kind == "UNIQUE":
+                unique.append(tuple(names_))
+            else:
+                parents.append((tuple(names_), parent, tuple(parent_names)))
+        for expressions in conn.exec_driver_sql(
+            "SELECT expressions FROM duckdb_indexes() "
+            "WHERE table_name = ? AND schema_name = current_schema() AND is_unique",
+            (name,),
+        ).scalars():
+            found = _index_columns(expressions, columns)
+            if found:
+                unique.append(found)
+        return TableShape(
+            name,
+            tuple(columns),
+            tuple(key or ()),
+            types,
+            tuple(dict.fromkeys(u for u in unique if u != tuple(key or ()))),
+            tuple(parents),
+        )
+
+
+def _index_columns(expressions: Any, columns: Sequence[str]) -> tuple[str, ...] | None:
+    """The columns of a unique index given as DuckDB lists its expressions
+    (``"[email]"`` or a list of names; quoted or not); None when one is not
+    a plain column."""
+    parts = (
+        expressions if isinstance(expressions, list) else str(expressions).strip("[]").split(",")
+    )
+    found = tuple(p.strip().strip("'\"") for p in parts)
+    return found if found and all(c in columns for c in found) else None
 
 
 def _columnar_select(

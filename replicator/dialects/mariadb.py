@@ -35,8 +35,9 @@ HORIZON_WAIT = 2
 WRITERS_WAIT = 30
 _LOCK_WAIT_TIMEOUT, _DEADLOCK, _NO_SUCH_TABLE = 1205, 1213, 1146
 # Errors about one row: a CHECK constraint, a NOT NULL column, a duplicate
-# key, a foreign key; a value out of range, too long, or not of the type.
-_REFUSED_CONSTRAINT = {4025, 3819, 1048, 1062, 1451, 1452}
+# key, a foreign key, the upsert's key guard (1242, see key_guard); a
+# value out of range, too long, or not of the type.
+_REFUSED_CONSTRAINT = {4025, 3819, 1048, 1062, 1242, 1451, 1452}
 _REFUSED_VALUE = {1264, 1265, 1292, 1366, 1406, 1411, 1918}
 _GUARDED = "replicator_outbox_guarded"
 _STRICT = "replicator_strict_mode_checked"
@@ -81,10 +82,13 @@ class MariaDBDialect(Dialect):
     def key_guard(self, conn: Connection, table: sa.Table) -> str:
         # ON DUPLICATE KEY UPDATE fires on *any* unique key: a row whose
         # secondary unique value another row holds would silently overwrite
-        # that row. Setting the key to NULL there fails the statement
-        # instead (strict mode, MariaDB's default: "cannot be null").
+        # that row. The update part therefore fails the statement when the
+        # row it hit has another primary key. Setting the key to NULL is not
+        # enough: an AUTO_INCREMENT column takes NULL as 0 and renumbers the
+        # other row. A scalar subquery returning two rows fails on any
+        # column (error 1242), and IF evaluates it only on that branch.
         return "".join(
-            f"{q} = IF({q} <=> VALUES({q}), {q}, NULL), "
+            f"{q} = IF({q} <=> VALUES({q}), {q}, (SELECT 1 UNION ALL SELECT 2)), "
             for q in (conn.dialect.identifier_preparer.quote(c.name) for c in table.primary_key)
         )
 
@@ -201,6 +205,25 @@ class MariaDBDialect(Dialect):
 
     def lock(self, engine: sa.Engine, name: str) -> Lock:
         return AdvisoryLock(engine, name)
+
+    # The server's own AUTO_INCREMENT is moved above every block of keys it
+    # leases (see replicator.keys): a row applied with a leased key below
+    # the counter leaves it where it is, so the app's inserts on the server
+    # never take a key a device may still use.
+    keeps_generated_keys_out = True
+
+    def next_generated_key(self, conn: Connection, table: str) -> int:
+        found = conn.exec_driver_sql(
+            "SELECT AUTO_INCREMENT FROM information_schema.TABLES "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+            (table,),
+        ).scalar()
+        return int(found or 1)
+
+    def skip_generated_keys(self, conn: Connection, table: str, last: int) -> None:
+        # DDL: commits whatever conn's transaction holds.
+        quoted = conn.dialect.identifier_preparer.quote(table)
+        conn.exec_driver_sql(f"ALTER TABLE {quoted} AUTO_INCREMENT = {int(last) + 1}")
 
     def lock_rows(self, select: sa.Select) -> sa.Select:
         # A locking read sees the latest committed row, not the transaction's

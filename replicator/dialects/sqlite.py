@@ -16,13 +16,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from replicator.dialects.base import Dialect, _decimal_scale, last_position
+from replicator.dialects.base import Dialect, _decimal_scale, enum_stored, last_position
 
 
 class SQLiteDialect(Dialect):
     name = "sqlite"
 
     def stored(self, column: sa.Column) -> Callable[[Any], Any] | None:
+        as_text = enum_stored(column)
+        if as_text is not None:
+            return as_text
         # NUMERIC is stored as a float; SQLAlchemy formats it to the scale.
         scale = _decimal_scale(column)
         if scale is None:
@@ -40,3 +43,22 @@ class SQLiteDialect(Dialect):
                 yield conn, last_position(conn)
             finally:
                 conn.rollback()
+
+    def enforce_foreign_keys(self, engine: sa.Engine) -> None:
+        # SQLite checks foreign keys only on connections that ask, and the
+        # request is ignored inside a transaction: hence at connect. Without
+        # it a child whose parent another node deleted would be kept.
+        if not sa.event.contains(engine, "connect", _foreign_keys_on):
+            sa.event.listen(engine, "connect", _foreign_keys_on)
+
+    def exclude_writers(self, conn: Connection) -> None:
+        # A pass's first statement, before the driver begins a transaction:
+        # connections an app's pool opened before the node existed check
+        # foreign keys too.
+        conn.exec_driver_sql("PRAGMA foreign_keys = ON")
+
+
+def _foreign_keys_on(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()

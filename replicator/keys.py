@@ -1,0 +1,284 @@
+"""Integer keys made on any node, online or offline, that never collide.
+
+Most apps key their tables by an integer the database generates
+(``id = Column(Integer, primary_key=True)``). Two nodes that insert while
+apart would each generate the same next number, and replication would take
+two different rows for one. As SQL Server's merge replication does with
+identity ranges, the server *leases* each local blocks of keys, one range
+per table, never the same key twice; capture gives every new row of such a
+table (ORM unit of work and bulk inserts alike) the next key of the node's
+block, in the transaction that inserts it. The app's models and code do not
+change.
+
+* A block is leased by the server (:func:`lease`, recorded in
+  ``replicator_key_leases``) and stored on the local
+  (``replicator_key_blocks``) during a replication pass between the two
+  (:func:`refill`), whenever the local has fewer than half a block left for
+  a table: a device that syncs now and then never runs out.
+* A local that has used every key it holds (offline for longer than a block
+  lasts) cannot insert into that table: the flush fails with a
+  :class:`~replicator.errors.CaptureError` naming the table and saying to
+  sync; nothing is written, and no key is ever guessed.
+* The server's captured inserts take keys from blocks it leases itself.
+  On MariaDB it also moves the table's own ``AUTO_INCREMENT`` above every
+  block it leases, so that rows inserted without capture (a script, another
+  app) stay out of them too.
+* A block starts above every key the server's table holds, every key the
+  local's table holds, and every earlier block: an existing database
+  adopts leasing without any row being rewritten.
+* A node that has never replicated (no role recorded yet) lets the database
+  generate keys as before.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from replicator.dialects import Dialect
+from replicator.errors import CaptureError
+from replicator.tables import app_table_names, key_blocks, key_leases, log
+
+if TYPE_CHECKING:
+    from replicator.node import Node
+
+Role = Literal["server", "local"]
+
+#: Keys per block. A local leases another block when fewer than half of
+#: one are left: it can then insert at least this many rows per table
+#: between syncs before it runs out.
+BLOCK = 10_000
+#: On MariaDB, how far above the server's own next AUTO_INCREMENT value a
+#: block starts: the server's app may insert that many rows in the moment
+#: between reading the counter and moving it above the block.
+GAP = 1_000
+
+
+def role_of(conn: Connection) -> Role | None:
+    """The role this database last replicated as (None: never)."""
+    return conn.execute(sa.select(log.c.role).where(log.c.id == 1)).scalar()
+
+
+def mark(conn: Connection, role: Role) -> None:
+    """Record that this database replicates as ``role`` (in ``conn``'s
+    transaction; nothing when it already says so)."""
+    conn.execute(
+        log.update().where(log.c.id == 1, log.c.role.is_distinct_from(role)).values(role=role)
+    )
+
+
+def remaining(conn: Connection) -> dict[str, int]:
+    """How many leased keys this node has left, by table; empty when it
+    holds no blocks."""
+    c = key_blocks.c
+    left = sa.func.sum(sa.case((c.next_key <= c.last_key, c.last_key - c.next_key + 1), else_=0))
+    return {
+        table: int(count)
+        for table, count in conn.execute(sa.select(c.table_name, left).group_by(c.table_name))
+    }
+
+
+def take(conn: Connection, dialect: Dialect, table: str, count: int) -> list[int]:
+    """``count`` unused keys of ``table`` from this node's blocks, marked used
+    in ``conn``'s transaction (a rollback gives them back; the blocks stay
+    locked until it ends where writers are concurrent); lowest blocks
+    first. Raises :class:`CaptureError` when the blocks hold fewer."""
+    c = key_blocks.c
+    blocks = conn.execute(
+        dialect.lock_rows(
+            sa.select(c.first_key, c.next_key, c.last_key)
+            .where(c.table_name == table, c.next_key <= c.last_key)
+            .order_by(c.first_key)
+        )
+    ).all()
+    keys: list[int] = []
+    for first, start, last in blocks:
+        if len(keys) == count:
+            break
+        end = min(last, start + count - len(keys) - 1)
+        keys.extend(range(start, end + 1))
+        conn.execute(
+            key_blocks.update()
+            .where(c.table_name == table, c.first_key == first)
+            .values(next_key=end + 1)
+        )
+    if len(keys) < count:
+        raise CaptureError(
+            f"no keys left for new rows of {table!r} on this node: it has used every key the "
+            f"server leased it ({len(keys)} left, {count} needed). Sync with the server to "
+            "lease more (a sync keeps a block ahead); nothing was written"
+        )
+    return keys
+
+
+def give(conn: Connection, table: str, first: int, last: int) -> None:
+    """Store a leased block ``first..last`` of ``table`` on this node."""
+    conn.execute(
+        key_blocks.insert().values(table_name=table, first_key=first, last_key=last, next_key=first)
+    )
+
+
+def lease(
+    conn: Connection,
+    dialect: Dialect,
+    table: str,
+    holder: str,
+    size: int = BLOCK,
+    above: int = 0,
+) -> tuple[int, int]:
+    """Lease ``size`` keys of ``table`` to node ``holder``: ``(first, last)``.
+
+    Runs on the server, in ``conn``'s transaction. The block starts above
+    every earlier lease, every key the server's table holds and ``above``
+    (the largest key the holder's table holds), and, where the server
+    numbers the table's rows itself (AUTO_INCREMENT), a :data:`GAP` above
+    its next number (see :func:`keep_out`, to call once this commits:
+    inserts in between would have to take the whole gap to reach it).
+    Two leases racing for the same keys cannot both commit: the block's
+    first key is the lease's primary key.
+    """
+    c = key_leases.c
+    top = max(
+        conn.execute(sa.select(sa.func.max(c.last_key)).where(c.table_name == table)).scalar() or 0,
+        _largest_key(conn, dialect, table),
+        above,
+    )
+    if dialect.keeps_generated_keys_out and dialect.generated_key(conn, table):
+        top = max(top, dialect.next_generated_key(conn, table) - 1 + GAP)
+    first, last = top + 1, top + size
+    conn.execute(
+        key_leases.insert().values(
+            table_name=table,
+            first_key=first,
+            last_key=last,
+            holder=holder,
+            leased_at=dt.datetime.now(dt.UTC).replace(tzinfo=None),
+        )
+    )
+    return first, last
+
+
+def keep_out(conn: Connection, dialect: Dialect, table: str, last: int) -> int | None:
+    """Move the server's own numbering of ``table`` (MariaDB's
+    AUTO_INCREMENT) above ``last``, the end of a block it leased, so that
+    rows inserted without capture never take the block's keys. ``conn``
+    must not be in a transaction (the DDL commits). Returns the key column,
+    None where the database does not number the table itself."""
+    key = dialect.generated_key(conn, table) if dialect.keeps_generated_keys_out else None
+    if key is not None and dialect.next_generated_key(conn, table) <= last:
+        dialect.skip_generated_keys(conn, table, last)
+    conn.rollback()
+    return key
+
+
+def _unused(conn: Connection, table: str, key: str, first: int, last: int) -> bool:
+    """Whether no row of ``table`` holds a key of ``first..last``."""
+    taken = conn.execute(
+        sa.text(
+            f"SELECT COUNT(*) FROM {_quote(conn, table)} "
+            f"WHERE {_quote(conn, key)} BETWEEN :first AND :last"
+        ),
+        {"first": first, "last": last},
+    ).scalar()
+    conn.rollback()
+    return not taken
+
+
+def take_or_lease(
+    conn: Connection, dialect: Dialect, node: str, table: str, count: int
+) -> list[int]:
+    """On the server: :func:`take`, after leasing itself a block when it
+    lacks keys (in ``conn``'s transaction)."""
+    if remaining(conn).get(table, 0) < count:
+        give(conn, table, *lease(conn, dialect, table, node, max(BLOCK, count)))
+    return take(conn, dialect, table, count)
+
+
+def _integer_key(conn: Connection, dialect: Dialect, table: str) -> str | None:
+    shape = dialect.describe(conn, table)
+    if shape is None or len(shape.key) != 1 or "int" not in shape.declared(shape.key[0]):
+        return None
+    return shape.key[0]
+
+
+def _largest_key(conn: Connection, dialect: Dialect, table: str) -> int:
+    key = _integer_key(conn, dialect, table)
+    if key is None:
+        return 0
+    found = conn.execute(
+        sa.text(f"SELECT MAX({_quote(conn, key)}) FROM {_quote(conn, table)}")
+    ).scalar()
+    return int(found or 0)
+
+
+def _quote(conn: Connection, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote(name)
+
+
+def refill(local: Node, server: Node, size: int = BLOCK) -> dict[str, tuple[int, int]]:
+    """Lease ``local`` a block of ``size`` keys for each of its integer-keyed
+    tables where it holds fewer than half a block, and record both nodes'
+    roles: table -> the block leased (empty when none was needed). Cheap
+    when nothing is needed (a runner calls it before every pass).
+
+    The lease commits on the server before the block is stored on the local:
+    a failure in between loses keys, never gives one twice.
+    """
+    with local.begin() as conn:
+        if role_of(conn) != "local":
+            mark(conn, "local")
+        left = remaining(conn)
+        need = {}
+        for table in app_table_names(conn):
+            shape = local.shape(conn, table)
+            integer = shape is not None and len(shape.key) == 1
+            if integer and "int" in shape.declared(shape.key[0]) and left.get(table, 0) < size // 2:
+                need[table] = _largest_key(conn, local.dialect, table)
+    with server.begin() as conn:
+        if role_of(conn) != "server":
+            mark(conn, "server")
+        c = key_blocks.c
+        own = {
+            table: last
+            for table, last in conn.execute(
+                sa.select(c.table_name, sa.func.max(c.last_key)).group_by(c.table_name)
+            )
+        }
+    kept = _kept_out.setdefault(server.url, {})
+    for table, last in own.items():  # blocks the server's capture leased itself
+        if kept.get(table) != last:
+            with server.connect() as conn:
+                keep_out(conn, server.dialect, table, last)
+            kept[table] = last
+    leased: dict[str, tuple[int, int]] = {}
+    for table, above in need.items():
+        for attempt in range(3):
+            try:
+                with server.begin() as conn:
+                    block = lease(conn, server.dialect, table, local.name, size, above)
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+                continue  # another lease took these keys first: lease above it
+            with server.connect() as conn:
+                key = keep_out(conn, server.dialect, table, block[1])
+                # A row inserted on the server without capture while the
+                # counter was still below the block: the block is never used.
+                if key is not None and not _unused(conn, table, key, *block):
+                    continue
+            leased[table] = block
+            break
+    if leased:
+        with local.begin() as conn:
+            for table, (first, last) in leased.items():
+                give(conn, table, first, last)
+    return leased
+
+
+# The server (by URL) -> the end of its own last block per table whose
+# keep_out has run in this process.
+_kept_out: dict[str, dict[str, int]] = {}
