@@ -53,7 +53,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from replicator import conflicts, constraints, outbox, parking, versions
+from replicator import conflicts, constraints, keys, outbox, parking, versions
 from replicator.conflicts import Conflict, Decision, Policy, Side
 from replicator.dialects import Dialect
 from replicator.dialects.base import TableShape
@@ -785,6 +785,25 @@ class _Batch:
                 after = msgspec.structs.replace(before, deleted=True)
             self._set_version(child, key, after, f"the delete of its {parent} row")
 
+    def _keep_sequences_ahead(self, tables: list[str]) -> None:
+        """Move the sequences that number integer-keyed tables past the keys
+        this batch wrote: the app's next insert that draws from one (outside
+        capture, or before this node replicated) must not take a key a row
+        here already has."""
+        largest: dict[str, int] = {}
+        for table in tables:
+            shape = self.shapes[table]
+            if shape is None or len(shape.key) != 1 or "int" not in shape.declared(shape.key[0]):
+                continue
+            written = [r[shape.key[0]] for r in self.upserts.get(table, {}).values()]
+            written = [k for k in written if isinstance(k, int)]
+            if written:
+                largest[table] = max(written)
+        if largest:
+            found = keys.sequences_of(self.conn, self.dialect, {t: self.shapes[t] for t in largest})
+            for table, sequence in found.items():
+                self.dialect.keep_ahead(self.conn, sequence, largest[table])
+
     def write(self, careful: bool = False) -> None:
         self.orphans()
         # Parents before their children (by the target's foreign keys; else
@@ -805,6 +824,7 @@ class _Batch:
                 self.only.get(table, {}),
                 careful,
             )
+        self._keep_sequences_ahead(tables)
         versions.store(self.conn, self.dialect, self.new_versions)
         record_settlements(
             self.conn, self.dialect, {where: self.settled[where] for where in self.new_settled}

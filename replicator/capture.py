@@ -371,8 +371,18 @@ def capture(
         exclude=excluded,
         scope=dict(scope or {}),
     )
+    numbered: dict[str, str] = {}
     for mapper in _all_mappers():  # fail now, not at the first write
-        new.plans(mapper)
+        for plan in new.plans(mapper):
+            default = plan.table.c[plan.serial[0]].default if plan.serial else None
+            if isinstance(default, sa.Sequence):
+                numbered[plan.name] = default.name
+    if numbered:
+        with engine.begin() as conn:
+            present = set(sa.inspect(conn).get_table_names())
+            keys.record_sequences(
+                conn, dialect, {t: s for t, s in numbered.items() if t in present}
+            )
     with _lock:
         existing = _captures.get(engine)
         if existing is not None:

@@ -40,8 +40,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from replicator.dialects import Dialect
+from replicator.dialects.base import TableShape
 from replicator.errors import CaptureError
-from replicator.tables import app_table_names, key_blocks, key_leases, log
+from replicator.tables import app_table_names, key_blocks, key_leases, log, sequences
 
 if TYPE_CHECKING:
     from replicator.node import Node
@@ -171,6 +172,12 @@ def keep_out(conn: Connection, dialect: Dialect, table: str, last: int) -> int |
     key = dialect.generated_key(conn, table) if dialect.keeps_generated_keys_out else None
     if key is not None and dialect.next_generated_key(conn, table) <= last:
         dialect.skip_generated_keys(conn, table, last)
+    # A sequence the models number it with (see record_sequences) moves too.
+    c = sequences.c
+    sequence = conn.execute(sa.select(c.sequence_name).where(c.table_name == table)).scalar()
+    if sequence is not None:
+        dialect.keep_ahead(conn, sequence, last)
+        conn.commit()
     conn.rollback()
     return key
 
@@ -196,6 +203,33 @@ def take_or_lease(
     if remaining(conn).get(table, 0) < count:
         give(conn, table, *lease(conn, dialect, table, node, max(BLOCK, count)))
     return take(conn, dialect, table, count)
+
+
+def record_sequences(conn: Connection, dialect: Dialect, found: dict[str, str]) -> None:
+    """Record which sequence the app's models number each table's key with
+    (table -> sequence), in ``conn``'s transaction."""
+    c = sequences.c
+    stored = dict(conn.execute(sa.select(c.table_name, c.sequence_name)).all())
+    changed = [(t, s) for t, s in found.items() if stored.get(t) != s]
+    if changed:
+        dialect.upsert_rows(conn, sequences, ("table_name", "sequence_name"), changed)
+
+
+def sequences_of(
+    conn: Connection, dialect: Dialect, shapes: dict[str, TableShape]
+) -> dict[str, str]:
+    """The sequence each of these integer-keyed tables is numbered with
+    (recorded by capture, or declared as the key's default), by table."""
+    c = sequences.c
+    recorded = dict(
+        conn.execute(sa.select(c.table_name, c.sequence_name).where(c.table_name.in_(shapes))).all()
+    )
+    for table, shape in shapes.items():
+        if table not in recorded:
+            found = dialect.default_sequence(conn, table, shape.key[0])
+            if found is not None:
+                recorded[table] = found
+    return recorded
 
 
 def _integer_key(conn: Connection, dialect: Dialect, table: str) -> str | None:

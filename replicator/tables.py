@@ -245,6 +245,16 @@ key_leases = sa.Table(
     sa.Column("leased_at", sa.DateTime, nullable=False),
 )
 
+sequences = sa.Table(
+    "replicator_sequences",
+    metadata,
+    # The sequence the app's models number a table's key with (a
+    # `Sequence` SQLAlchemy fires itself, so the database cannot tell),
+    # recorded by capture: rows applied with explicit keys move it ahead.
+    sa.Column("table_name", TABLE_NAME, primary_key=True),
+    sa.Column("sequence_name", sa.String(255), nullable=False),
+)
+
 REQUIRED_FOR_CAPTURE = (outbox.name, row_versions.name, key_blocks.name)
 
 

@@ -241,3 +241,39 @@ def test_status_shows_each_nodes_keys_left(nodes, tmp_path):
     with replicator.Replicator(config, engines=engines) as rep:
         found = {n.name: n for n in status(rep).nodes}
     assert found["phone"].keys == {"threads": keys.BLOCK, "posts": keys.BLOCK}
+
+
+def test_a_downloaded_key_is_never_handed_out_again_by_the_locals_own_sequence(nodes):
+    """A row inserted on a local without capture (Core, or before it ever
+    replicated) draws from the sequence the models number the table with:
+    it must be past every key the replicator wrote there."""
+    server, local = nodes
+    sync(server, local)
+    with server.sessions.begin() as session:
+        session.add_all([Thread(title=f"server {i}") for i in range(3)])
+    sync(server, local)
+    with local.node.begin() as conn:  # not captured: the database numbers it
+        conn.execute(sa.insert(Thread.__table__).values(title="core"))
+    ids = local.ids(Thread)
+    assert len(ids) == len(set(ids)) == 4 and max(ids) == ids[-1], ids
+
+
+@pytest.mark.backends("mariadb")
+def test_the_servers_own_sequence_stays_above_every_leased_block(database_url, tmp_path):
+    server = side("server", database_url, "server")  # Thread: a MariaDB SEQUENCE
+    local = side("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}", "local")
+    try:
+        sync(server, local)
+        with local.node.connect() as conn:
+            last = conn.execute(
+                sa.select(keys.key_blocks.c.last_key).where(
+                    keys.key_blocks.c.table_name == "threads"
+                )
+            ).scalar_one()
+        with server.node.begin() as conn:  # not captured: SQLAlchemy draws nextval
+            result = conn.execute(sa.insert(Thread.__table__).values(title="script"))
+        assert result.inserted_primary_key[0] > last
+    finally:
+        for s in (local, server):
+            replicator.capture(s.sessions, node=s.node.name).stop()
+            s.node.engine.dispose()

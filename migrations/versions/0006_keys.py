@@ -1,6 +1,6 @@
 """Integer keys made on any node without colliding: the blocks of keys a
-node may give new rows, the leases the server gave out, and each
-database's role in replication.
+node may give new rows, the leases the server gave out, the sequences the
+app's models number tables with, and each database's role in replication.
 
 Revision ID: 0006
 Revises: 0005
@@ -44,10 +44,17 @@ def upgrade() -> None:
         sa.Column("leased_at", sa.DateTime, nullable=False),
         sa.PrimaryKeyConstraint("table_name", "first_key", name="pk_replicator_key_leases"),
     )
+    op.create_table(
+        "replicator_sequences",
+        sa.Column("table_name", _EXACT[128], nullable=False),
+        sa.Column("sequence_name", sa.String(255), nullable=False),
+        sa.PrimaryKeyConstraint("table_name", name="pk_replicator_sequences"),
+    )
     op.add_column("replicator_log", sa.Column("role", sa.String(16)))
 
 
 def downgrade() -> None:
     op.drop_column("replicator_log", "role")
+    op.drop_table("replicator_sequences")
     op.drop_table("replicator_key_leases")
     op.drop_table("replicator_key_blocks")

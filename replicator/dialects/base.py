@@ -394,6 +394,18 @@ class Dialect:
         (only where :attr:`keeps_generated_keys_out`)."""
         raise NotImplementedError
 
+    def default_sequence(self, conn: Connection, table: str, column: str) -> str | None:
+        """The sequence ``column``'s default draws from, where the database
+        declares one (DuckDB's ``DEFAULT nextval('...')``); None otherwise."""
+        return None
+
+    def keep_ahead(self, conn: Connection, sequence: str, key: int) -> None:
+        """Make ``sequence`` give only numbers above ``key`` (never moving it
+        back): rows were written with explicit keys it would otherwise hand
+        out again. Nothing where the database has no sequences (SQLite's
+        rowid and AUTOINCREMENT, MariaDB's AUTO_INCREMENT move past a
+        written key themselves)."""
+
     def _insert(
         self,
         conn: Connection,

@@ -12,6 +12,7 @@ write-write conflicts itself), and alembic has no implementation for it
 from __future__ import annotations
 
 import functools
+import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -282,6 +283,25 @@ class DuckDBDialect(Dialect):
                 f"IN (SELECT {unnested})",
                 _by_column(keys),
             )
+
+    def default_sequence(self, conn: Connection, table: str, column: str) -> str | None:
+        default = conn.exec_driver_sql(
+            "SELECT column_default FROM information_schema.columns "
+            "WHERE table_name = ? AND column_name = ? AND table_schema = current_schema()",
+            (table, column),
+        ).scalar()
+        found = re.match(r"nextval\('([^']+)'\)", default or "")
+        return found.group(1) if found else None
+
+    def keep_ahead(self, conn: Connection, sequence: str, key: int) -> None:
+        # DuckDB has no ALTER SEQUENCE; setval sets the last value given.
+        last = conn.exec_driver_sql(
+            "SELECT last_value FROM duckdb_sequences() WHERE sequence_name = ? "
+            "AND schema_name = current_schema()",
+            (sequence,),
+        ).scalar()
+        if last is None or last < key:
+            conn.exec_driver_sql("SELECT setval(?, ?)", (sequence, int(key)))
 
     def describe(self, conn: Connection, name: str) -> TableShape | None:
         # duckdb-engine's reflection queries pg_catalog tables DuckDB lacks.

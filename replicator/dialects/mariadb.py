@@ -220,6 +220,11 @@ class MariaDBDialect(Dialect):
         ).scalar()
         return int(found or 1)
 
+    def keep_ahead(self, conn: Connection, sequence: str, key: int) -> None:
+        # SETVAL never moves a sequence back (it returns NULL then).
+        quoted = conn.dialect.identifier_preparer.quote(sequence)
+        conn.exec_driver_sql(f"SELECT SETVAL({quoted}, {int(key)})")
+
     def skip_generated_keys(self, conn: Connection, table: str, last: int) -> None:
         # DDL: commits whatever conn's transaction holds.
         quoted = conn.dialect.identifier_preparer.quote(table)
