@@ -4,8 +4,9 @@ apps are written.
 Where the learning app (``learning_app.py``) was designed for offline use,
 with UUID string keys, this one was not: every table has an integer key the
 database numbers (``id``, from a ``Sequence``: DuckDB has no other way; a
-SEQUENCE on MariaDB, the rowid on SQLite), the business identity lives in a separate unique column (``user_id``,
-``email``, ``conversation_id``, ``document_id``), children point at their
+SEQUENCE on MariaDB, the rowid on SQLite), the business identity lives in a
+separate unique column (``user_id``, ``email``, ``conversation_id``,
+``document_id``), children point at their
 parents' integer ids through foreign keys, and the ORM cascades deletes
 down (``cascade="all, delete-orphan"``). It has Enum and JSON columns, a
 timestamp the server fills in (``server_default=now()``) and one the ORM
