@@ -693,12 +693,9 @@ def _check_history(fresh: Fresh, history: list[tuple[str, str, int]]) -> None:
         _accounted_for(c, deleted)
 
 
-@pytest.mark.backends("sqlite")
-def test_random_writes_and_syncs_converge_without_orphans_or_lost_writes(database_url, tmp_path):
-    fresh = Fresh(tmp_path, None)
-
+def _check_random_histories(fresh: Fresh, examples: int) -> None:
     @settings(
-        max_examples=20,
+        max_examples=examples,
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
@@ -711,22 +708,15 @@ def test_random_writes_and_syncs_converge_without_orphans_or_lost_writes(databas
     check()
 
 
+@pytest.mark.backends("sqlite")
+def test_random_writes_and_syncs_converge_without_orphans_or_lost_writes(database_url, tmp_path):
+    _check_random_histories(Fresh(tmp_path, None), examples=20)
+
+
 @pytest.mark.backends("mariadb")
 def test_random_writes_and_syncs_converge_with_a_mariadb_server(database_url, tmp_path):
     fresh = Fresh(tmp_path, database_url)
-
-    @settings(
-        max_examples=8,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
-    @given(history=histories)
-    @example(history=APART)
-    def check(history):
-        _check_history(fresh, history)
-
     try:
-        check()
+        _check_random_histories(fresh, examples=8)
     finally:
         fresh.server_engine.dispose()
