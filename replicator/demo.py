@@ -36,6 +36,9 @@ from replicator.sink import SinkResult
 from replicator.sync import PassResult, Replicator
 
 STORES = ("duckdb", "sqlite")
+#: The reference apps ``replicator demo --app`` runs: this module's, and
+#: :mod:`replicator.demo_relational`'s.
+APPS = ("learning", "relational")
 USER = "u-42"
 #: The document a person writes to settle the parked conflict.
 MERGED = "Café con leche y churros, o café solo con tostadas."

@@ -1,4 +1,5 @@
-"""``replicator demo``: the reference app on two embedded nodes."""
+"""``replicator demo``: a reference app on two embedded nodes (``--app``:
+the learning app, or the relational one)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from replicator.cli.common import escape, fail, out, short, usage
+from replicator.cli.common import escape, fail, out, say, short, usage
 from replicator.cli.render import pass_table, sink_table
 from replicator.errors import ReplicatorError
 
@@ -28,18 +29,37 @@ def demo(
     store: Annotated[
         str, typer.Option(help="The embedded store: duckdb or sqlite.", metavar="STORE")
     ] = "duckdb",
+    app: Annotated[
+        str,
+        typer.Option(
+            help="The reference app: learning (offline-first, text keys) or relational "
+            "(integer keys, unique emails, foreign keys).",
+            metavar="APP",
+        ),
+    ] = "learning",
 ) -> None:
-    """Run the reference app on two embedded nodes, sync them, and show both sides."""
+    """Run a reference app on two embedded nodes, sync them, and show both sides."""
+    from replicator.demo import APPS, STORES
+
+    if app not in APPS:
+        usage(f"--app must be one of {', '.join(APPS)}, not {app!r}")
+    if store not in STORES:
+        usage(f"--store must be one of {', '.join(STORES)}, not {store!r}")
+    directory = directory or Path(tempfile.mkdtemp(prefix="replicator-demo-"))
+    if app == "relational":
+        _relational(directory, store)
+    else:
+        _learning(directory, store)
+
+
+def _learning(directory: Path, store: str) -> None:
+    """The learning app: capture, one conflict per policy, a resolved item, a vector sink."""
     from rich import box
     from rich.table import Table
 
     from replicator import demo as demo_module
     from replicator.clock import to_datetime
-    from replicator.demo import STORES
 
-    if store not in STORES:
-        usage(f"--store must be one of {', '.join(STORES)}, not {store!r}")
-    directory = directory or Path(tempfile.mkdtemp(prefix="replicator-demo-"))
     try:
         run = demo_module.run(directory, store=store)
     except ReplicatorError as e:
@@ -168,4 +188,149 @@ def _conflict_table(conflicts) -> Table:
             shown(c.server, c.server),
             now,
         )
+    return table
+
+
+def _relational(directory: Path, store: str) -> None:
+    """The relational app: leased integer keys, a unique email both sides
+    took, a parent deleted under a new child, an edit of a referenced row."""
+    from rich import box
+    from rich.table import Table
+
+    from replicator import demo_relational
+
+    try:
+        run = demo_relational.run(directory, store=store)
+    except ReplicatorError as e:
+        raise fail(e) from e
+
+    say(
+        f"The relational app (examples/relational_app.py): integer keys the database numbers, "
+        f"unique emails, foreign keys with ORM cascades. Server: {run.server_url}; "
+        f"device: {run.url}."
+    )
+    say("\n1. The server has a user with an old conversation; the device syncs for the first time:")
+    _writes(run.setup)
+    out().print(pass_table(run.first.passes, run.first.bootstrapped))
+    keys = Table(
+        title="Leased keys left for new rows",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    keys.add_column("node")
+    for table in demo_relational.KEYED:
+        keys.add_column(table, justify="right")
+    for node, left in run.keys_left.items():
+        keys.add_row(node, *(str(left.get(table, 0)) for table in demo_relational.KEYED))
+    out().print(keys)
+    say(
+        "A local gets blocks of keys during a pass with the server, so that its new rows "
+        "never take a key another node uses; the server leases its own as it inserts."
+    )
+    say("\nWhile apart:")
+    for number, (title, writes) in enumerate(run.steps, start=2):
+        say(f"{number}. {title}:")
+        _writes(writes)
+    say("New rows take keys from each node's own blocks: no two rows share one.")
+    for number, passes in enumerate(run.syncs, start=1):
+        quiet = "" if any(p.read for p in passes) else " (nothing left to carry)"
+        say(f"\nSync {number}{quiet}:")
+        out().print(pass_table(passes))
+    for state in run.before:
+        out().print(_business_table(state))
+    out().print(_review_table(run.parked, "The review queues after the syncs"))
+    say(
+        "Each node parked the other's version: the server the device's user and message, "
+        "the device the server's user, and the message the server's delete removed."
+    )
+    if run.decisions:
+        settings = directory / "replicator.toml"
+        say(
+            f"\nA person keeps the server's user for {demo_relational.CLASH}, syncing after "
+            "each decision:"
+        )
+        for decided, passes in run.decisions:
+            command = (
+                f"replicator review discard {decided.ref}"
+                if decided.decision == "discard"
+                else f"replicator review resolve {decided.ref} --take {decided.decision}"
+            )
+            say(f"  $ {command} --by {decided.by} --config {settings}")
+            out().print(pass_table(passes))
+    summary = Table(
+        title="Both nodes at the end, by business key",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in ("table", "key", "server rows", "local rows", "same"):
+        summary.add_column(column, justify="right" if "rows" in column else "left")
+    for state in run.tables:
+        same = "[green]yes[/]" if state.equal else f"[red]no[/] ({len(state.differing)} differ)"
+        summary.add_row(
+            state.table,
+            " + ".join(state.columns[: state.width]),
+            str(len(state.server)),
+            str(len(state.local)),
+            same,
+        )
+    out().print(summary)
+    if run.open:
+        reasons = ", ".join(sorted({f"{i.reason} ({i.node})" for i in run.open}))
+        say(f"Still open for review, kept for a person to read: {reasons}.")
+    if run.equal:
+        out().print("[green]Both sides are equal.[/]")
+    else:
+        differ = ", ".join(t.table for t in run.tables if not t.equal)
+        out().print(f"[red]Both sides are not equal[/]: {escape(differ)} differ.")
+        raise typer.Exit(1)
+
+
+def _writes(writes) -> None:
+    for write in writes:
+        say(f"   {write.side}: {write.text}")
+
+
+def _business_table(state) -> Table:
+    """One table on both sides, a row per business key."""
+    from rich import box
+    from rich.table import Table
+
+    key = state.columns[: state.width]
+    table = Table(
+        title=f"{state.table} by {' + '.join(key)}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in (*key, "server", "device", "same"):
+        table.add_column(column, overflow="fold")
+    values = state.columns[state.width :]
+    table.columns[len(key)].header = f"server ({', '.join(values)})"
+    table.columns[len(key) + 1].header = f"device ({', '.join(values)})"
+
+    def shown(row) -> str:
+        return "-" if row is None else ", ".join(escape(str(v)) for v in row)
+
+    for k in state.keys:
+        server, local = state.server.get(k), state.local.get(k)
+        table.add_row(
+            *(
+                escape(short(v)) if name.endswith("_id") else escape(str(v))
+                for name, v in zip(key, k, strict=True)
+            ),
+            shown(server),
+            shown(local),
+            "[green]yes[/]" if server == local else "[red]no[/]",
+        )
+    return table
+
+
+def _review_table(items, title: str) -> Table:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("item", "table", "key", "reason", "detail"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("item", "reason"))
+    for item in items:
+        table.add_row(item.ref, item.table, item.key, item.reason, escape(item.detail))
     return table
