@@ -14,7 +14,12 @@ import datetime as dt
 import uuid
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# MariaDB's DATETIME keeps whole seconds unless told otherwise; the
+# replicator refuses a server column that would round what a device stores.
+Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mariadb", "mysql")
 
 
 def new_id() -> str:
@@ -39,7 +44,7 @@ class Conversation(Base):
     conversation_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True, default=new_id)
     user_id: Mapped[str] = mapped_column(sa.String(36), index=True)
     title: Mapped[str] = mapped_column(sa.String(200))
-    started_at: Mapped[dt.datetime] = mapped_column(sa.DateTime)
+    started_at: Mapped[dt.datetime] = mapped_column(Timestamp)
 
 
 class Message(Base):
@@ -49,7 +54,7 @@ class Message(Base):
     user_id: Mapped[str] = mapped_column(sa.String(36), index=True)
     role: Mapped[str] = mapped_column(sa.String(16))
     content: Mapped[str] = mapped_column(sa.Text)
-    sent_at: Mapped[dt.datetime] = mapped_column(sa.DateTime)
+    sent_at: Mapped[dt.datetime] = mapped_column(Timestamp)
 
 
 class LearningProgress(Base):

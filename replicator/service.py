@@ -50,7 +50,7 @@ import msgspec
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from replicator import locks, outbox
+from replicator import locks, outbox, precision
 from replicator.config import Config
 from replicator.errors import ReplicatorError, SchemaError, describe
 from replicator.locks import Lock
@@ -204,6 +204,7 @@ class Runner:
         self._sink_seen: dict[str, int] = {}
         self._retry: set[tuple[str, str, str]] = set()
         self._refused: dict[str, str] = {}  # local -> why it cannot be bootstrapped yet
+        self._imprecise: dict[str, str] = {}  # local -> the columns the server would round
         self._idle = self.timing.poll
         # Each node, link and sink backs off on its own: one device away
         # does not slow the others down.
@@ -404,6 +405,15 @@ class Runner:
         due = [p for p in self._link_passes[link.name] if full or self._moved(p, heads)]
         if not due:
             return
+        lossy = self._lossy(due[0], full)
+        if lossy is not None:
+            # Rounded values would make the replicas differ for good: no
+            # pass either way until the server keeps them (see precision).
+            for sync_pass in due if full else ():
+                result = sync_pass.refused(lossy)
+                current.passes.append(result)
+                _log_pass(result)
+            return
         running = self._mark(self._running[link.name])
         ran = 0
         try:
@@ -444,6 +454,21 @@ class Runner:
                     self._running[link.name].release()
         if full and ran == len(due):
             link.full_at = now
+
+    def _lossy(self, sync_pass: SyncPass, full: bool) -> str | None:
+        """Why the link of ``sync_pass`` must not run (a column its server
+        keeps less precisely than its local), or None; asked again on each
+        full round, remembered in between."""
+        local = sync_pass.source if sync_pass.source.role == "local" else sync_pass.target
+        if full:
+            try:
+                precision.check(self.replicator.server, local)
+                self._imprecise.pop(local.name, None)
+            except SchemaError as e:
+                self._imprecise[local.name] = str(e)
+            except (ReplicatorError, SQLAlchemyError):
+                pass  # the pass itself says what is wrong with the node
+        return self._imprecise.get(local.name)
 
     def _bootstrap(self, node: Node) -> str | None:
         """Bootstrap ``node`` if it is empty; why it cannot be, or None.

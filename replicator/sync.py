@@ -32,7 +32,7 @@ import msgspec
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from replicator import checkpoints, conflicts, keys, locks, outbox, retention
+from replicator import checkpoints, conflicts, keys, locks, outbox, precision, retention
 from replicator.apply import Counts, Settlement, apply_batch, reject, remove_orphans
 from replicator.bootstrap import BootstrapResult, is_empty
 from replicator.bootstrap import bootstrap as bootstrap_node
@@ -641,7 +641,10 @@ class Replicator:
         the server's passes would carry is not: its passes from the server
         do not run but fail, saying which tables to create (its checkpoint
         must not pass rows it could not take); the next sync after they
-        exist bootstraps it. Then each vector sink follows its node's log.
+        exist bootstraps it. A local with a column the server keeps less
+        precisely (see :mod:`replicator.precision`) gets no pass either way:
+        they fail, naming the column and the fix. Then each vector sink
+        follows its node's log.
 
         A link (a local and the server) that another runner is working on
         (``replicator run``, a background sync, another ``sync``) is left
@@ -654,6 +657,9 @@ class Replicator:
         stop = stop or (lambda: False)
         tried: dict[str, BootstrapResult | None] = {}
         refused: dict[str, str] = {}  # a local that lacks tables it needs: why
+        # A local whose values the server would round: why (None: it would not).
+        # Asked once per sync and local, before anything is written.
+        lossy: dict[str, str | None] = {}
         away = self._away(direction)
         with self._held(direction, result.held, away) as mine:
             for sync_pass in self.passes(direction):
@@ -662,6 +668,21 @@ class Replicator:
                 ends = [n.name for n in (sync_pass.source, sync_pass.target) if n.name in away]
                 if ends:  # said once per node, not once per pass and lock
                     result.passes.append(sync_pass.refused(away[ends[0]], unreachable=ends))
+                    continue
+                local = _local_of(sync_pass)
+                if local not in lossy:
+                    try:
+                        precision.check(self.server, self.nodes[local])
+                        lossy[local] = None
+                    except SchemaError as e:
+                        lossy[local] = str(e)
+                    except (ReplicatorError, SQLAlchemyError):
+                        lossy[local] = None  # the pass says what is wrong with the node
+                why = lossy[local]
+                if why is not None:
+                    # Both ways: what a local sends would be rounded on the
+                    # server, and the replicas would differ for good.
+                    result.passes.append(sync_pass.refused(why))
                     continue
                 target = sync_pass.target
                 if target.role == "local" and target.name not in tried:

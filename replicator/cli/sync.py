@@ -29,24 +29,45 @@ from replicator.errors import ReplicatorError
 
 
 def init(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Create or upgrade the replicator's tables on every configured node."""
+    """Create or upgrade the replicator's tables on every configured node.
+
+    Refused first (exit 2, no node changed) when the server keeps a column
+    of the app's tables less precisely than a local (see
+    :mod:`replicator.precision`)."""
     from replicator.migration import migrate
     from replicator.node import Node
+    from replicator.precision import losses
 
     settings = load(config)
-    with activity():
-        for name, node_settings in settings.nodes.items():
-            # Through a Node, so that a server that does not answer is given
-            # up after its connect_timeout, as in every other command.
-            node = Node.from_config(name, node_settings)
+    # Through Nodes, so that a server that does not answer is given up after
+    # its connect_timeout, as in every other command.
+    nodes = {name: Node.from_config(name, s) for name, s in settings.nodes.items()}
+    try:
+        with activity():
             try:
-                with node.begin() as conn:
-                    done = migrate(conn)
+                lossy = [
+                    loss
+                    for local in settings.locals
+                    for loss in losses(nodes[settings.server], nodes[local])
+                ]
             except ReplicatorError as e:
                 raise fail(e) from e
-            finally:
-                node.dispose()
-            say(f"{name}: replicator tables {_INIT_SAYS.get(str(done), 'are up to date')}")
+            if lossy:
+                usage(
+                    "\n".join(str(loss) for loss in lossy)
+                    + "\nNo node was changed: declare these columns as precisely on the "
+                    "server, then run replicator init again"
+                )
+            for name, node in nodes.items():
+                try:
+                    with node.begin() as conn:
+                        done = migrate(conn)
+                except ReplicatorError as e:
+                    raise fail(e) from e
+                say(f"{name}: replicator tables {_INIT_SAYS.get(str(done), 'are up to date')}")
+    finally:
+        for node in nodes.values():
+            node.dispose()
 
 
 # What migrate() did -> what init says of it.
