@@ -277,3 +277,41 @@ def test_the_servers_own_sequence_stays_above_every_leased_block(database_url, t
         for s in (local, server):
             replicator.capture(s.sessions, node=s.node.name).stop()
             s.node.engine.dispose()
+
+
+def test_init_records_roles_and_leases_first_blocks_so_no_write_is_numbered_by_the_database(
+    tmp_path,
+):
+    from typer.testing import CliRunner
+
+    from replicator.cli import app as cli
+
+    server_url = f"sqlite:///{tmp_path / 'server.sqlite'}"
+    local_url = f"duckdb:///{tmp_path / 'phone.duckdb'}"
+    for url in (server_url, local_url):  # the app's tables exist, the replicator's not yet
+        engine = sa.create_engine(url)
+        Thread.__table__.create(engine)
+        engine.dispose()
+    config = tmp_path / "replicator.toml"
+    config.write_text(
+        f'[nodes.server]\nurl = "{server_url}"\nrole = "server"\n'
+        f'[nodes.phone]\nurl = "{local_url}"\nrole = "local"\n'
+    )
+    result = CliRunner().invoke(cli, ["init", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "phone: keys leased for new rows of threads" in result.output
+
+    phone = side("phone", local_url, "local")  # creates posts too; no sync yet
+    try:
+        with phone.sessions.begin() as session:
+            session.add(Thread(title="first write"))
+        assert phone.ids(Thread) == [1]  # from the leased block 1..10000, not by chance:
+        with phone.node.connect() as conn:
+            assert keys.role_of(conn) == "local"
+            assert keys.remaining(conn) == {"threads": keys.BLOCK - 1}
+        # A table made after init has no block until a sync: refused, not numbered.
+        with pytest.raises(CaptureError, match="'posts'"), phone.sessions.begin() as session:
+            session.add(Post(thread_id=phone.ids(Thread)[0], text="no key yet"))
+    finally:
+        replicator.capture(phone.sessions, node="phone").stop()
+        phone.node.engine.dispose()

@@ -34,6 +34,7 @@ def init(config: ConfigOption = DEFAULT_CONFIG) -> None:
     Refused first (exit 2, no node changed) when the server keeps a column
     of the app's tables less precisely than a local (see
     :mod:`replicator.precision`)."""
+    from replicator import keys
     from replicator.migration import migrate
     from replicator.node import Node
     from replicator.precision import losses
@@ -65,6 +66,17 @@ def init(config: ConfigOption = DEFAULT_CONFIG) -> None:
                 except ReplicatorError as e:
                     raise fail(e) from e
                 say(f"{name}: replicator tables {_INIT_SAYS.get(str(done), 'are up to date')}")
+            # Roles recorded now: a local takes new rows' integer keys from
+            # leased blocks from its first write on (see replicator.keys).
+            for local in settings.locals:
+                try:
+                    leased = keys.refill(
+                        nodes[local], nodes[settings.server], settings.replication.key_block
+                    )
+                except ReplicatorError as e:
+                    raise fail(e) from e
+                if leased:
+                    say(f"{local}: keys leased for new rows of {', '.join(sorted(leased))}")
     finally:
         for node in nodes.values():
             node.dispose()
