@@ -22,8 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.schema import CreateColumn, CreateSequence
+from sqlalchemy.schema import CreateSequence
 from sqlalchemy.schema import Sequence as SequenceDDL
 
 from replicator.dialects.base import (
@@ -294,13 +293,23 @@ class DuckDBDialect(Dialect):
         return found.group(1) if found else None
 
     def keep_ahead(self, conn: Connection, sequence: str, key: int) -> None:
-        # DuckDB has no ALTER SEQUENCE; setval sets the last value given.
-        last = conn.exec_driver_sql(
-            "SELECT last_value FROM duckdb_sequences() WHERE sequence_name = ? "
-            "AND schema_name = current_schema()",
-            (sequence,),
-        ).scalar()
-        if last is None or last < key:
+        # DuckDB has no ALTER SEQUENCE; setval sets the last value given,
+        # backwards too, so it is called only when the sequence's next
+        # number (its start while unused) is not above the key. ``sequence``
+        # is spelled as in nextval('...'): maybe schema-qualified or quoted.
+        # setval is not undone by a rollback: at worst the sequence skips
+        # numbers, never hands out a taken one.
+        schema, name = _sequence_name(sequence)
+        state = conn.exec_driver_sql(
+            "SELECT start_value, last_value, increment_by FROM duckdb_sequences() "
+            "WHERE lower(sequence_name) = lower(?) "
+            "AND lower(schema_name) = lower(COALESCE(?, current_schema()))",
+            (name, schema),
+        ).first()
+        if state is None:
+            return  # no such sequence: the default it came from fails by itself
+        start, last, step = state
+        if step > 0 and key >= (start if last is None else last + step):
             conn.exec_driver_sql("SELECT setval(?, ?)", (sequence, int(key)))
 
     def describe(self, conn: Connection, name: str) -> TableShape | None:
@@ -363,6 +372,19 @@ def _index_columns(expressions: Any, columns: Sequence[str]) -> tuple[str, ...] 
     return found if found and all(c in columns for c in found) else None
 
 
+def _sequence_name(spelled: str) -> tuple[str | None, str]:
+    """``(schema, name)`` of a sequence spelled ``name``, ``schema.name`` or
+    ``catalog.schema.name``, parts maybe double-quoted; schema None when
+    not given."""
+    parts = [
+        quoted.replace('""', '"') if quoted else bare
+        for quoted, bare in re.findall(r'"((?:[^"]|"")*)"|([^."]+)', spelled)
+    ]
+    if not parts:
+        return None, spelled
+    return (parts[-2] if len(parts) > 1 else None), parts[-1]
+
+
 def _columnar_select(
     conn: Connection, columns: Sequence[str], constants: Mapping[str, Any] = NO_CONSTANTS
 ) -> str:
@@ -378,22 +400,37 @@ def _by_column(rows: Sequence[Row]) -> tuple[list[Any], ...]:
 # --- DDL -----------------------------------------------------------------
 
 
-@compiles(CreateColumn, "duckdb")
-def _create_column_with_sequence(element: CreateColumn, compiler: Any, **kw: Any) -> str:
-    """Render a replicator serial column as ``BIGINT DEFAULT nextval(...)``.
-
-    duckdb-engine inherits PostgreSQL's ``BIGSERIAL``, which DuckDB lacks.
-    """
-    column = element.element
-    sequence = column.info.get("sequence")
-    if sequence is None:
-        return compiler.visit_create_column(element, **kw)
-    name = compiler.preparer.format_column(column)
-    return f"{name} BIGINT NOT NULL DEFAULT nextval('{sequence}')"
-
-
 def sequences_of(table: sa.Table) -> list[SequenceDDL]:
+    """The sequences ``table``'s serial columns draw from (see
+    :func:`replicator.tables.serial_column`); none for other tables."""
     return [SequenceDDL(c.info["sequence"]) for c in table.columns if "sequence" in c.info]
+
+
+def with_sequence_defaults(table: sa.Table) -> sa.Table:
+    """A copy of ``table`` (in a metadata of its own) whose serial columns
+    are ``BIGINT NOT NULL DEFAULT nextval('<sequence>')``, for its DDL.
+
+    duckdb-engine compiles DDL as PostgreSQL does, which makes an
+    auto-incrementing BIGINT key ``BIGSERIAL``, a type DuckDB lacks. With a
+    server default and no auto-increment, the copy's serial columns compile
+    as their type plus the default. The replicator changes only its own
+    DDL this way: a ``@compiles(CreateColumn, "duckdb")`` would replace the
+    app's own compiler for every table (or be replaced by it). ``table``
+    itself is unchanged; a table without serial columns is returned as it is.
+    """
+    if not sequences_of(table):
+        return table
+    metadata = sa.MetaData()
+    # Its foreign keys' DDL names the tables they refer to: copied along.
+    for referred in {fk.column.table for fk in table.foreign_keys} - {table}:
+        referred.to_metadata(metadata)
+    copy = table.to_metadata(metadata)
+    for column in copy.columns:
+        sequence = column.info.get("sequence")
+        if sequence is not None:
+            column.autoincrement = False
+            column.server_default = sa.DefaultClause(sa.text(f"nextval('{sequence}')"))
+    return copy
 
 
 @functools.cache
@@ -405,13 +442,14 @@ def register_alembic() -> type:
     class DuckDBImpl(DefaultImpl):
         """Defining the class registers it for the ``duckdb`` dialect.
         Creating a table first creates the sequences its serial columns
-        draw from."""
+        draw from, then the table with those columns defaulting to them
+        (:func:`with_sequence_defaults`)."""
 
         __dialect__ = "duckdb"
 
         def create_table(self, table: sa.Table, **kw: Any) -> None:
             for sequence in sequences_of(table):
                 self._exec(CreateSequence(sequence, if_not_exists=True))
-            super().create_table(table, **kw)
+            super().create_table(with_sequence_defaults(table), **kw)
 
     return DuckDBImpl
