@@ -89,6 +89,32 @@ class BenchRow(Base):
     updated: Mapped[dt.datetime] = mapped_column(sa.DateTime)
 
 
+class IntBase(DeclarativeBase):
+    pass
+
+
+class BenchIntRow(IntBase):
+    """The same row keyed as most apps key tables: an integer the database
+    numbers (``--keys integer``), the business id in a unique column. With
+    capture, the node is a local that takes keys from a leased block."""
+
+    __tablename__ = "bench_int_rows"
+
+    id: Mapped[int] = mapped_column(sa.Sequence("bench_int_rows_id_seq"), primary_key=True)
+    uid: Mapped[str] = mapped_column(sa.String(36), unique=True)
+    user_id: Mapped[str] = mapped_column(sa.String(36))
+    title: Mapped[str] = mapped_column(sa.String(200))
+    score: Mapped[int] = mapped_column(sa.Integer)
+    updated: Mapped[dt.datetime] = mapped_column(sa.DateTime)
+
+
+#: The model under test, by --keys: (class, its metadata, the attribute rows are found by).
+MODELS = {
+    "uuid": (BenchRow, Base.metadata, "id"),
+    "integer": (BenchIntRow, IntBase.metadata, "uid"),
+}
+
+
 class BenchmarkError(Exception):
     """The benchmark could not prove what it measures (e.g. no events captured)."""
 
@@ -127,46 +153,48 @@ def batches(items: Sequence, size: int = BATCH) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
-def insert_phase(factory: sessionmaker, rows: list[RowSpec]) -> None:
+def insert_phase(factory: sessionmaker, rows: list[RowSpec], keys: str) -> None:
+    model, _, by = MODELS[keys]
     now = dt.datetime(2024, 1, 1, 12, 0, 0)
     with factory() as session:
         for batch in batches(rows):
             session.add_all(
-                BenchRow(id=r.id, user_id=r.user_id, title=r.title, score=r.score, updated=now)
+                model(**{by: r.id}, user_id=r.user_id, title=r.title, score=r.score, updated=now)
                 for r in batch
             )
             session.commit()
 
 
-def load(session: Session, ids: Sequence[str]) -> list[BenchRow]:
-    return list(session.scalars(sa.select(BenchRow).where(BenchRow.id.in_(ids))))
+def load(session: Session, ids: Sequence[str], keys: str) -> list:
+    model, _, by = MODELS[keys]
+    return list(session.scalars(sa.select(model).where(getattr(model, by).in_(ids))))
 
 
-def update_phase(factory: sessionmaker, ids: list[str]) -> None:
+def update_phase(factory: sessionmaker, ids: list[str], keys: str) -> None:
     now = dt.datetime(2024, 6, 1, 12, 0, 0)
     with factory() as session:
         for batch in batches(ids):
-            for obj in load(session, batch):
+            for obj in load(session, batch, keys):
                 obj.score += 1
                 obj.updated = now
             session.commit()
 
 
-def delete_phase(factory: sessionmaker, ids: list[str]) -> None:
+def delete_phase(factory: sessionmaker, ids: list[str], keys: str) -> None:
     with factory() as session:
         for batch in batches(ids):
-            for obj in load(session, batch):
+            for obj in load(session, batch, keys):
                 session.delete(obj)
             session.commit()
 
 
-def run_workload(factory: sessionmaker, rows: list[RowSpec]) -> dict[str, float]:
+def run_workload(factory: sessionmaker, rows: list[RowSpec], keys: str) -> dict[str, float]:
     """Insert, update and delete every row; seconds per phase (and ``total``)."""
     ids = [r.id for r in rows]
     phases = {
-        "insert": lambda: insert_phase(factory, rows),
-        "update": lambda: update_phase(factory, ids),
-        "delete": lambda: delete_phase(factory, ids),
+        "insert": lambda: insert_phase(factory, rows, keys),
+        "update": lambda: update_phase(factory, ids, keys),
+        "delete": lambda: delete_phase(factory, ids, keys),
     }
     timings: dict[str, float] = {}
     for name, phase in phases.items():
@@ -214,32 +242,41 @@ def count(engine: Engine, table: str) -> int:
 # --- one run ------------------------------------------------------------------------
 
 
-def run_once(backend: str, rows: list[RowSpec], *, captured: bool) -> dict[str, float]:
+def run_once(
+    backend: str, rows: list[RowSpec], *, captured: bool, keys: str = "uuid"
+) -> dict[str, float]:
     """One timed workload on a fresh database, with or without capture."""
+    model, metadata, _ = MODELS[keys]
     with fresh_database(backend) as url:
         engine = sa.create_engine(url)
         try:
-            Base.metadata.create_all(engine)
+            metadata.create_all(engine)
             factory = sessionmaker(bind=engine)
             handle = None
             if captured:
                 replicator.migrate(engine)
+                if keys == "integer":  # a local holding a leased block (untimed setup)
+                    from replicator import keys as leases
+
+                    with engine.begin() as conn:
+                        leases.mark(conn, "local")
+                        leases.give(conn, model.__tablename__, 1_000_001, 1_000_000 + len(rows))
                 handle = replicator.capture(factory, node="local")
             gc.collect()
             try:
-                timings = run_workload(factory, rows)
+                timings = run_workload(factory, rows, keys)
             finally:
                 if handle is not None:
                     handle.stop()
-            verify(engine, backend, len(rows), captured=captured)
+            verify(engine, backend, len(rows), captured=captured, table=model.__tablename__)
             return timings
         finally:
             engine.dispose()
 
 
-def verify(engine: Engine, backend: str, rows: int, *, captured: bool) -> None:
+def verify(engine: Engine, backend: str, rows: int, *, captured: bool, table: str) -> None:
     """The workload deleted every row; a captured run logged one event per write."""
-    left = count(engine, BenchRow.__tablename__)
+    left = count(engine, table)
     if left:
         raise BenchmarkError(f"{backend}: {left} rows left after the delete phase")
     if captured:
@@ -270,24 +307,26 @@ class Result:
         return self.median("captured", phase) / self.median("baseline", phase)
 
 
-def warm_then_run(backend: str, count: int, captured: bool) -> dict[str, float]:
+def warm_then_run(backend: str, count: int, captured: bool, keys: str) -> dict[str, float]:
     """A warm-up run and the timed run, in the current (fresh) process."""
     rows = make_rows(count)
-    run_once(backend, rows[:WARMUP_ROWS], captured=captured)
-    return run_once(backend, rows, captured=captured)
+    run_once(backend, rows[:WARMUP_ROWS], captured=captured, keys=keys)
+    return run_once(backend, rows, captured=captured, keys=keys)
 
 
-def run_in_fresh_process(backend: str, count: int, *, captured: bool) -> dict[str, float]:
+def run_in_fresh_process(
+    backend: str, count: int, *, captured: bool, keys: str = "uuid"
+) -> dict[str, float]:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(warm_then_run, backend, count, captured).result()
+        return pool.submit(warm_then_run, backend, count, captured, keys).result()
 
 
-def measure(backend: str, count: int, repeat: int) -> Result:
+def measure(backend: str, count: int, repeat: int, keys: str = "uuid") -> Result:
     result = Result(backend, count, repeat, [], [])
     for i in range(1, repeat + 1):
         for captured, runs in ((False, result.baseline), (True, result.captured)):
-            timings = run_in_fresh_process(backend, count, captured=captured)
+            timings = run_in_fresh_process(backend, count, captured=captured, keys=keys)
             runs.append(timings)
             mode = "with capture" if captured else "baseline"
             progress(f"{backend} run {i}/{repeat} {mode}: {format_timings(timings)}")
@@ -349,8 +388,8 @@ def report(results: Sequence[Result], skipped: dict[str, str], args: argparse.Na
     lines = [
         "## Capture overhead",
         "",
-        f"Workload: {args.rows} rows of a 5-column model; insert (add_all), update "
-        f"(2 attributes) and delete (session.delete) through the unit of work, "
+        f"Workload: {args.rows} rows of a 5-column model ({args.keys} keys); insert "
+        f"(add_all), update (2 attributes) and delete (session.delete) through the unit of work, "
         f"committed in batches of {BATCH}. Median of the repetitions per backend; "
         f"ratio = with capture / baseline.",
         f"Python {platform.python_version()}, SQLAlchemy {sa.__version__}, "
@@ -389,6 +428,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--repeat", type=int, default=3, help="baseline/captured pairs per backend (default 3)"
     )
     parser.add_argument(
+        "--keys",
+        choices=sorted(MODELS),
+        default="uuid",
+        help="uuid: client-side string keys (default); integer: keys the database "
+        "numbers, with capture taken from a leased block",
+    )
+    parser.add_argument(
         "--duckdb-repeat",
         type=int,
         default=None,
@@ -423,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 skipped[backend] = str(e)
                 progress(f"skipped {backend}: {e}")
                 continue
-            results.append(measure(backend, args.rows, repeat_for(backend, args)))
+            results.append(measure(backend, args.rows, repeat_for(backend, args), args.keys))
     except BenchmarkError as e:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
