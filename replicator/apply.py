@@ -259,6 +259,7 @@ class _Batch:
         self.settled: dict[tuple[str, str], tuple[dict, dict]] = {}
         self.new_settled: set[tuple[str, str]] = set()
         self.hlc = 0  # the latest event's, for the server's own changes
+        self.leased: set[str] | None = None  # tables whose keys are leased (read once)
 
     # --- deciding ------------------------------------------------------------
 
@@ -412,6 +413,12 @@ class _Batch:
         if self.log and event.origin != self.own:
             self.outgoing.append((event.origin, table, entry.row_key, event.hlc, entry.payload))
 
+    def _leased(self, table: str) -> bool:
+        """Whether this server leases keys of ``table`` (see :mod:`replicator.keys`)."""
+        if self.leased is None:
+            self.leased = keys.leased_tables(self.conn)
+        return table in self.leased
+
     def _content_version(self, table: str, key: str, seen: RowVersion) -> dict:
         """The version of the change that made the row as it stands: the row's
         version, unless that is a settlement that kept one side's row."""
@@ -504,6 +511,24 @@ class _Batch:
         )
         conflict = Conflict(table, last.key, base, server, local, changed)
         name, policy = self.settle.policy(table)
+        collided = base is None and server.row is not None and server.row != local.row
+        if collided and self._leased(table):
+            # Both nodes inserted a row under one key of a table whose keys
+            # are leased: two different rows, one of them numbered outside
+            # the blocks (before the node's first pass, or not captured).
+            # No policy may pick one: a person keeps both apart.
+            self.counts.conflict(Reason.KEY_COLLISION.value)
+            self._park_conflict(
+                conflict,
+                run,
+                Reason.KEY_COLLISION.value,
+                Reason.KEY_COLLISION,
+                f"{server.origin} and {local.origin} each inserted a row of {table} with key "
+                f"{key}: two different rows (a key numbered outside the blocks leased to "
+                f"{local.origin}, before its first pass or bypassing capture); the server "
+                "kept its row",
+            )
+            return
         if server.row == local.row:
             outcome: Decision | dict = Decision.SERVER
             name = IDENTICAL

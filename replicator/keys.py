@@ -116,6 +116,11 @@ def take(conn: Connection, dialect: Dialect, table: str, count: int) -> list[int
     return keys
 
 
+def leased_tables(conn: Connection) -> set[str]:
+    """The tables whose keys this server has leased blocks of."""
+    return set(conn.execute(sa.select(key_leases.c.table_name).distinct()).scalars())
+
+
 def give(conn: Connection, table: str, first: int, last: int) -> None:
     """Store a leased block ``first..last`` of ``table`` on this node."""
     conn.execute(

@@ -315,3 +315,27 @@ def test_init_records_roles_and_leases_first_blocks_so_no_write_is_numbered_by_t
     finally:
         replicator.capture(phone.sessions, node="phone").stop()
         phone.node.engine.dispose()
+
+
+def test_rows_numbered_before_leasing_that_share_a_key_are_parked_not_settled(nodes):
+    """Two nodes that wrote before they ever replicated numbered rows
+    themselves: the same key for two different rows. No conflict policy
+    may keep one and drop the other; the server keeps its row and parks
+    the local's as a key collision."""
+    server, local = nodes
+    for s, title in ((server, "the server's own"), (local, "the phone's own")):
+        with s.sessions.begin() as session:
+            session.add(Thread(title=title))
+    assert server.ids(Thread) == local.ids(Thread) == [1]
+
+    up = replicate(local.node, server.node)
+    assert up.parked == 1 and up.conflicts_by_policy == {"key_collision": 1}, up
+    assert server.threads() == {"the server's own": []}
+    assert local.threads() == {"the phone's own": []}
+    with server.node.connect() as conn:
+        item = conn.execute(
+            sa.select(replicator.tables.review_items).where(
+                replicator.tables.review_items.c.status == "open"
+            )
+        ).one()
+    assert item.reason == "key_collision" and "each inserted a row of threads" in item.detail
