@@ -394,7 +394,12 @@ class _Batch:
         deleted = event.op is Operation.DELETE
         seen = self.current[table].get(entry.row_key)
         existed = seen is not None and not seen.deleted
-        changed = set(event.changed) if event.op is Operation.UPDATE and existed else None
+        # Only the columns the change changed, where the target's row is the
+        # one the change was made to: not when an earlier change of the row
+        # was parked (its values are not here), nor in a replay (which
+        # repairs rows changed behind capture's back).
+        partial = existed and not self.restore and (table, entry.row_key) not in self.open
+        changed = set(event.changed) if event.op is Operation.UPDATE and partial else None
         self._write(
             table, entry.row_key, event.key, None if deleted else event.row, existed, changed
         )
@@ -512,6 +517,9 @@ class _Batch:
         conflict = Conflict(table, last.key, base, server, local, changed)
         name, policy = self.settle.policy(table)
         collided = base is None and server.row is not None and server.row != local.row
+        item = self.open.get((table, key))
+        if item is not None and item.reason == Reason.KEY_COLLISION:
+            collided = True  # a later edit of the local's row: still not the server's row
         if collided and self._leased(table):
             # Both nodes inserted a row under one key of a table whose keys
             # are leased: two different rows, one of them numbered outside
@@ -726,18 +734,45 @@ class _Batch:
         children: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
         for table in app_table_names(self.conn):
             shape = self.shapes.setdefault(table, self.shape_of(table))
-            for columns, parent, parent_columns in shape.parents if shape else ():
-                parent_shape = self.shape_of(parent)
-                if parent_shape is not None and tuple(parent_columns) == parent_shape.key:
-                    children.setdefault(parent, []).append((table, columns))
+            for at, (columns, parent, parent_columns) in enumerate(shape.parents if shape else ()):
+                if at < len(shape.on_delete) and shape.on_delete[at] is not None:
+                    continue  # the database itself cascades or clears the reference
+                self.shapes.setdefault(parent, self.shape_of(parent))
+                if self.shapes[parent] is not None:
+                    children.setdefault(parent, []).append((table, columns, parent_columns))
         while pending:
             parent = pending.pop(0)
-            gone = list(self.deletes.get(parent, {}).items())
-            for child, columns in children.get(parent, []):
-                found = self._referring(child, columns, [tuple(k.values()) for _, k in gone])
+            gone = [tuple(k.values()) for k in self.deletes.get(parent, {}).values()]
+            for child, columns, parent_columns in children.get(parent, []):
+                referred = self._referred(parent, parent_columns, gone)
+                found = self._referring(child, columns, referred) if referred else {}
                 if found:
                     self._remove_orphans(child, parent, found)
                     pending.append(child)
+
+    def _referred(self, parent: str, columns: tuple[str, ...], keys: list[tuple]) -> list[tuple]:
+        """The values of ``columns`` (a foreign key's target) of the rows of
+        ``parent`` with primary keys ``keys``, as the target holds them."""
+        shape = self.shapes[parent]
+        assert shape is not None
+        if tuple(columns) == shape.key:
+            return keys
+        quote = self.conn.dialect.identifier_preparer.quote
+        found: list[tuple] = []
+        for start in range(0, len(keys), self.dialect.in_chunk):
+            condition, params = self.dialect.where_in(
+                self.conn, shape.key, keys[start : start + self.dialect.in_chunk]
+            )
+            found += [
+                tuple(r)
+                for r in self.conn.exec_driver_sql(
+                    f"SELECT {', '.join(map(quote, columns))} FROM {quote(parent)} "
+                    f"WHERE {condition}",
+                    params,
+                )
+                if None not in tuple(r)
+            ]
+        return found
 
     def _referring(
         self, child: str, columns: tuple[str, ...], parent_keys: list[tuple]
@@ -757,7 +792,9 @@ class _Batch:
                 if key not in self.deletes.get(child, {}) and key not in self.upserts.get(
                     child, {}
                 ):
-                    found[key] = dict(raw)
+                    # Typed by the column's declared type (SQLite returns
+                    # dates as text): the item shows, and may restore, it.
+                    found[key] = {c: as_declared(v, shape.declared(c)) for c, v in raw.items()}
         return found
 
     def _remove_orphans(self, child: str, parent: str, rows: dict[str, dict]) -> None:

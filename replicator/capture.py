@@ -128,6 +128,7 @@ class Capture:
     _txids: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, repr=False)
     _role: keys.Role | None = field(default=None, repr=False)
     _reserved: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    _claiming: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def stop(self) -> None:
         """Stop capturing this engine's writes (idempotent)."""
@@ -169,6 +170,11 @@ class Capture:
             self._role = keys.role_of(conn)
             if self._role is None:
                 return None
+        if self._role == "server" and self.dialect.keeps_generated_keys_out:
+            # MariaDB numbers the server's rows itself, kept above every
+            # leased block (see keys.lease): explicit keys from a block would
+            # drag its counter into the block.
+            return None
         if not self.dialect.concurrent_writers:
             # One writer at a time: take them in the app's transaction.
             if self._role == "server":
@@ -178,6 +184,10 @@ class Capture:
         # until it ends would make every insert wait for every other. Keys
         # are claimed in chunks, each in a short transaction of its own;
         # those a process does not use are skipped, never given twice.
+        with self._claiming:  # the app's threads share the process's chunk
+            return self._claimed(table, count)
+
+    def _claimed(self, table: str, count: int) -> list[int]:
         reserved = self._reserved.setdefault(table, [])
         if len(reserved) < count:
             claim = max(count - len(reserved), _CHUNK)

@@ -19,10 +19,14 @@ change.
   lasts) cannot insert into that table: the flush fails with a
   :class:`~replicator.errors.CaptureError` naming the table and saying to
   sync; nothing is written, and no key is ever guessed.
-* The server's captured inserts take keys from blocks it leases itself.
-  On MariaDB it also moves the table's own ``AUTO_INCREMENT`` above every
-  block it leases, so that rows inserted without capture (a script, another
-  app) stay out of them too.
+* On MariaDB the server numbers its own rows itself (AUTO_INCREMENT, or
+  the sequence the models name), and every block starts above that number,
+  which is then moved past the block (:func:`keep_out`): the server's rows,
+  captured or not, never take a leased key, and rows applied with leased
+  keys below its counter do not move it. A server on SQLite or DuckDB gives
+  its captured rows keys from blocks it leases itself.
+* Leases of a table serialise on its row of ``replicator_key_ranges``: no
+  two blocks overlap, whoever asks at the same moment.
 * A block starts above every key the server's table holds, every key the
   local's table holds, and every earlier block: an existing database
   adopts leasing without any row being rewritten.
@@ -37,12 +41,19 @@ from typing import TYPE_CHECKING, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError
 
 from replicator.dialects import Dialect
 from replicator.dialects.base import TableShape
 from replicator.errors import CaptureError
-from replicator.tables import app_table_names, key_blocks, key_leases, log, sequences
+from replicator.tables import (
+    app_table_names,
+    key_blocks,
+    key_leases,
+    key_ranges,
+    log,
+    sequences,
+)
 
 if TYPE_CHECKING:
     from replicator.node import Node
@@ -138,24 +149,30 @@ def lease(
 ) -> tuple[int, int]:
     """Lease ``size`` keys of ``table`` to node ``holder``: ``(first, last)``.
 
-    Runs on the server, in ``conn``'s transaction. The block starts above
-    every earlier lease, every key the server's table holds and ``above``
-    (the largest key the holder's table holds), and, where the server
-    numbers the table's rows itself (AUTO_INCREMENT), a :data:`GAP` above
-    its next number (see :func:`keep_out`, to call once this commits:
-    inserts in between would have to take the whole gap to reach it).
-    Two leases racing for the same keys cannot both commit: the block's
-    first key is the lease's primary key.
+    Runs on the server, in ``conn``'s transaction. The block starts where the
+    last one ended (``replicator_key_ranges``, read with a row lock), and
+    above every key the server's table holds, ``above`` (the largest key the
+    holder's table holds), and, with a :data:`GAP`, the next number the
+    server's database would give the table itself (AUTO_INCREMENT, or the
+    sequence the models number it with; see :func:`keep_out`, to call once
+    this commits). Two leases racing serialise on the range's row (DuckDB
+    fails the later transaction instead; retry it), so no key is ever
+    leased twice.
     """
-    c = key_leases.c
-    top = max(
-        conn.execute(sa.select(sa.func.max(c.last_key)).where(c.table_name == table)).scalar() or 0,
-        _largest_key(conn, dialect, table),
-        above,
-    )
-    if dialect.keeps_generated_keys_out and dialect.generated_key(conn, table):
-        top = max(top, dialect.next_generated_key(conn, table) - 1 + GAP)
-    first, last = top + 1, top + size
+    floor = max(_largest_key(conn, dialect, table), above)
+    own = _own_next(conn, dialect, table)
+    if own is not None:
+        floor = max(floor, own - 1 + GAP)
+    r = key_ranges.c
+    found = conn.execute(
+        dialect.lock_rows(sa.select(r.next_key).where(r.table_name == table))
+    ).scalar()
+    first = max(found or 1, floor + 1)
+    last = first + size - 1
+    if found is None:  # a race to create it fails one side with a duplicate key
+        conn.execute(key_ranges.insert().values(table_name=table, next_key=last + 1))
+    else:
+        conn.execute(key_ranges.update().where(r.table_name == table).values(next_key=last + 1))
     conn.execute(
         key_leases.insert().values(
             table_name=table,
@@ -166,6 +183,19 @@ def lease(
         )
     )
     return first, last
+
+
+def _own_next(conn: Connection, dialect: Dialect, table: str) -> int | None:
+    """The next number the server's database would give ``table`` itself,
+    where it numbers the table (AUTO_INCREMENT, a recorded sequence) and
+    can be kept out of blocks; None otherwise."""
+    if not dialect.keeps_generated_keys_out:
+        return None
+    if dialect.generated_key(conn, table) is not None:
+        return dialect.next_generated_key(conn, table)
+    c = sequences.c
+    sequence = conn.execute(sa.select(c.sequence_name).where(c.table_name == table)).scalar()
+    return None if sequence is None else dialect.next_sequence_value(conn, sequence)
 
 
 def keep_out(conn: Connection, dialect: Dialect, table: str, last: int) -> int | None:
@@ -299,10 +329,10 @@ def refill(local: Node, server: Node, size: int = BLOCK) -> dict[str, tuple[int,
             try:
                 with server.begin() as conn:
                     block = lease(conn, server.dialect, table, local.name, size, above)
-            except IntegrityError:
+            except DBAPIError:
                 if attempt == 2:
                     raise
-                continue  # another lease took these keys first: lease above it
+                continue  # another lease moved the range first (or made it): again
             with server.connect() as conn:
                 key = keep_out(conn, server.dialect, table, block[1])
                 # A row inserted on the server without capture while the

@@ -369,6 +369,8 @@ class SyncPass:
         refer to it cannot go in one."""
         if entry.event is None or entry.event.op is not Operation.DELETE:
             return False
+        if not self.target.dialect.deletes_children_first_in_own_transaction:
+            return False  # refused for another reason: removing its children would not help
         shape_of = self.target.shape
         try:
             with self.target.begin() as tconn:

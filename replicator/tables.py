@@ -245,6 +245,16 @@ key_leases = sa.Table(
     sa.Column("leased_at", sa.DateTime, nullable=False),
 )
 
+key_ranges = sa.Table(
+    "replicator_key_ranges",
+    metadata,
+    # On the server: per table, the first key no block has been leased from
+    # yet. Every lease moves it under a row lock (or, on DuckDB, a write
+    # conflict), so two leases racing never get overlapping blocks.
+    sa.Column("table_name", TABLE_NAME, primary_key=True),
+    sa.Column("next_key", sa.BigInteger, nullable=False),
+)
+
 sequences = sa.Table(
     "replicator_sequences",
     metadata,

@@ -139,3 +139,96 @@ def _open_items(conn):
 
     c = review_items.c
     return conn.execute(sa.select(c.reason, c.detail).where(c.status == "open")).all()
+
+
+class _People(sa.orm.DeclarativeBase):
+    pass
+
+
+class _Person(_People):
+    __tablename__ = "people_p"
+    id: sa.orm.Mapped[int] = sa.orm.mapped_column(sa.Sequence("people_p_seq"), primary_key=True)
+    email: sa.orm.Mapped[str] = sa.orm.mapped_column(sa.String(100), unique=True)
+    name: sa.orm.Mapped[str] = sa.orm.mapped_column(sa.String(100))
+
+
+class _Note(_People):
+    """Refers to its author; the database clears the reference when the
+    author is deleted (no ORM relationship: capture does not see it)."""
+
+    __tablename__ = "notes_p"
+    id: sa.orm.Mapped[int] = sa.orm.mapped_column(sa.Sequence("notes_p_seq"), primary_key=True)
+    author: sa.orm.Mapped[int | None] = sa.orm.mapped_column(
+        sa.ForeignKey("people_p.id", ondelete="SET NULL")
+    )
+    text: sa.orm.Mapped[str] = sa.orm.mapped_column(sa.String(100))
+
+
+def _pair(database_url, tmp_path):
+    from tests.test_keys import side, sync
+
+    server = side("server", database_url, "server", _People.metadata)
+    local = side("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}", "local", _People.metadata)
+    sync(server, local)
+    return server, local
+
+
+def _close(*sides):
+    for s in sides:
+        replicator.capture(s.sessions, node=s.node.name).stop()
+        s.node.engine.dispose()
+
+
+@pytest.mark.backends("sqlite", "mariadb")  # DuckDB has no ON DELETE SET NULL
+def test_a_later_edit_of_a_row_whose_earlier_change_was_parked_does_not_close_it(
+    database_url, tmp_path
+):
+    """The parked change's values are not on the server: writing only the
+    later edit's columns would leave the replicas different for good."""
+    server, local = _pair(database_url, tmp_path)
+    try:
+        with server.sessions.begin() as session:
+            session.add_all([_Person(email="a@x", name="A"), _Person(email="b@x", name="B")])
+        replicate(server.node, local.node)
+        with server.sessions.begin() as session:
+            session.scalars(sa.select(_Person).where(_Person.email == "a@x")).one().email = "z@x"
+        with local.sessions.begin() as session:
+            session.scalars(sa.select(_Person).where(_Person.email == "b@x")).one().email = "z@x"
+        assert replicate(local.node, server.node).parked == 1  # z@x is A's on the server
+        with local.sessions.begin() as session:
+            session.scalars(sa.select(_Person).where(_Person.name == "B")).one().name = "Bob"
+        replicate(local.node, server.node)
+
+        with server.node.connect() as conn:
+            (item,) = _open_items(conn)
+            rows = conn.execute(sa.select(_Person.email, _Person.name).order_by("id")).all()
+        assert item.reason == "unique_violation", item
+        assert rows == [("z@x", "A"), ("b@x", "B")], "the server took half of the phone's row"
+    finally:
+        _close(local, server)
+
+
+@pytest.mark.backends("sqlite", "mariadb")  # DuckDB has no ON DELETE SET NULL
+def test_a_reference_the_database_clears_on_delete_is_not_taken_for_an_orphan(
+    database_url, tmp_path
+):
+    server, local = _pair(database_url, tmp_path)
+    try:
+        with server.sessions.begin() as session:
+            author = _Person(email="a@x", name="A")
+            session.add(author)
+            session.flush()
+            session.add(_Note(author=author.id, text="kept"))
+        replicate(server.node, local.node)
+        with local.sessions.begin() as session:  # the database sets the note's author NULL
+            session.delete(session.scalars(sa.select(_Person)).one())
+        up = replicate(local.node, server.node)
+        replicate(server.node, local.node)
+
+        assert up.parked == 0, up
+        for s in (server, local):
+            with s.node.connect() as conn:
+                assert conn.execute(sa.select(_Note.text)).scalars().all() == ["kept"], s.node.name
+                assert _open_items(conn) == [], s.node.name
+    finally:
+        _close(local, server)

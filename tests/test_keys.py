@@ -181,7 +181,9 @@ def test_leases_never_overlap_whoever_asks(database_url):
         with server.node.begin() as conn:
             for holder in ("a", "b", "a", "c"):
                 blocks.append(keys.lease(conn, server.node.dialect, "threads", holder, 10))
-        assert blocks == [(1, 10), (11, 20), (21, 30), (31, 40)]
+        # One after another (on MariaDB a gap above the table's own sequence first).
+        first = blocks[0][0]
+        assert blocks == [(first + 10 * i, first + 10 * i + 9) for i in range(4)], blocks
     finally:
         replicator.capture(server.sessions, node="server").stop()
         server.node.engine.dispose()
@@ -221,6 +223,18 @@ def test_the_servers_own_auto_increment_stays_above_every_leased_block(database_
                 sa.insert(Counter.__table__).values(label="raw")
             ).inserted_primary_key[0]
         assert raw > last, (raw, first, last)
+        # The server's app inserts, captured and not, in turns: MariaDB numbers
+        # them all, above the block, and never twice.
+        for label in ("orm 1", "raw", "orm 2"):
+            if label == "raw":
+                with server.node.begin() as conn:
+                    conn.execute(sa.insert(Counter.__table__).values(label=label))
+            else:
+                with server.sessions.begin() as session:
+                    session.add(Counter(label=label))
+        with server.node.connect() as conn:
+            numbered = conn.execute(sa.select(Counter.id).where(Counter.id > 3)).scalars().all()
+        assert len(numbered) == len(set(numbered)) == 4 and min(numbered) > last, numbered
     finally:
         for s in (local, server):
             replicator.capture(s.sessions, node=s.node.name).stop()
@@ -339,3 +353,56 @@ def test_rows_numbered_before_leasing_that_share_a_key_are_parked_not_settled(no
             )
         ).one()
     assert item.reason == "key_collision" and "each inserted a row of threads" in item.detail
+
+    # The phone edits its row: still not the server's row, whatever the
+    # table's policy would say; the edit joins the item.
+    with local.sessions.begin() as session:
+        session.get(Thread, 1).title = "the phone's own, edited"
+    again = replicate(local.node, server.node)
+    assert again.parked == 1, again
+    assert server.threads() == {"the server's own": []}
+    with server.node.connect() as conn:
+        (still,) = conn.execute(
+            sa.select(replicator.tables.review_items).where(
+                replicator.tables.review_items.c.status == "open"
+            )
+        ).all()
+    assert still.id == item.id and still.reason == "key_collision"
+
+
+@pytest.mark.backends("mariadb")
+def test_leases_racing_from_many_connections_never_overlap(database_url):
+    import threading
+
+    server = side("server", database_url, "server")
+    blocks: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+
+    def lease_some(holder: str) -> None:
+        try:
+            for _ in range(5):
+                for attempt in range(5):
+                    try:
+                        with server.node.begin() as conn:
+                            blocks.append(
+                                keys.lease(conn, server.node.dialect, "threads", holder, 7)
+                            )
+                        break
+                    except sa.exc.DBAPIError:
+                        if attempt == 4:
+                            raise
+        except BaseException as e:
+            errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=lease_some, args=(f"n{i}",)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        taken = sorted(k for first, last in blocks for k in range(first, last + 1))
+        assert len(blocks) == 30 and len(taken) == len(set(taken)) == 30 * 7
+    finally:
+        replicator.capture(server.sessions, node="server").stop()
+        server.node.engine.dispose()

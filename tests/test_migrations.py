@@ -16,6 +16,7 @@ EXPECTED = {
     "replicator_key_blocks": {"table_name", "first_key", "last_key", "next_key"},
     "replicator_key_leases": {"table_name", "first_key", "last_key", "holder", "leased_at"},
     "replicator_sequences": {"table_name", "sequence_name"},
+    "replicator_key_ranges": {"table_name", "next_key"},
     "replicator_runners": {"name", "holder", "connection_id", "since"},
     "replicator_settlements": {"table_name", "row_key", "version", "kept"},
     "replicator_outbox": {

@@ -45,6 +45,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("table_name", "first_key", name="pk_replicator_key_leases"),
     )
     op.create_table(
+        "replicator_key_ranges",
+        sa.Column("table_name", _EXACT[128], nullable=False),
+        sa.Column("next_key", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("table_name", name="pk_replicator_key_ranges"),
+    )
+    op.create_table(
         "replicator_sequences",
         sa.Column("table_name", _EXACT[128], nullable=False),
         sa.Column("sequence_name", sa.String(255), nullable=False),
@@ -56,5 +62,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_column("replicator_log", "role")
     op.drop_table("replicator_sequences")
+    op.drop_table("replicator_key_ranges")
     op.drop_table("replicator_key_leases")
     op.drop_table("replicator_key_blocks")

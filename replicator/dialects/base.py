@@ -38,6 +38,10 @@ class TableShape(NamedTuple):
     unique: tuple[tuple[str, ...], ...] = ()
     #: Its foreign keys: ``(columns, parent table, parent's columns)``.
     parents: tuple[tuple[tuple[str, ...], str, tuple[str, ...]], ...] = ()
+    #: Each foreign key's ``ON DELETE`` action, upper case (``"CASCADE"``,
+    #: ``"SET NULL"``), or None where a parent's delete is refused while rows
+    #: refer to it; in the order of :attr:`parents`.
+    on_delete: tuple[str | None, ...] = ()
 
     def declared(self, column: str) -> str:
         """``column``'s declared type (``""`` when unknown)."""
@@ -77,6 +81,11 @@ class Dialect:
     #: replication passes need the guards below (:meth:`guard_append`,
     #: :meth:`exclude_writers`).
     concurrent_writers = False
+    #: Whether a transaction cannot delete a row that rows it deleted itself
+    #: referred to (DuckDB checks foreign keys against the state the
+    #: transaction started from): a parent and its children are then deleted
+    #: in two transactions.
+    deletes_children_first_in_own_transaction = False
     #: Whether :meth:`upsert_advancing_version` works (it needs RETURNING
     #: from an upsert, which gives the rows as stored after the update).
     advances_versions_in_sql = True
@@ -276,10 +285,12 @@ class Dialect:
             for i in inspector.get_indexes(name)
             if i.get("unique") and None not in i["column_names"]
         ]
+        foreign = inspector.get_foreign_keys(name)
         parents = tuple(
             (tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]))
-            for f in inspector.get_foreign_keys(name)
+            for f in foreign
         )
+        on_delete = tuple(_action((f.get("options") or {}).get("ondelete")) for f in foreign)
         return TableShape(
             name,
             columns,
@@ -287,6 +298,7 @@ class Dialect:
             tuple(_type_name(c["type"]) for c in reflected),
             tuple(dict.fromkeys(u for u in unique if u != key)),
             parents,
+            on_delete,
         )
 
     # --- reading the outbox in commit order ------------------------------
@@ -389,6 +401,11 @@ class Dialect:
         """The key the database would give ``table``'s next row (1 when unknown)."""
         return 1
 
+    def next_sequence_value(self, conn: Connection, sequence: str) -> int:
+        """The number ``sequence`` gives next (1 when unknown); only where
+        :attr:`keeps_generated_keys_out`."""
+        return 1
+
     def skip_generated_keys(self, conn: Connection, table: str, last: int) -> None:
         """Make the database generate only keys above ``last`` for ``table``
         (only where :attr:`keeps_generated_keys_out`)."""
@@ -421,6 +438,12 @@ class Dialect:
 
     def _on_conflict(self, conn: Connection, table: sa.Table) -> str:
         return self.on_conflict.format(key=names(conn, [c.name for c in table.primary_key.columns]))
+
+
+def _action(action: str | None) -> str | None:
+    """An ``ON DELETE`` action as it acts: None for none, RESTRICT or NO ACTION."""
+    action = (action or "").upper()
+    return None if action in ("", "RESTRICT", "NO ACTION") else action
 
 
 @functools.cache

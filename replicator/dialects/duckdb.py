@@ -178,6 +178,7 @@ class DuckDBDialect(Dialect):
     # upserted in one columnar statement (DuckDB has one writing process and
     # aborts a transaction that would overwrite a concurrent write).
     advances_versions_in_sql = False
+    deletes_children_first_in_own_transaction = True
 
     # Reading the outbox in commit order: see _Appenders.
 
@@ -358,6 +359,7 @@ class DuckDBDialect(Dialect):
             types,
             tuple(dict.fromkeys(u for u in unique if u != tuple(key or ()))),
             tuple(parents),
+            (None,) * len(parents),  # DuckDB has no ON DELETE actions
         )
 
 

@@ -220,6 +220,11 @@ class MariaDBDialect(Dialect):
         ).scalar()
         return int(found or 1)
 
+    def next_sequence_value(self, conn: Connection, sequence: str) -> int:
+        # Values a connection has cached are handed out below this.
+        quoted = conn.dialect.identifier_preparer.quote(sequence)
+        return int(conn.exec_driver_sql(f"SELECT next_not_cached_value FROM {quoted}").scalar())
+
     def keep_ahead(self, conn: Connection, sequence: str, key: int) -> None:
         # SETVAL never moves a sequence back (it returns NULL then).
         quoted = conn.dialect.identifier_preparer.quote(sequence)
