@@ -260,6 +260,7 @@ class _Batch:
         self.new_settled: set[tuple[str, str]] = set()
         self.hlc = 0  # the latest event's, for the server's own changes
         self.leased: set[str] | None = None  # tables whose keys are leased (read once)
+        self.parent_tables: set[str] | None = None
 
     # --- deciding ------------------------------------------------------------
 
@@ -394,11 +395,19 @@ class _Batch:
         deleted = event.op is Operation.DELETE
         seen = self.current[table].get(entry.row_key)
         existed = seen is not None and not seen.deleted
-        # Only the columns the change changed, where the target's row is the
-        # one the change was made to: not when an earlier change of the row
-        # was parked (its values are not here), nor in a replay (which
-        # repairs rows changed behind capture's back).
-        partial = existed and not self.restore and (table, entry.row_key) not in self.open
+        # Only the columns the change changed, for a row other rows may refer
+        # to (DuckDB refuses to rewrite an indexed column of such a row, even
+        # to its value), where the target's row is the one the change was
+        # made to: not when an earlier change of the row was parked (its
+        # values are not here), nor in a replay (which repairs rows changed
+        # behind capture's back). Other rows are written whole: one
+        # statement for all of them.
+        partial = (
+            existed
+            and not self.restore
+            and (table, entry.row_key) not in self.open
+            and table in self._referred_to()
+        )
         changed = set(event.changed) if event.op is Operation.UPDATE and partial else None
         self._write(
             table, entry.row_key, event.key, None if deleted else event.row, existed, changed
@@ -417,6 +426,16 @@ class _Batch:
         event = entry.event
         if self.log and event.origin != self.own:
             self.outgoing.append((event.origin, table, entry.row_key, event.hlc, entry.payload))
+
+    def _referred_to(self) -> set[str]:
+        """The target's tables that a foreign key refers to (read once)."""
+        if self.parent_tables is None:
+            self.parent_tables = set()
+            for name in app_table_names(self.conn):
+                shape = self.shapes.setdefault(name, self.shape_of(name))
+                if shape is not None:
+                    self.parent_tables.update(parent for _, parent, _ in shape.parents)
+        return self.parent_tables
 
     def _leased(self, table: str) -> bool:
         """Whether this server leases keys of ``table`` (see :mod:`replicator.keys`)."""
