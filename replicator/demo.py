@@ -18,6 +18,8 @@ also gets a ``replicator.toml`` naming both nodes, to try the commands on.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,11 +112,16 @@ class DemoRun:
     tables: list[TableState]
 
 
-def run(directory: Path, store: str = "duckdb", node: str = "local") -> DemoRun:
-    """Run the demo in ``directory`` (its previous demo databases are replaced)."""
+@contextmanager
+def embedded_nodes(
+    directory: Path, store: str, node: str, app: Any, scope: dict[str, Any] | None = None
+) -> Iterator[tuple[dict[str, str], dict[str, sa.Engine], dict[str, sessionmaker]]]:
+    """A local ``node`` (a ``store`` file) and a server (a SQLite file) in
+    ``directory``, made anew: the replicator's tables and ``app``'s on both,
+    each captured (the local within ``scope``). Yields their URLs, engines
+    and session factories by node name; stops capture and closes them after."""
     if store not in STORES:
         raise ValueError(f"store must be one of {STORES}, not {store!r}")
-    app = load_example("learning_app")
     directory.mkdir(parents=True, exist_ok=True)
     paths = {node: directory / f"{node}.{store}", "server": directory / "server.sqlite"}
     for path in paths.values():
@@ -129,8 +136,22 @@ def run(directory: Path, store: str = "duckdb", node: str = "local") -> DemoRun:
             migrate(engine)
             app.Base.metadata.create_all(engine)
             factories[name] = sessionmaker(bind=engine)
-            scope = {"user_id": USER} if name == node else None
-            handles.append(capture(factories[name], node=name, scope=scope))
+            handles.append(
+                capture(factories[name], node=name, scope=scope if name == node else None)
+            )
+        yield urls, engines, factories
+    finally:
+        for handle in handles:
+            handle.stop()
+        for engine in engines.values():
+            engine.dispose()
+
+
+def run(directory: Path, store: str = "duckdb", node: str = "local") -> DemoRun:
+    """Run the demo in ``directory`` (its previous demo databases are replaced)."""
+    app = load_example("learning_app")
+    scope = {"user_id": USER}
+    with embedded_nodes(directory, store, node, app, scope) as (urls, engines, factories):
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
         app.run_session(factories[node], user_id=USER, now=now)
         _tutor_edits(app, factories["server"])
@@ -182,11 +203,6 @@ def run(directory: Path, store: str = "duckdb", node: str = "local") -> DemoRun:
                     _differing(table, server_rows, local_rows),
                 )
             )
-    finally:
-        for handle in handles:
-            handle.stop()
-        for engine in engines.values():
-            engine.dispose()
     return DemoRun(
         urls[node],
         urls["server"],

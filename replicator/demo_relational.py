@@ -37,14 +37,12 @@ import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
 from replicator import keys
-from replicator.capture import capture
 from replicator.config import loads
-from replicator.migration import migrate
+from replicator.demo import embedded_nodes
 from replicator.resources import load_example
 from replicator.review import Decided, Listed, ReviewQueue
 from replicator.sync import PassResult, Replicator, SyncResult
 
-STORES = ("duckdb", "sqlite")
 EMAIL = "ada@example.org"
 #: The email both sides give a new user while apart.
 CLASH = "grace@example.org"
@@ -109,24 +107,8 @@ class RelationalRun:
 
 def run(directory: Path, store: str = "duckdb", node: str = "local") -> RelationalRun:
     """Run the story in ``directory`` (its previous demo databases are replaced)."""
-    if store not in STORES:
-        raise ValueError(f"store must be one of {STORES}, not {store!r}")
     app = load_example("relational_app")
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = {node: directory / f"{node}.{store}", "server": directory / "server.sqlite"}
-    for path in paths.values():
-        for stale in (path, path.with_name(path.name + ".wal")):
-            stale.unlink(missing_ok=True)
-    urls = {node: f"{store}:///{paths[node]}", "server": f"sqlite:///{paths['server']}"}
-    engines = {name: sa.create_engine(url) for name, url in urls.items()}
-    handles = []
-    try:
-        factories = {}
-        for name, engine in engines.items():
-            migrate(engine)
-            app.Base.metadata.create_all(engine)
-            factories[name] = sessionmaker(bind=engine)
-            handles.append(capture(factories[name], node=name))
+    with embedded_nodes(directory, store, node, app) as (urls, engines, factories):
         text = (
             f'[nodes.server]\nurl = "{urls["server"]}"\nrole = "server"\n\n'
             f'[nodes.{node}]\nurl = "{urls[node]}"\nrole = "local"\n'
@@ -166,11 +148,6 @@ def run(directory: Path, store: str = "duckdb", node: str = "local") -> Relation
             decisions = _settle_the_email(replicator, queue, parked, node)
             still_open = queue.list().items
         tables = compared()
-    finally:
-        for handle in handles:
-            handle.stop()
-        for engine in engines.values():
-            engine.dispose()
     return RelationalRun(
         urls[node],
         urls["server"],
