@@ -37,6 +37,7 @@ change.
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 from typing import TYPE_CHECKING, Literal
 
 import sqlalchemy as sa
@@ -298,7 +299,7 @@ def refill(local: Node, server: Node, size: int = BLOCK) -> dict[str, tuple[int,
     a failure in between loses keys, never gives one twice.
     """
     with local.begin() as conn:
-        if role_of(conn) != "local":
+        if local not in _marked:
             mark(conn, "local")
         left = remaining(conn)
         need = {}
@@ -307,22 +308,9 @@ def refill(local: Node, server: Node, size: int = BLOCK) -> dict[str, tuple[int,
             integer = shape is not None and len(shape.key) == 1
             if integer and "int" in shape.declared(shape.key[0]) and left.get(table, 0) < size // 2:
                 need[table] = _largest_key(conn, local.dialect, table)
-    with server.begin() as conn:
-        if role_of(conn) != "server":
-            mark(conn, "server")
-        c = key_blocks.c
-        own = {
-            table: last
-            for table, last in conn.execute(
-                sa.select(c.table_name, sa.func.max(c.last_key)).group_by(c.table_name)
-            )
-        }
-    kept = _kept_out.setdefault(server.url, {})
-    for table, last in own.items():  # blocks the server's capture leased itself
-        if kept.get(table) != last:
-            with server.connect() as conn:
-                keep_out(conn, server.dialect, table, last)
-            kept[table] = last
+    if server not in _marked or need:
+        _keep_own_blocks_out(server)
+    _marked.update((local, server))
     leased: dict[str, tuple[int, int]] = {}
     for table, above in need.items():
         for attempt in range(3):
@@ -348,6 +336,31 @@ def refill(local: Node, server: Node, size: int = BLOCK) -> dict[str, tuple[int,
     return leased
 
 
+def _keep_own_blocks_out(server: Node) -> None:
+    """Record the server's role, and move its own numbering above the blocks
+    its capture leased itself (SQLite, DuckDB: a sequence the models name),
+    so that rows it inserts without capture stay out of them; done when a
+    process first links to it and whenever it leases."""
+    with server.begin() as conn:
+        mark(conn, "server")
+        c = key_blocks.c
+        own = {
+            table: last
+            for table, last in conn.execute(
+                sa.select(c.table_name, sa.func.max(c.last_key)).group_by(c.table_name)
+            )
+        }
+    kept = _kept_out.setdefault(server.url, {})
+    for table, last in own.items():
+        if kept.get(table) != last:
+            with server.connect() as conn:
+                keep_out(conn, server.dialect, table, last)
+            kept[table] = last
+
+
 # The server (by URL) -> the end of its own last block per table whose
 # keep_out has run in this process.
 _kept_out: dict[str, dict[str, int]] = {}
+# The nodes whose role this process has recorded (a node object per config
+# entry; a new one records it again).
+_marked: weakref.WeakSet[Node] = weakref.WeakSet()
