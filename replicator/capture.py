@@ -768,6 +768,10 @@ def _bulk_insert(
 ) -> Any:
     statement = state.statement
     existing: dict[tuple[Any, ...], dict[str, Any]] = {}
+    # SQLAlchemy has no public way to ask an insert whether it is an upsert:
+    # on_conflict_do_update() / on_duplicate_key_update() set the private
+    # `_post_values_clause` (checked on SQLAlchemy 2.1.9, the locked version;
+    # tests/test_capture_orm_patterns.py fails if that changes).
     if getattr(statement, "_post_values_clause", None) is not None:
         # An upsert (ON CONFLICT / ON DUPLICATE KEY): rows that already exist
         # are updates. Which ones is only known from the keys given.
@@ -914,7 +918,11 @@ def _bulk_update_or_delete(
 #
 # Session.bulk_insert_mappings() and friends write without firing any session
 # event. The mapping forms have exact modern equivalents, which capture sees;
-# bulk_save_objects() has none and is refused for captured tables.
+# bulk_save_objects() has none and is refused for captured tables. SQLAlchemy
+# offers no per-session or per-mapper hook for these methods (checked on
+# 2.1.9), so the Session class's own are wrapped, once, when capture is
+# first turned on; for a session of an engine nobody captures, the wrapper
+# calls the original unchanged.
 
 _legacy: dict[str, Any] = {}
 
