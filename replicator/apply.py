@@ -994,7 +994,7 @@ def change_fields(before: dict | None, also: dict | None, *, after: dict | None)
     A settlement changes two rows at once: the server's (``before``) and the
     local's (``also``). Where the local's row differs from the outcome, its
     previous value is the one recorded, so that a scoped local sees its row
-    leave its scope (see ``sync._scoped``).
+    leave its scope (see ``scope._scoped``).
     """
     olds = [row for row in (also, before) if row is not None]
     if after is None:

@@ -38,7 +38,7 @@ from replicator.checkpoints import DEFAULT_CHANNEL
 from replicator.clock import from_datetime, utcnow
 from replicator.errors import ConfigurationError, ReplicatorError
 from replicator.node import Node
-from replicator.sync import in_scope
+from replicator.scope import in_scope
 from replicator.tables import outbox as outbox_table
 
 

@@ -46,11 +46,12 @@ from replicator.errors import (
     SchemaError,
     describe,
 )
-from replicator.events import Operation, encode_event
+from replicator.events import Operation
 from replicator.locks import Lock
 from replicator.node import Node
 from replicator.outbox import Entry
 from replicator.parking import Reason
+from replicator.scope import in_scope
 from replicator.tables import sync_runs
 
 Direction = Literal["up", "down", "bidirectional"]
@@ -455,66 +456,6 @@ class SyncPass:
                 return
             except (ReplicatorError, SQLAlchemyError):
                 continue
-
-
-def in_scope(
-    source: Node, target: Node, unscoped: Mapping[str, str], tconn: Any, entries: list[Entry]
-) -> list[Entry]:
-    """The entries a scoped local may receive or send, rows that leave its
-    scope turned into deletes."""
-    if target.scope:
-        scope, shape_node = target.scope, target
-    elif source.scope:
-        scope, shape_node = source.scope, None
-    else:
-        return entries
-    kept = []
-    for entry in entries:
-        event = entry.event
-        if event is None:  # undecodable: parked by the target
-            kept.append(entry)
-            continue
-        has_scope = _has_columns(event, scope)
-        if shape_node is not None and not has_scope:
-            shape = shape_node.shape(tconn, event.table)
-            has_scope = shape is not None and all(c in shape.columns for c in scope)
-        if not has_scope:
-            if unscoped.get(event.table, "all") == "all":
-                kept.append(entry)
-            continue
-        if shape_node is None:
-            kept.append(entry)  # capture refused writes outside the source's scope
-            continue
-        scoped = _scoped(entry, scope)
-        if scoped is not None:
-            kept.append(scoped)
-    return kept
-
-
-def _has_columns(event: Any, scope: Mapping[str, Any]) -> bool:
-    row = event.row if event.row is not None else event.changed
-    return all(c in row for c in scope)
-
-
-def _scoped(entry: Entry, scope: Mapping[str, Any]) -> Entry | None:
-    """``entry`` as a local with ``scope`` should see it, or None to skip it."""
-    event = entry.event
-    after = event.row is not None and all(event.row.get(c) == v for c, v in scope.items())
-    if event.op is Operation.INSERT:
-        return entry if after else None
-    if event.op is Operation.DELETE:
-        # A deleted row's scope columns may not have been loaded: a delete
-        # of a row the local never had is harmless, so unknown counts as in.
-        old = event.changed
-        before = all(old.get(c, v) == v for c, v in scope.items())
-        return entry if before else None
-    before = all(event.changed.get(c, event.row.get(c)) == v for c, v in scope.items())
-    if after:
-        return entry  # stays in scope, or enters it (the upsert inserts it)
-    if before:  # the row left the scope: gone from this local
-        gone = msgspec.structs.replace(event, op=Operation.DELETE, row=None, changed=event.row)
-        return entry._replace(event=gone, payload=encode_event(gone))
-    return None
 
 
 #: How :attr:`SyncResult.held` names a sink.
