@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from replicator.dialects.base import (
     Dialect,
     Row,
     TableShape,
+    _decimal_scale,
+    enum_stored,
     last_per_key,
     last_position,
     literal,
@@ -283,6 +286,32 @@ class DuckDBDialect(Dialect):
                 f"IN (SELECT {unnested})",
                 _by_column(keys),
             )
+
+    def stored(self, column: sa.Column) -> Callable[[Any], Any] | None:
+        # duckdb-engine hands a Numeric value to DuckDB as a float, which
+        # DuckDB scales in floating point and rounds half away from zero:
+        # Decimal("1.005") is stored as 1.00 (1.005 * 100 is 100.4999...),
+        # where exact half-up rounding gives 1.01.
+        as_text = enum_stored(column)
+        if as_text is not None:
+            return as_text
+        scale = _decimal_scale(column)
+        if scale is None:
+            return None
+
+        def rounded(value: Any) -> Any:
+            if value is None:
+                return None
+            scaled = Decimal(repr(float(value) * 10**scale))
+            return scaled.quantize(Decimal(1), ROUND_HALF_UP).scaleb(-scale)
+
+        return rounded
+
+    def generated_key(self, conn: Connection, table: str) -> str | None:
+        # DuckDB's own numbering (a sequence) is kept ahead per batch instead
+        # (keep_ahead), never out of leased blocks; and duckdb-engine cannot
+        # reflect a primary key (it casts to REGCLASS, which DuckDB lacks).
+        return None
 
     def default_sequence(self, conn: Connection, table: str, column: str) -> str | None:
         default = conn.exec_driver_sql(
