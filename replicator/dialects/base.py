@@ -101,8 +101,11 @@ class Dialect:
         if as_text is not None:
             return as_text
         scale = _decimal_scale(column)
-        if scale is None:
-            return None
+        return None if scale is None else self.rounded(scale)
+
+    def rounded(self, scale: int) -> Callable[[Any], Any]:
+        """How a ``NUMERIC(p, scale)`` column stores a value: by default the
+        exact decimal rounded half up to ``scale`` digits."""
         quantum = decimal.Decimal(1).scaleb(-scale)
 
         def rounded(value: Any) -> Any:

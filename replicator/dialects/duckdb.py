@@ -31,8 +31,6 @@ from replicator.dialects.base import (
     Dialect,
     Row,
     TableShape,
-    _decimal_scale,
-    enum_stored,
     last_per_key,
     last_position,
     literal,
@@ -287,18 +285,11 @@ class DuckDBDialect(Dialect):
                 _by_column(keys),
             )
 
-    def stored(self, column: sa.Column) -> Callable[[Any], Any] | None:
+    def rounded(self, scale: int) -> Callable[[Any], Any]:
         # duckdb-engine hands a Numeric value to DuckDB as a float, which
         # DuckDB scales in floating point and rounds half away from zero:
         # Decimal("1.005") is stored as 1.00 (1.005 * 100 is 100.4999...),
         # where exact half-up rounding gives 1.01.
-        as_text = enum_stored(column)
-        if as_text is not None:
-            return as_text
-        scale = _decimal_scale(column)
-        if scale is None:
-            return None
-
         def rounded(value: Any) -> Any:
             if value is None:
                 return None

@@ -16,20 +16,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from replicator.dialects.base import Dialect, _decimal_scale, enum_stored, last_position
+from replicator.dialects.base import Dialect, last_position
 
 
 class SQLiteDialect(Dialect):
     name = "sqlite"
 
-    def stored(self, column: sa.Column) -> Callable[[Any], Any] | None:
-        as_text = enum_stored(column)
-        if as_text is not None:
-            return as_text
+    def rounded(self, scale: int) -> Callable[[Any], Any]:
         # NUMERIC is stored as a float; SQLAlchemy formats it to the scale.
-        scale = _decimal_scale(column)
-        if scale is None:
-            return None
         return lambda value: None if value is None else Decimal(f"{float(value):.{scale}f}")
 
     @contextmanager
