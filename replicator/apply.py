@@ -260,7 +260,7 @@ class _Batch:
         self.new_settled: set[tuple[str, str]] = set()
         self.hlc = 0  # the latest event's, for the server's own changes
         self.leased: set[str] | None = None  # tables whose keys are leased (read once)
-        self.parent_tables: set[str] | None = None
+        self.graph: tuple[set[str], dict[str, list[tuple]]] | None = None
 
     # --- deciding ------------------------------------------------------------
 
@@ -428,14 +428,30 @@ class _Batch:
             self.outgoing.append((event.origin, table, entry.row_key, event.hlc, entry.payload))
 
     def _referred_to(self) -> set[str]:
-        """The target's tables that a foreign key refers to (read once)."""
-        if self.parent_tables is None:
-            self.parent_tables = set()
-            for name in app_table_names(self.conn):
-                shape = self.shapes.setdefault(name, self.shape_of(name))
-                if shape is not None:
-                    self.parent_tables.update(parent for _, parent, _ in shape.parents)
-        return self.parent_tables
+        """The target's tables that a foreign key refers to."""
+        return self._foreign_keys()[0]
+
+    def _foreign_keys(self) -> tuple[set[str], dict[str, list[tuple]]]:
+        """The target's foreign keys, read once per batch: the tables some
+        foreign key refers to, and per parent table the ``(child, columns,
+        parent's columns)`` whose parent's delete the database refuses while
+        rows refer to it (those with an ON DELETE action it carries out
+        itself are left out)."""
+        if self.graph is None:
+            referred: set[str] = set()
+            children: dict[str, list[tuple]] = {}
+            for table in app_table_names(self.conn):
+                shape = self.shapes.setdefault(table, self.shape_of(table))
+                for at, (columns, parent, parent_columns) in enumerate(
+                    shape.parents if shape else ()
+                ):
+                    referred.add(parent)
+                    if at < len(shape.on_delete) and shape.on_delete[at] is not None:
+                        continue  # the database itself cascades or clears the reference
+                    if self.shapes.setdefault(parent, self.shape_of(parent)) is not None:
+                        children.setdefault(parent, []).append((table, columns, parent_columns))
+            self.graph = (referred, children)
+        return self.graph
 
     def _leased(self, table: str) -> bool:
         """Whether this server leases keys of ``table`` (see :mod:`replicator.keys`)."""
@@ -750,15 +766,7 @@ class _Batch:
         pending = [t for t in self.shapes if self.deletes.get(t)]
         if not pending:
             return
-        children: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
-        for table in app_table_names(self.conn):
-            shape = self.shapes.setdefault(table, self.shape_of(table))
-            for at, (columns, parent, parent_columns) in enumerate(shape.parents if shape else ()):
-                if at < len(shape.on_delete) and shape.on_delete[at] is not None:
-                    continue  # the database itself cascades or clears the reference
-                self.shapes.setdefault(parent, self.shape_of(parent))
-                if self.shapes[parent] is not None:
-                    children.setdefault(parent, []).append((table, columns, parent_columns))
+        children = self._foreign_keys()[1]
         while pending:
             parent = pending.pop(0)
             gone = [tuple(k.values()) for k in self.deletes.get(parent, {}).values()]
@@ -874,9 +882,10 @@ class _Batch:
         largest: dict[str, int] = {}
         for table in tables:
             shape = self.shapes[table]
-            if shape is None or len(shape.key) != 1 or "int" not in shape.declared(shape.key[0]):
+            key = shape.integer_key if shape is not None else None
+            if key is None:
                 continue
-            written = [r[shape.key[0]] for r in self.upserts.get(table, {}).values()]
+            written = [r[key] for r in self.upserts.get(table, {}).values()]
             written = [k for k in written if isinstance(k, int)]
             if written:
                 largest[table] = max(written)

@@ -268,15 +268,12 @@ def sequences_of(
     return recorded
 
 
-def _integer_key(conn: Connection, dialect: Dialect, table: str) -> str | None:
-    shape = dialect.describe(conn, table)
-    if shape is None or len(shape.key) != 1 or "int" not in shape.declared(shape.key[0]):
-        return None
-    return shape.key[0]
-
-
-def _largest_key(conn: Connection, dialect: Dialect, table: str) -> int:
-    key = _integer_key(conn, dialect, table)
+def _largest_key(conn: Connection, dialect: Dialect, table: str, key: str | None = None) -> int:
+    """The largest key ``table`` holds in its integer key column (``key``,
+    looked up when not given); 0 when empty or not integer-keyed."""
+    if key is None:
+        shape = dialect.describe(conn, table)
+        key = shape.integer_key if shape is not None else None
     if key is None:
         return 0
     found = conn.execute(
@@ -305,9 +302,9 @@ def refill(local: Node, server: Node, size: int = BLOCK) -> dict[str, tuple[int,
         need = {}
         for table in app_table_names(conn):
             shape = local.shape(conn, table)
-            integer = shape is not None and len(shape.key) == 1
-            if integer and "int" in shape.declared(shape.key[0]) and left.get(table, 0) < size // 2:
-                need[table] = _largest_key(conn, local.dialect, table)
+            key = shape.integer_key if shape is not None else None
+            if key is not None and left.get(table, 0) < size // 2:
+                need[table] = _largest_key(conn, local.dialect, table, key)
     if server not in _marked or need:
         _keep_own_blocks_out(server)
     _marked.update((local, server))

@@ -28,7 +28,6 @@ import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from replicator.errors import SchemaError
@@ -196,23 +195,14 @@ def compare(
 
 
 def declared(node: Node, conn: Connection, tables: list[str]) -> dict[str, dict[str, str]]:
-    """The declared types of ``tables``' columns on ``node``, lower case."""
-    if node.dialect.name == "duckdb":
-        # duckdb-engine's reflection queries pg_catalog tables DuckDB lacks;
-        # the dialect's own description names each column's type.
-        found = {}
-        for table in tables:
-            shape = node.shape(conn, table)
-            if shape is not None:
-                found[table] = dict(zip(shape.columns, shape.types, strict=False))
-        return found
-    inspector = sa.inspect(conn)
-    # Compiled for the node's own database: its reflected DATETIME(fsp=6)
-    # spelled in general terms would lose the 6.
-    return {
-        table: {c["name"]: _spelled(c["type"], conn) for c in inspector.get_columns(table)}
-        for table in tables
-    }
+    """The declared types of ``tables``' columns on ``node``, lower case
+    (see :meth:`~replicator.dialects.base.Dialect.declared_types`)."""
+    found = {}
+    for table in tables:
+        types = node.dialect.declared_types(conn, table)
+        if types is not None:
+            found[table] = types
+    return found
 
 
 def losses(server: Node, local: Node) -> list[Loss]:
@@ -257,13 +247,6 @@ def _parts(declared: str) -> tuple[str, int | None, int | None]:
         return "", None, None
     word, first, second = found.groups()
     return word, None if first is None else int(first), None if second is None else int(second)
-
-
-def _spelled(type_: sa.types.TypeEngine, conn: Connection) -> str:
-    try:
-        return type_.compile(dialect=conn.dialect).lower()
-    except Exception:  # a type the database cannot spell (reflected as NullType)
-        return ""
 
 
 def _says(keeps: Kept) -> str:

@@ -43,6 +43,13 @@ class TableShape(NamedTuple):
     #: refer to it; in the order of :attr:`parents`.
     on_delete: tuple[str | None, ...] = ()
 
+    @property
+    def integer_key(self) -> str | None:
+        """The key column when the key is a single integer column, else None."""
+        if len(self.key) == 1 and "int" in self.declared(self.key[0]):
+            return self.key[0]
+        return None
+
     def declared(self, column: str) -> str:
         """``column``'s declared type (``""`` when unknown)."""
         at = self.columns.index(column)
@@ -304,6 +311,15 @@ class Dialect:
             on_delete,
         )
 
+    def declared_types(self, conn: Connection, name: str) -> dict[str, str] | None:
+        """Each column of the app table ``name`` -> its declared type as this
+        database spells it, lower case (``"datetime(6)"``: the fractional
+        digits kept, which a generic spelling loses); None if absent."""
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(name):
+            return None
+        return {c["name"]: _spelled(c["type"], conn) for c in inspector.get_columns(name)}
+
     # --- reading the outbox in commit order ------------------------------
 
     def guard_append(self, conn: Connection) -> None:
@@ -410,9 +426,10 @@ class Dialect:
         return 1
 
     def skip_generated_keys(self, conn: Connection, table: str, last: int) -> None:
-        """Make the database generate only keys above ``last`` for ``table``
-        (only where :attr:`keeps_generated_keys_out`)."""
-        raise NotImplementedError
+        """Make the database generate only keys above ``last`` for ``table``.
+        Only where :attr:`keeps_generated_keys_out`; elsewhere the database
+        cannot, and saying so beats pretending."""
+        raise NotImplementedError(f"{type(self).__name__} cannot keep its own keys out")
 
     def default_sequence(self, conn: Connection, table: str, column: str) -> str | None:
         """The sequence ``column``'s default draws from, where the database
@@ -454,6 +471,13 @@ def _type_name(type_: Any) -> str:
     try:
         return str(type_).lower()
     except Exception:  # a type SQLAlchemy cannot spell (reflected as NullType)
+        return ""
+
+
+def _spelled(type_: Any, conn: Connection) -> str:
+    try:
+        return type_.compile(dialect=conn.dialect).lower()
+    except Exception:  # a type the database cannot spell (reflected as NullType)
         return ""
 
 

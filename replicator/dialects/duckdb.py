@@ -333,6 +333,12 @@ class DuckDBDialect(Dialect):
         if step > 0 and key >= (start if last is None else last + step):
             conn.exec_driver_sql("SELECT setval(?, ?)", (sequence, int(key)))
 
+    def declared_types(self, conn: Connection, name: str) -> dict[str, str] | None:
+        # duckdb-engine's reflection queries pg_catalog tables DuckDB lacks;
+        # the description names each column's type as DuckDB does.
+        shape = self.describe(conn, name)
+        return None if shape is None else dict(zip(shape.columns, shape.types, strict=False))
+
     def describe(self, conn: Connection, name: str) -> TableShape | None:
         # duckdb-engine's reflection queries pg_catalog tables DuckDB lacks.
         reflected = conn.exec_driver_sql(
