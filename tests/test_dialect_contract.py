@@ -57,6 +57,15 @@ def _numbers(metadata: sa.MetaData) -> sa.Table:
     return sa.Table("numbers", metadata, _key("n", sa.Integer))
 
 
+def _items_holding_k1(engine, note: str) -> sa.Table:
+    """The ``items`` table, created, holding ``("k1", "old", 1, note)``."""
+    items = _items(metadata := sa.MetaData())
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(items.insert().values(id="k1", name="old", price=1, note=note))
+    return items
+
+
 def _all(conn, table: sa.Table) -> list[tuple]:
     key = table.primary_key.columns
     return [tuple(r) for r in conn.execute(sa.select(table).order_by(*key))]
@@ -66,12 +75,10 @@ def _all(conn, table: sa.Table) -> list[tuple]:
 
 
 def test_upsert_with_update_changes_only_those_columns_of_an_existing_row(engine):
-    items = _items(metadata := sa.MetaData())
-    metadata.create_all(engine)
+    items = _items_holding_k1(engine, note="kept")
     columns = ("id", "name", "price", "note")
     with engine.begin() as conn:
         dialect = for_connection(conn)
-        conn.execute(items.insert().values(id="k1", name="old", price=1, note="kept"))
         dialect.upsert_rows(
             conn, items, columns, [("k1", "new", 2, "lost"), ("k2", "b", 3, "n2")], update={"name"}
         )
@@ -82,12 +89,10 @@ def test_upsert_with_update_changes_only_those_columns_of_an_existing_row(engine
 
 
 def test_upsert_with_update_keeps_the_last_row_of_a_repeated_key(engine):
-    items = _items(metadata := sa.MetaData())
-    metadata.create_all(engine)
+    items = _items_holding_k1(engine, note="kept")
     columns = ("id", "name", "price", "note")
     with engine.begin() as conn:
         dialect = for_connection(conn)
-        conn.execute(items.insert().values(id="k1", name="old", price=1, note="kept"))
         dialect.upsert_rows(
             conn,
             items,
@@ -107,11 +112,9 @@ def test_upsert_with_update_keeps_the_last_row_of_a_repeated_key(engine):
 
 
 def test_upsert_with_an_empty_update_writes_every_column(engine):
-    items = _items(metadata := sa.MetaData())
-    metadata.create_all(engine)
+    items = _items_holding_k1(engine, note="old")
     with engine.begin() as conn:
         dialect = for_connection(conn)
-        conn.execute(items.insert().values(id="k1", name="old", price=1, note="old"))
         dialect.upsert_rows(
             conn, items, ("id", "name", "price", "note"), [("k1", "new", 2, "new")], update=()
         )
@@ -120,11 +123,9 @@ def test_upsert_with_an_empty_update_writes_every_column(engine):
 
 
 def test_upsert_of_no_rows_changes_nothing(engine):
-    items = _items(metadata := sa.MetaData())
-    metadata.create_all(engine)
+    items = _items_holding_k1(engine, note="old")
     with engine.begin() as conn:
         dialect = for_connection(conn)
-        conn.execute(items.insert().values(id="k1", name="old", price=1, note="old"))
         dialect.upsert_rows(conn, items, ("id", "name", "price", "note"), [])
         dialect.upsert_rows(conn, items, ("id", "name"), [], update={"name"})
         rows = _all(conn, items)
@@ -306,11 +307,9 @@ def test_write_row_inserts_when_absent_and_updates_when_present(engine):
 
 
 def test_write_row_with_update_writes_only_those_columns_of_an_existing_row(engine):
-    items = _items(metadata := sa.MetaData())
-    metadata.create_all(engine)
+    items = _items_holding_k1(engine, note="kept")
     with engine.begin() as conn:
         dialect = for_connection(conn)
-        conn.execute(items.insert().values(id="k1", name="old", price=1, note="kept"))
         dialect.write_row(
             conn, items, {"id": "k1", "name": "new", "price": 2, "note": "lost"}, update={"name"}
         )
@@ -324,11 +323,8 @@ def test_write_row_with_update_writes_only_those_columns_of_an_existing_row(engi
 
 
 def test_write_row_fails_with_the_databases_own_error_for_a_refused_row(engine):
-    items = _items(metadata := sa.MetaData())
-    metadata.create_all(engine)
+    items = _items_holding_k1(engine, note="kept")
     dialect = for_connection(engine)
-    with engine.begin() as conn:
-        conn.execute(items.insert().values(id="k1", name="old", price=1, note="kept"))
     for row, what in (
         ({"id": "k2", "name": None, "price": 1, "note": ""}, "an insert"),
         ({"id": "k1", "name": None, "price": 1, "note": ""}, "an update"),
