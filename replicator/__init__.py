@@ -36,6 +36,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "CaptureError": ("replicator.errors", "CaptureError"),
     "ConfigurationError": ("replicator.errors", "ConfigurationError"),
     "ConnectivityError": ("replicator.errors", "ConnectivityError"),
+    "DatabaseError": ("replicator.errors", "DatabaseError"),
     "ReplicatorError": ("replicator.errors", "ReplicatorError"),
     "SchemaError": ("replicator.errors", "SchemaError"),
     "ChangeEvent": ("replicator.events", "ChangeEvent"),
@@ -48,9 +49,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Timing": ("replicator.service", "Timing"),
     "PassProgress": ("replicator.sync", "PassProgress"),
     "PassResult": ("replicator.sync", "PassResult"),
-    "Replicator": ("replicator.sync", "Replicator"),
+    "Replicator": ("replicator.application", "Replicator"),
     "SyncPass": ("replicator.sync", "SyncPass"),
-    "SyncResult": ("replicator.sync", "SyncResult"),
+    "SyncResult": ("replicator.application", "SyncResult"),
     "replicate": ("replicator.sync", "replicate"),
 }
 
@@ -64,6 +65,7 @@ __all__ = [  # the names of _EXPORTS (a test checks that the two agree)
     "Config",
     "ConfigurationError",
     "ConnectivityError",
+    "DatabaseError",
     "HybridLogicalClock",
     "Node",
     "Operation",
@@ -115,6 +117,7 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:
+    from replicator.application import Replicator, SyncResult
     from replicator.capture import Capture, capture
     from replicator.clock import HybridLogicalClock
     from replicator.config import Config
@@ -124,6 +127,7 @@ if TYPE_CHECKING:
         CaptureError,
         ConfigurationError,
         ConnectivityError,
+        DatabaseError,
         ReplicatorError,
         SchemaError,
     )
@@ -131,11 +135,4 @@ if TYPE_CHECKING:
     from replicator.migration import migrate
     from replicator.node import Node
     from replicator.service import AsyncBackgroundSync, BackgroundSync, Runner, Timing
-    from replicator.sync import (
-        PassProgress,
-        PassResult,
-        Replicator,
-        SyncPass,
-        SyncResult,
-        replicate,
-    )
+    from replicator.sync import PassProgress, PassResult, SyncPass, replicate

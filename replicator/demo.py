@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
 from replicator import outbox
+from replicator.application import Replicator
 from replicator.capture import capture
 from replicator.config import loads
 from replicator.events import ChangeEvent
@@ -35,7 +36,7 @@ from replicator.migration import migrate
 from replicator.resources import load_example
 from replicator.review import Decided, Listed
 from replicator.sink import SinkResult
-from replicator.sync import PassResult, Replicator
+from replicator.sync import PassResult
 
 STORES = ("duckdb", "sqlite")
 #: The reference apps ``replicator demo --app`` runs: this module's, and

@@ -37,11 +37,12 @@ import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
 from replicator import keys
+from replicator.application import Replicator, SyncResult
 from replicator.config import loads
 from replicator.demo import embedded_nodes
 from replicator.resources import load_example
 from replicator.review import Decided, Listed, ReviewQueue
-from replicator.sync import PassResult, Replicator, SyncResult
+from replicator.sync import PassResult
 
 EMAIL = "ada@example.org"
 #: The email both sides give a new user while apart.

@@ -3,11 +3,30 @@
 A caller catches :class:`ReplicatorError` for anything the replicator raises,
 or one of the subclasses when it would react differently: fix the
 configuration, wait for the network, look at the review queue.
+
+What a database driver raises (SQLAlchemy's exceptions) becomes a
+:class:`DatabaseError` where a node opens its connections and transactions
+(:meth:`replicator.node.Node.connect`, :meth:`~replicator.node.Node.begin`,
+:meth:`~replicator.node.Node.lock`), with the driver's exception as its
+``__cause__`` and :func:`describe`'s account of it as its message. Catch
+:class:`DatabaseError` where SQLAlchemy's ``SQLAlchemyError`` was caught:
+
+- :class:`ConnectionLostError` (also a :class:`ConnectivityError`): the
+  connection broke while the block ran;
+- :class:`NotInitializedError` (also a :class:`SchemaError`): a replicator
+  table does not exist, said as :data:`NOT_INITIALIZED`;
+- :class:`RowRefusedError`: the database refused a row (a constraint, a
+  value it cannot store); its ``reason`` says which;
+- :class:`DatabaseError` itself for anything else.
+
+This module imports no SQLAlchemy: the ``replicator`` command imports it to
+start.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 #: What a node whose replicator tables do not exist is said to be.
 NOT_INITIALIZED = "not initialized (run replicator init)"
@@ -25,10 +44,11 @@ _MISSING_TABLE = re.compile(
 )
 
 
-def describe(error: Exception) -> str:
+def describe(error: BaseException) -> str:
     """A one-line account of ``error``: a replicator error's message, a
     node without the replicator's tables as :data:`NOT_INITIALIZED`, or a
-    driver's exception (the original one SQLAlchemy wraps) by type."""
+    driver's exception (the original one SQLAlchemy wraps) by type. The
+    message of a :class:`DatabaseError` is this account of its cause."""
     if isinstance(error, ReplicatorError):
         return str(error)
     if not_initialized(error):
@@ -39,6 +59,8 @@ def describe(error: Exception) -> str:
 
 def not_initialized(error: BaseException) -> bool:
     """Whether ``error`` says one of the replicator's tables does not exist."""
+    if isinstance(error, NotInitializedError):
+        return True
     orig = getattr(error, "orig", None) or error
     return _MISSING_TABLE.search(str(orig)) is not None
 
@@ -52,6 +74,25 @@ class ConfigurationError(ReplicatorError):
 
     The CLI maps it to exit code 2.
     """
+
+
+class ArgumentError(ConfigurationError):
+    """An argument of a call is wrong. The message names arguments by the
+    call's parameter names in backquotes (```take` must be server or
+    local``), and :attr:`arguments` lists them, so that a command line can
+    name its options instead (see :meth:`naming`)."""
+
+    def __init__(self, message: str, *arguments: str) -> None:
+        super().__init__(message)
+        self.arguments = arguments
+
+    def naming(self, spell: Callable[[str], str]) -> str:
+        """The message with each argument's name spelled by ``spell``
+        (``lambda name: "--" + name``)."""
+        text = str(self)
+        for name in self.arguments:
+            text = text.replace(f"`{name}`", spell(name))
+        return text
 
 
 class SchemaError(ReplicatorError):
@@ -68,6 +109,34 @@ class ConnectivityError(ReplicatorError):
 
 class ApplyError(ReplicatorError):
     """An event cannot be applied to a target node."""
+
+
+class DatabaseError(ReplicatorError):
+    """A database failed a statement, a commit or a connection's return to
+    the pool; the driver's exception is its ``__cause__``, and its message is
+    what :func:`describe` says of that exception (see the module doc)."""
+
+
+class ConnectionLostError(ConnectivityError, DatabaseError):
+    """The connection to a node broke while it was in use."""
+
+
+class NotInitializedError(SchemaError, DatabaseError):
+    """A replicator table does not exist on a node: its message is
+    :data:`NOT_INITIALIZED`."""
+
+
+class RowRefusedError(DatabaseError):
+    """The database refused a row: ``reason`` is ``constraint_violation``
+    (a key, a unique or foreign key, a check) or ``invalid_value`` (a value
+    the column cannot store), as the review queue records it."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message, reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class ReviewError(ReplicatorError):

@@ -21,12 +21,17 @@ import decimal
 import enum
 import itertools
 import os
+import re
 import uuid
 from typing import Any
 
 import msgspec
 
 SCHEMA_VERSION = 1
+
+#: What a node's name may be; events carry it as ``origin``, and it is the
+#: key of a node's entry in every version vector.
+NODE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 class Operation(enum.StrEnum):

@@ -42,11 +42,10 @@ from typing import TYPE_CHECKING, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 
 from replicator.dialects import Dialect
 from replicator.dialects.base import TableShape
-from replicator.errors import CaptureError
+from replicator.errors import CaptureError, DatabaseError
 from replicator.tables import (
     app_table_names,
     key_blocks,
@@ -314,7 +313,7 @@ def refill(local: Node, server: Node, size: int = BLOCK) -> dict[str, tuple[int,
             try:
                 with server.begin() as conn:
                     block = lease(conn, server.dialect, table, local.name, size, above)
-            except DBAPIError:
+            except DatabaseError:
                 if attempt == 2:
                     raise
                 continue  # another lease moved the range first (or made it): again

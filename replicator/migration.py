@@ -12,10 +12,16 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from replicator.dialects.duckdb import register_alembic
-from replicator.errors import ConfigurationError, ConnectivityError, SchemaError
+from replicator.errors import (
+    ConfigurationError,
+    ConnectivityError,
+    DatabaseError,
+    SchemaError,
+    describe,
+)
 from replicator.resources import resource_dir
 
 VERSION_TABLE = "replicator_alembic_version"
@@ -67,17 +73,23 @@ def migrate(target: str | Engine | Connection, revision: str = "head") -> Migrat
 
 
 def _run(engine: Engine, revision: str) -> Migrated:
+    # migrate() is given an engine, not a node: it opens its connection
+    # itself, so it translates the driver's errors itself, as Node.connect
+    # does (a failed migration is a SchemaError, see _upgrade).
     try:
         conn = engine.connect()
     except DBAPIError as e:
         url = engine.url.render_as_string(hide_password=True)
         raise ConnectivityError(f"connecting to {url} failed: {e.orig}") from e
-    with conn, conn.begin():
-        return _upgrade(conn, revision)
+    try:
+        with conn, conn.begin():
+            return _upgrade(conn, revision)
+    except SQLAlchemyError as e:  # the commit
+        raise DatabaseError(describe(e)) from e
 
 
 def _upgrade(conn: Connection, revision: str) -> Migrated:
-    from alembic import command
+    from alembic import command  # imported here for the reason alembic_config gives
 
     try:
         before = _revision(conn)

@@ -2,6 +2,40 @@
 
 A node's name is its identity: it is the ``origin`` of every event captured
 on it, and the ``source`` of every checkpoint a target keeps for it.
+
+A node is also where driver exceptions become the project's (as
+eventsourcing's ``SQLiteTransaction.__exit__`` does): what SQLAlchemy raises
+opening a connection, inside a :meth:`Node.connect` or :meth:`Node.begin`
+block, at its commit, or in a :meth:`Node.lock`, leaves the node as one of
+:mod:`replicator.errors`, raised ``from`` the driver's exception:
+
+==================================================  ==========================
+what happened                                       what the caller gets
+==================================================  ==========================
+the connection cannot be made, or breaks as it      :class:`ConnectivityError`
+goes back to the pool                               ("node N (url) cannot be
+                                                    reached: ...")
+the connection broke inside the block (SQLAlchemy   :class:`ConnectionLostError`
+saw a disconnect); in a lock, any OperationalError  (a ConnectivityError)
+a replicator table does not exist                   :class:`NotInitializedError`
+                                                    (a SchemaError), message
+                                                    :data:`NOT_INITIALIZED`
+the database refused a row (the dialect's           :class:`RowRefusedError`,
+``refusal``: a constraint, a value)                 ``reason`` set
+anything else SQLAlchemy raised                     :class:`DatabaseError`
+==================================================  ==========================
+
+Every one but the first is a :class:`DatabaseError` whose message is what
+:func:`~replicator.errors.describe` says of the driver's exception, so a
+caller that caught ``SQLAlchemyError`` catches :class:`DatabaseError` (and
+one that caught both the project's and SQLAlchemy's, :class:`ReplicatorError`),
+with the same text. What the project raises inside a block passes unchanged.
+
+Code that must react to a driver error before its transaction ends (park
+the row an IntegrityError refused, say) still catches it *inside* the block;
+only what escapes the block is translated. Connections a dialect opens on
+an engine itself (its ``snapshot``) are outside the boundary unless they are
+opened inside a node's block.
 """
 
 from __future__ import annotations
@@ -13,13 +47,24 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
 
-from replicator.capture import NODE_NAME
 from replicator.config import NodeConfig
 from replicator.dialects import Dialect, for_connection, for_url
 from replicator.dialects.base import TableShape
-from replicator.errors import ConfigurationError, ConnectivityError
+from replicator.errors import (
+    NOT_INITIALIZED,
+    ConfigurationError,
+    ConnectionLostError,
+    ConnectivityError,
+    DatabaseError,
+    NotInitializedError,
+    RowRefusedError,
+    describe,
+    not_initialized,
+)
+from replicator.events import NODE_NAME
+from replicator.locks import Lock
 
 Role = Literal["server", "local"]
 
@@ -159,18 +204,30 @@ class Node:
     @contextmanager
     def connect(self) -> Iterator[Connection]:
         """A connection; :class:`ConnectivityError` when the node cannot be
-        reached, or when the connection breaks as it goes back to the pool."""
+        reached, or when the connection breaks as it goes back to the pool.
+        A SQLAlchemy error escaping the block becomes a
+        :class:`DatabaseError` (see the module doc for which)."""
         engine = self.get_engine()
         try:
             conn = engine.connect()
         except DBAPIError as e:
             raise self._unreachable(e.orig) from e
+        except SQLAlchemyError as e:  # the pool's own (a checkout timed out)
+            raise self.translated(e) from e
         try:
             yield conn
-        except BaseException:
+        except BaseException as e:
             # What the block raised says more than a failed check-in would.
             with suppress(Exception):
                 conn.close()
+            if isinstance(e, SQLAlchemyError):
+                raise self.translated(e) from e
+            if isinstance(e, _driver_error(engine)):
+                # The driver's own, where SQLAlchemy does not wrap it (a call
+                # on the raw connection: MariaDB's isolation level for a
+                # horizon): a network cut there is a lost connection too.
+                lost = engine.dialect.is_disconnect(e, None, None)
+                raise (ConnectionLostError if lost else DatabaseError)(describe(e)) from e
             raise
         try:
             conn.close()
@@ -179,10 +236,30 @@ class Node:
             # COMMIT to restore the isolation level); when the network has
             # gone, the driver's own error comes out of that reset,
             # unwrapped by SQLAlchemy. A caller that catches the project's
-            # and SQLAlchemy's errors (a runner's pass) must still see it.
+            # errors (a runner's pass) must still see it as one.
             with suppress(Exception):
                 conn.invalidate()
             raise self._unreachable(e) from e
+        except SQLAlchemyError as e:
+            raise self.translated(e) from e
+
+    def translated(self, error: SQLAlchemyError, *, lock: bool = False) -> DatabaseError:
+        """What ``error``, raised by SQLAlchemy while this node was in use, is
+        in the project's terms (the table in the module doc); ``lock``: it
+        came from one of the node's locks, whose statements fail
+        operationally only when their connection cannot be made or broke."""
+        if not_initialized(error):
+            return NotInitializedError(NOT_INITIALIZED)
+        lost = isinstance(error, DisconnectionError) or (
+            isinstance(error, DBAPIError) and error.connection_invalidated
+        )
+        if lost or (lock and isinstance(error, OperationalError)):
+            return ConnectionLostError(describe(error))
+        if isinstance(error, DBAPIError):
+            reason = self.dialect.refusal(error)
+            if reason is not None:
+                return RowRefusedError(describe(error), reason)
+        return DatabaseError(describe(error))
 
     def _unreachable(self, why: BaseException | None) -> ConnectivityError:
         text = str(why)
@@ -192,9 +269,17 @@ class Node:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        """A connection in a transaction that commits when the block ends."""
+        """A connection in a transaction that commits when the block ends
+        (rolls back when it raises); errors as for :meth:`connect`, a failed
+        commit included."""
         with self.connect() as conn, conn.begin():
             yield conn
+
+    def lock(self, name: str) -> Lock:
+        """The lock called ``name`` that lives with this node's database (see
+        :mod:`replicator.locks` and the dialect's ``lock``); what the driver
+        raises in its methods is translated as for :meth:`connect`."""
+        return _TranslatedLock(self, self.dialect.lock(self.get_engine(), name))
 
     def shape(self, conn: Connection, table: str) -> TableShape | None:
         """The columns and key of one of the node's app tables (cached)."""
@@ -212,6 +297,38 @@ class Node:
             self.engine.dispose()
             self.engine = None
             self._own_engine = False
+
+
+class _TranslatedLock(Lock):
+    """A dialect's lock on ``node``'s database (a MariaDB advisory lock
+    opens connections of its own), behind the node's error boundary;
+    ``inner`` is the dialect's lock."""
+
+    def __init__(self, node: Node, lock: Lock) -> None:
+        self.node, self.inner, self.name = node, lock, lock.name
+
+    @contextmanager
+    def _translating(self) -> Iterator[None]:
+        try:
+            yield
+        except SQLAlchemyError as e:
+            raise self.node.translated(e, lock=True) from e
+
+    def acquire(self, holder: str) -> bool:
+        with self._translating():
+            return self.inner.acquire(holder)
+
+    def held(self) -> bool:
+        with self._translating():
+            return self.inner.held()
+
+    def release(self) -> None:
+        with self._translating():
+            self.inner.release()
+
+    def holder(self) -> str | None:
+        with self._translating():
+            return self.inner.holder()
 
 
 def _driver_error(engine: Engine) -> type[BaseException]:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
 
 from replicator import checkpoints
 from replicator.clock import from_datetime
@@ -95,7 +94,7 @@ def prune(
             try:
                 with reader.connect() as conn:
                     stored = checkpoints.of_log(conn, node.name, identity)
-            except (ReplicatorError, SQLAlchemyError):
+            except ReplicatorError:
                 unreachable.append(reader.name)
                 continue
             positions[reader.name] = min(stored.get(ch, 0) for ch in channels)

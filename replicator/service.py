@@ -48,14 +48,14 @@ from typing import Any
 
 import msgspec
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from replicator import locks, outbox, precision
+from replicator.application import Direction, Replicator
 from replicator.config import Config
-from replicator.errors import ReplicatorError, SchemaError, describe
+from replicator.errors import DatabaseError, ReplicatorError, SchemaError, describe
 from replicator.locks import Lock
 from replicator.node import Node
-from replicator.sync import Direction, PassResult, Replicator, SyncPass
+from replicator.sync import PassResult, SyncPass
 
 log = logging.getLogger("replicator.service")
 
@@ -261,7 +261,7 @@ class Runner:
         for claim in self.claims:
             self._release(claim)
         for lock in self._running.values():
-            with contextlib.suppress(ReplicatorError, SQLAlchemyError):
+            with contextlib.suppress(ReplicatorError):
                 lock.release()
 
     # --- one round -----------------------------------------------------------
@@ -323,7 +323,7 @@ class Runner:
             try:
                 with node.connect() as conn:
                     heads[node.name] = outbox.head(conn)
-            except (ReplicatorError, SQLAlchemyError) as e:
+            except ReplicatorError as e:
                 wait.failed(now)
                 current.unreachable[node.name] = describe(e)
                 self._lost(node.name, describe(e))
@@ -370,7 +370,7 @@ class Runner:
                     continue
                 holder = claim.lock.holder() or "another runner"
                 claim.next_try = now + LOCK_RETRY
-            except (ReplicatorError, SQLAlchemyError) as e:
+            except ReplicatorError as e:
                 self._lock_failed(claim, describe(e), now)
                 continue
             claim.error = None
@@ -382,7 +382,7 @@ class Runner:
                 )
 
     def _release(self, claim: _Claim) -> None:
-        with contextlib.suppress(ReplicatorError, SQLAlchemyError):
+        with contextlib.suppress(ReplicatorError):
             claim.lock.release()
         claim.held = False
 
@@ -450,7 +450,7 @@ class Runner:
                     heads.pop(target.name, None)  # moved: read again when needed
         finally:
             if running:
-                with contextlib.suppress(ReplicatorError, SQLAlchemyError):
+                with contextlib.suppress(ReplicatorError):
                     self._running[link.name].release()
         if full and ran == len(due):
             link.full_at = now
@@ -464,9 +464,11 @@ class Runner:
             try:
                 precision.check(self.replicator.server, local)
                 self._imprecise.pop(local.name, None)
+            except DatabaseError:
+                pass  # the pass itself says what is wrong with the node
             except SchemaError as e:
                 self._imprecise[local.name] = str(e)
-            except (ReplicatorError, SQLAlchemyError):
+            except ReplicatorError:
                 pass  # the pass itself says what is wrong with the node
         return self._imprecise.get(local.name)
 
@@ -492,7 +494,7 @@ class Runner:
         """Show other processes a pass is running (``replicator status``)."""
         try:
             return lock.acquire(self.holder)
-        except (ReplicatorError, SQLAlchemyError):
+        except ReplicatorError:
             return False
 
     def _moved(self, sync_pass: SyncPass, heads: dict[str, int]) -> bool:
@@ -509,7 +511,7 @@ class Runner:
             try:
                 with node.connect() as conn:
                     heads[node.name] = outbox.head(conn)
-            except (ReplicatorError, SQLAlchemyError):
+            except ReplicatorError:
                 return None
         return heads[node.name]
 

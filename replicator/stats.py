@@ -16,12 +16,11 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.exc import SQLAlchemyError
 
+from replicator.application import Replicator
 from replicator.clock import utcnow
 from replicator.errors import ConfigurationError, ReplicatorError, describe
 from replicator.status import iso
-from replicator.sync import Replicator
 from replicator.tables import sync_runs
 
 
@@ -102,7 +101,7 @@ def stats(replicator: Replicator, days: float = 7, now: dt.datetime | None = Non
         try:
             with node.connect() as conn:
                 runs.extend(conn.execute(select).all())
-        except (ReplicatorError, SQLAlchemyError) as e:
+        except ReplicatorError as e:
             unreachable[name] = describe(e)
     by_link: dict[tuple[str, str, str], list[Any]] = {}
     for run in runs:

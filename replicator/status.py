@@ -12,12 +12,12 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.exc import SQLAlchemyError
 
 from replicator import checkpoints, keys, outbox, parking, retention
+from replicator.application import Replicator
 from replicator.clock import to_datetime, utcnow
 from replicator.errors import ReplicatorError, describe, not_initialized
-from replicator.sync import Replicator, SyncPass
+from replicator.sync import SyncPass
 from replicator.tables import sync_runs
 
 
@@ -118,7 +118,7 @@ def _node(node: Any, logs: dict[str, str | None]) -> NodeStatus:
             found.head = outbox.head(conn)
             found.open_review_items = parking.open_count(conn)
             found.keys = keys.remaining(conn)
-    except (ReplicatorError, SQLAlchemyError) as e:
+    except ReplicatorError as e:
         if not_initialized(e):
             found.initialized = False
         else:
@@ -140,7 +140,7 @@ def _runners(
         try:
             holder = replicator.lock(local).holder()
             running = replicator.lock(local, "pass").holder() is not None
-        except (ReplicatorError, SQLAlchemyError):
+        except ReplicatorError:
             holder, running = None, False
         found[local] = (holder, running)
     return found
@@ -181,7 +181,7 @@ def _link(
         found.lag_seconds = (
             0.0 if oldest is None else max(0.0, (now - to_datetime(oldest)).total_seconds())
         )
-    except (ReplicatorError, SQLAlchemyError) as e:
+    except ReplicatorError as e:
         found.reachable, found.error = False, describe(e)
     return found
 
@@ -220,6 +220,6 @@ def _sink(replicator: Replicator, name: str, sink: Any, nodes: dict[str, NodeSta
         else:
             found.lag = sink.lag()
         found.documents = sink.count()
-    except (ReplicatorError, SQLAlchemyError) as e:
+    except ReplicatorError as e:
         found.error = describe(e)
     return found

@@ -6,8 +6,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from replicator import checkpoints
+from replicator.application import Replicator
 from replicator.config import loads
-from replicator.sync import Replicator
 
 from .cluster import NOW, app, member
 

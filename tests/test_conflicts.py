@@ -14,10 +14,11 @@ import sqlalchemy as sa
 from freezegun import freeze_time
 
 from replicator import parking
+from replicator.application import Replicator
 from replicator.config import loads
 from replicator.errors import ConfigurationError
 from replicator.events import decode_event
-from replicator.sync import Replicator, replicate
+from replicator.sync import replicate
 from replicator.tables import sync_runs
 
 from .cluster import (

@@ -34,9 +34,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from replicator import checkpoints, outbox
+from replicator.checkpoints import DEFAULT_CHANNEL
 from replicator.events import decode_event
 from replicator.node import Node
-from replicator.sync import DEFAULT_CHANNEL, replicate
+from replicator.sync import replicate
 from replicator.tables import outbox as outbox_table
 from replicator.tables import review_items, row_versions
 
@@ -62,8 +63,9 @@ SEED = 20261124
 CHILD = """
 import sys
 from replicator import checkpoints
+from replicator.checkpoints import DEFAULT_CHANNEL
 from replicator.node import Node
-from replicator.sync import DEFAULT_CHANNEL, replicate
+from replicator.sync import replicate
 
 source_name, source_url, source_role, target_name, target_url, target_role, size = sys.argv[1:]
 source = Node(source_name, url=source_url, role=source_role)
@@ -291,8 +293,13 @@ def kill_passes(
                     window = DEFAULT_WINDOW
                 window = min(max(window, MIN_WINDOW), MAX_WINDOW) * 2**stalls
                 delay = rng.uniform(0, min(2 * window, MAX_DELAY))
-                time.sleep(delay)
-                running = child.poll() is None
+                # The crash point, drawn at random (the point of this test);
+                # a child that ends before it ends the wait.
+                try:
+                    child.wait(timeout=delay)
+                    running = False
+                except subprocess.TimeoutExpired:
+                    running = child.poll() is None
                 if running:
                     child.send_signal(signal.SIGKILL)
                 out, err = child.communicate(timeout=READY_TIMEOUT)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from replicator.sync import Replicator, replicate
+from replicator.application import Replicator
+from replicator.sync import replicate
 
 from .cluster import add_vocabulary, config, edit_vocabulary, member
 

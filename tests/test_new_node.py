@@ -9,11 +9,11 @@ import sqlalchemy as sa
 
 import replicator
 from replicator import checkpoints
+from replicator.application import Replicator
 from replicator.bootstrap import bootstrap
 from replicator.config import loads
 from replicator.errors import SchemaError
 from replicator.service import Runner, Timing
-from replicator.sync import Replicator
 from replicator.tables import sync_runs
 from replicator.verify import verify
 

@@ -9,10 +9,10 @@ import json
 import pytest
 import sqlalchemy as sa
 
+from replicator.application import Replicator
 from replicator.config import loads
 from replicator.errors import NOT_INITIALIZED, SchemaError
 from replicator.status import status
-from replicator.sync import Replicator
 
 from .cluster import add_vocabulary, member
 from .test_cli import run

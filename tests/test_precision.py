@@ -16,9 +16,9 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 import replicator
+from replicator.application import Replicator
 from replicator.config import loads
 from replicator.precision import compare
-from replicator.sync import Replicator
 from replicator.tables import is_replicator_table
 from replicator.verify import verify
 

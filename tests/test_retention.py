@@ -8,7 +8,7 @@ import datetime as dt
 
 import sqlalchemy as sa
 
-from replicator.sync import Replicator
+from replicator.application import Replicator
 
 from .cluster import NOW, add_vocabulary, app, config, member
 

@@ -19,9 +19,10 @@ import sqlalchemy as sa
 
 import replicator
 from replicator import checkpoints, logs, outbox
+from replicator.application import Replicator
 from replicator.config import loads
 from replicator.service import AsyncBackgroundSync, BackgroundSync, Runner, Timing
-from replicator.sync import Replicator, SyncPass
+from replicator.sync import SyncPass
 
 from .cluster import add_vocabulary, config, member, vocabulary
 
@@ -65,12 +66,30 @@ def ran(runner: Runner) -> list[tuple[str, str, int]]:
 CARRIED_WITHIN = Timing().interval * 2 / 3
 
 
-def wait_for(condition, seconds: float = CARRIED_WITHIN) -> float:
-    """Poll ``condition`` until true; how long it took. Fails after ``seconds``."""
+def rounds_of(runner: Runner) -> threading.Condition:
+    """A condition notified at the end of each of ``runner``'s rounds (a
+    replicated row appears inside a round): what a test waits on."""
+    ended = threading.Condition()
+    step = runner.step
+
+    def step_and_tell() -> float:
+        try:
+            return step()
+        finally:
+            with ended:
+                ended.notify_all()
+
+    runner.step = step_and_tell
+    return ended
+
+
+def wait_for(condition, rounds: threading.Condition, seconds: float = CARRIED_WITHIN) -> float:
+    """Wait until ``condition`` holds, checked now and after each round;
+    how long it took. Fails after ``seconds``."""
     started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < seconds, f"not within {seconds} s"
-        time.sleep(0.02)
+    with rounds:
+        held = rounds.wait_for(condition, timeout=seconds)
+    assert held, f"not within {seconds} s"
     return time.monotonic() - started
 
 
@@ -313,13 +332,15 @@ def test_a_stopped_pass_ends_after_its_batch_with_the_checkpoint_committed(pair)
 def test_a_background_thread_shares_the_apps_duckdb_engine(pair):
     server, phone = pair
     settings = config(server, phone)
-    with BackgroundSync(settings, engines={"phone": phone.engine}) as sync:
+    sync = BackgroundSync(settings, engines={"phone": phone.engine})
+    rounds = rounds_of(sync.runner)
+    with sync:
         assert sync.running
         add_vocabulary(phone, "v-1", "uno")
-        wait_for(lambda: vocabulary(server, "v-1") is not None)
+        wait_for(lambda: vocabulary(server, "v-1") is not None, rounds)
         add_vocabulary(server, "v-2", "dos")
         sync.notify()
-        wait_for(lambda: vocabulary(phone, "v-2") is not None)
+        wait_for(lambda: vocabulary(phone, "v-2") is not None, rounds)
         lock = sync.replicator.lock("phone")
         assert "background sync" in (lock.holder() or "")
     assert not sync.running and sync.error is None
@@ -331,13 +352,13 @@ def test_an_asyncio_task_replicates_while_the_app_awaits(pair):
     settings = config(server, phone)
 
     async def app() -> None:
-        async with AsyncBackgroundSync(settings, engines={"phone": phone.engine}) as sync:
+        sync = AsyncBackgroundSync(settings, engines={"phone": phone.engine})
+        rounds = rounds_of(sync.runner)
+        async with sync:
             add_vocabulary(phone, "v-1", "uno")
             sync.notify()
-            deadline = time.monotonic() + CARRIED_WITHIN
-            while vocabulary(server, "v-1") is None:
-                assert time.monotonic() < deadline, f"not replicated within {CARRIED_WITHIN} s"
-                await asyncio.sleep(0.02)
+            # Waited for in a thread: the rounds need the event loop meanwhile.
+            await asyncio.to_thread(wait_for, lambda: vocabulary(server, "v-1") is not None, rounds)
             assert sync.running
         assert not sync.running
 
@@ -411,7 +432,8 @@ def test_a_runner_cut_off_takes_back_the_lock_its_lost_connection_still_holds(da
     with Replicator(settings) as r:
         lock = r.lock("phone")
         assert lock.acquire("runner A")
-        lost, lock._conn = lock._conn, None  # cut off: the server still has it
+        advisory = lock.inner  # the dialect's lock, behind the node's boundary
+        lost, advisory._conn = advisory._conn, None  # cut off: the server still has it
         try:
             other = r.lock("phone")
             assert not other.acquire("runner B"), "someone else waits"
@@ -433,7 +455,8 @@ def test_stopping_a_background_sync_raises_what_ended_it(pair):
 
     sync.runner.step = broken
     sync.start()
-    wait_for(lambda: not sync.running)
+    sync._thread.join(CARRIED_WITHIN)  # it ends by itself, before anyone stops it
+    assert not sync.running, f"the broken round did not end the thread within {CARRIED_WITHIN} s"
     with pytest.raises(OSError, match="not writable"):
         sync.stop()
 
@@ -445,17 +468,22 @@ def test_a_cancelled_asyncio_sync_lets_its_round_finish_before_letting_go(pair):
     seen = []
     step, close = runner.step, runner.close
     running = threading.Event()
+    go_on = threading.Event()
 
     def slow_step() -> float:
         seen.append("step")
         running.set()
-        time.sleep(0.3)  # a round writing, long enough for a wrong close to come first
+        # A round still writing when the task is cancelled: it goes on once
+        # the task has done whatever it does before the round ends, or as
+        # soon as a wrong close comes first.
+        assert go_on.wait(30), "the round was never let go on"
         delay = step()
         seen.append("step done")
         return delay
 
     def recorded_close() -> None:
         seen.append("close")
+        go_on.set()
         close()
 
     runner.step, runner.close = slow_step, recorded_close
@@ -464,6 +492,11 @@ def test_a_cancelled_asyncio_sync_lets_its_round_finish_before_letting_go(pair):
         await sync.start()
         assert await asyncio.to_thread(running.wait, 30), "no round started"
         sync._task.cancel()  # the app's loop ends without stopping it, mid-round
+        # Turns of the event loop (not a wait): the cancelled task runs as
+        # far as it goes while the round has not ended.
+        for _ in range(100):
+            await asyncio.sleep(0)
+        go_on.set()
         with pytest.raises(asyncio.CancelledError):
             await sync._task
 

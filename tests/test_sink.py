@@ -15,10 +15,10 @@ import msgspec
 import pytest
 
 from replicator import checkpoints, parking, retention
+from replicator.application import Replicator
 from replicator.embeddings import DIMENSIONS, hashing
 from replicator.errors import ConfigurationError, ReviewError
 from replicator.sink import metadata_value
-from replicator.sync import Replicator
 
 from . import embedders
 from .cluster import app, config, member
@@ -232,7 +232,7 @@ def test_a_sink_killed_between_the_chroma_write_and_the_checkpoint_repeats_harml
             f"""
             import os
             from replicator import config, sink
-            from replicator.sync import Replicator
+            from replicator.application import Replicator
 
             def killed(*args, **kwargs):
                 os._exit(9)  # after Chroma's write, before the checkpoint's commit

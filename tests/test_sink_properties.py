@@ -15,8 +15,8 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from replicator.application import Replicator
 from replicator.embeddings import hashing
-from replicator.sync import Replicator
 
 from .cluster import app, config, member
 from .test_sink import SINK, indexed, write

@@ -11,11 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from replicator import outbox
+from replicator.application import Replicator
 from replicator.clock import utcnow
 from replicator.config import load
 from replicator.stats import percentile
 from replicator.stats import stats as stats_of
-from replicator.sync import Replicator
 
 from .cluster import add_vocabulary, edit_vocabulary, member
 

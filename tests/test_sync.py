@@ -147,7 +147,7 @@ def test_a_pass_reports_its_progress_after_every_batch_it_commits(pair):
 
 
 def test_a_sync_reports_each_link_and_channels_progress(pair):
-    from replicator.sync import Replicator
+    from replicator.application import Replicator
 
     server, local = pair
     app.run_session(local.sessions, user_id="u-42", now=NOW)

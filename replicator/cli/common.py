@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from typer.core import TyperArgument, TyperCommand
 
-from replicator.errors import ConfigurationError, ReplicatorError
+from replicator.errors import ArgumentError, ConfigurationError, ReplicatorError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from replicator.sync import Replicator
+    from replicator.application import Replicator
 
 # replicator.config.DEFAULT_PATH, without importing the config module (and
 # SQLAlchemy with it) to show a default in --help.
@@ -107,9 +107,17 @@ def warn(text: str) -> None:
 
 
 def fail(error: ReplicatorError) -> typer.Exit:
-    """The exit for a library error, after saying it: 2 for configuration, else 1."""
-    warn(f"[bold red]error:[/] {escape(str(error))}")
+    """The exit for a library error, after saying it: 2 for configuration, else 1.
+    An argument the library names (``take``) is said as the option (``--take``)."""
+    text = error.naming(option) if isinstance(error, ArgumentError) else str(error)
+    warn(f"[bold red]error:[/] {escape(text)}")
     return typer.Exit(2 if isinstance(error, ConfigurationError) else 1)
+
+
+def option(argument: str) -> str:
+    """The command-line option of a library call's argument: ``--dry-run``
+    for ``dry_run`` (typer's spelling)."""
+    return "--" + argument.replace("_", "-")
 
 
 def usage(message: str) -> NoReturn:
@@ -142,7 +150,7 @@ def load(config: Path) -> Any:
 @contextmanager
 def open_replicator(config: Path, **options: Any) -> Iterator[Replicator]:
     """The configuration's :class:`Replicator`; library errors become exit codes."""
-    from replicator.sync import Replicator
+    from replicator.application import Replicator
 
     settings = load(config)
     try:
