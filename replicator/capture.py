@@ -17,7 +17,10 @@ What is captured, and how each row's after-image is obtained:
   defaults are known exactly;
 * ORM ``update()`` / ``delete()`` statements (with a WHERE clause or as bulk
   by-primary-key lists): the matching rows are read, locked where the
-  database has row locks, before the statement and read again after it.
+  database has row locks, before the statement and read again after it;
+* the legacy ``Session.bulk_insert_mappings()`` / ``bulk_update_mappings()``,
+  on sessions the factory given to :func:`capture` makes (any session, given
+  an engine), as their modern equivalents above.
 
 An update that changes no value produces no event. Writes to the
 replicator's own tables (``replicator_*``) and Core statements on plain
@@ -29,7 +32,6 @@ again (no echo).
 from __future__ import annotations
 
 import itertools
-import re
 import threading
 import weakref
 from collections import defaultdict
@@ -39,11 +41,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
+from sqlalchemy.dialects.mysql.dml import OnDuplicateClause
+from sqlalchemy.dialects.postgresql.dml import OnConflictClause as PostgresOnConflict
+from sqlalchemy.dialects.sqlite.dml import OnConflictClause as SQLiteOnConflict
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.orm import sessionmaker as SessionMaker
-from sqlalchemy.orm.attributes import NO_VALUE
-from sqlalchemy.orm.base import instance_state
+from sqlalchemy.orm.attributes import NO_VALUE, instance_state
 from sqlalchemy.orm.exc import UnmappedColumnError
 from sqlalchemy.sql.ddl import sort_tables
 
@@ -51,7 +55,7 @@ from replicator import keys, outbox, versions
 from replicator.clock import HybridLogicalClock
 from replicator.dialects import Dialect, for_connection
 from replicator.errors import CaptureError, ConfigurationError, SchemaError
-from replicator.events import ChangeEvent, Operation, new_id, row_key
+from replicator.events import NODE_NAME, ChangeEvent, Operation, new_id, row_key
 from replicator.tables import REQUIRED_FOR_CAPTURE, is_replicator_table
 from replicator.tables import outbox as outbox_table
 from replicator.tables import row_versions as row_versions_table
@@ -59,7 +63,6 @@ from replicator.tables import row_versions as row_versions_table
 _MISSING: Any = object()
 # Keys a process claims at a time where transactions write concurrently.
 _CHUNK = 100
-NODE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,12 +132,17 @@ class Capture:
     _role: keys.Role | None = field(default=None, repr=False)
     _reserved: dict[str, list[int]] = field(default_factory=dict, repr=False)
     _claiming: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: The session classes whose legacy bulk methods this capture wrapped.
+    _session_classes: set[type[Session]] = field(default_factory=set, repr=False)
 
     def stop(self) -> None:
-        """Stop capturing this engine's writes (idempotent)."""
+        """Stop capturing this engine's writes, and take the wrappers of the
+        legacy bulk methods off the session classes no other capture needs
+        them on (idempotent)."""
         with _lock:
             if _captures.get(self.engine) is self:
                 del _captures[self.engine]
+            _release_legacy_methods(self)
 
     # --- mapping -------------------------------------------------------------
 
@@ -333,8 +341,13 @@ def capture(
     """Capture every ORM write made through ``target`` as node ``node``.
 
     ``target`` is an engine, or a session factory (``sessionmaker`` or
-    ``scoped_session``) bound to one; every session bound to that engine is
-    captured, whichever factory made it. Tables named in ``exclude`` are not
+    ``scoped_session``) bound to one; every flush and ORM statement of a
+    session bound to that engine is captured, whichever factory made it. The
+    legacy ``Session.bulk_*`` methods fire no event, so capture wraps them on
+    the class of the sessions ``target`` makes: a factory's own session class
+    (sessions it did not make call them unwrapped), or ``Session`` itself
+    when ``target`` is an engine; :meth:`Capture.stop` removes the wrappers.
+    Tables named in ``exclude`` are not
     captured. With ``scope`` (a local node's ``{column: value}``), a write of
     a row outside it is refused with :class:`CaptureError` and the flush
     fails (nothing is written). Calling it again for the same engine and node returns the
@@ -401,14 +414,18 @@ def capture(
                     f"this engine is already captured as node {existing.node!r}, "
                     f"not {node!r}; one database is one node"
                 )
+            _hold_legacy_methods(_session_class(target), existing)
             return existing
         _captures[engine] = new
         if not _hooks_installed:
+            # Session events, public and fired for every session: the
+            # handlers return at once for a session whose engine nobody
+            # captures (see _capture_for).
             sa_event.listen(Session, "before_flush", _before_flush)
             sa_event.listen(Session, "after_flush", _after_flush)
             sa_event.listen(Session, "do_orm_execute", _on_orm_execute)
-            _install_legacy_wrappers()
             _hooks_installed = True
+        _hold_legacy_methods(_session_class(target), new)
     return new
 
 
@@ -431,6 +448,11 @@ def _engine_of(target: Any) -> Engine:
 def _all_mappers() -> list[Mapper]:
     from sqlalchemy.orm import mapperlib
 
+    # SQLAlchemy has no public way to list every mapped class: mappers are
+    # public per registry (registry.mappers), but capture() is not given the
+    # app's registries. The private _all_registries() is what
+    # configure_mappers() itself walks (checked on SQLAlchemy 2.1.9; called
+    # directly, so that every capture() fails loudly if it goes away).
     return [m for registry in mapperlib._all_registries() for m in registry.mappers]
 
 
@@ -649,6 +671,9 @@ def _after_flush(session: Session, flush_context: Any) -> None:
     for obj in session.dirty:
         state = instance_state(obj)
         capture, plans = flush.target(state.mapper)
+        # InstanceState.committed_state (not underscored, though undocumented):
+        # the previous values of modified attributes, which the public
+        # get_history() reads too, one call per attribute.
         committed = state.committed_state
         values = state.dict
         known = previous.get(state, {})
@@ -768,11 +793,7 @@ def _bulk_insert(
 ) -> Any:
     statement = state.statement
     existing: dict[tuple[Any, ...], dict[str, Any]] = {}
-    # SQLAlchemy has no public way to ask an insert whether it is an upsert:
-    # on_conflict_do_update() / on_duplicate_key_update() set the private
-    # `_post_values_clause` (checked on SQLAlchemy 2.1.9, the locked version;
-    # tests/test_capture_orm_patterns.py fails if that changes).
-    if getattr(statement, "_post_values_clause", None) is not None:
+    if _is_upsert(statement):
         # An upsert (ON CONFLICT / ON DUPLICATE KEY): rows that already exist
         # are updates. Which ones is only known from the keys given.
         keys = _keys_in_parameters(plan, state.parameters)
@@ -802,6 +823,21 @@ def _bulk_insert(
     if user_columns:
         return result().columns(*range(user_columns))
     return _InsertResult(len(rows))
+
+
+# The clauses that make an INSERT an upsert, as the dialects' insert() adds
+# them (DuckDB's is PostgreSQL's): ON CONFLICT DO UPDATE / DO NOTHING and
+# ON DUPLICATE KEY UPDATE.
+_UPSERT_CLAUSES = (SQLiteOnConflict, PostgresOnConflict, OnDuplicateClause)
+
+
+def _is_upsert(statement: Any) -> bool:
+    """Whether an INSERT statement has an ON CONFLICT / ON DUPLICATE KEY clause.
+
+    Found among the statement's children (``ClauseElement.get_children()``,
+    public) rather than in the private ``_post_values_clause`` that holds it.
+    """
+    return any(isinstance(child, _UPSERT_CLAUSES) for child in statement.get_children())
 
 
 def _with_keys(state: ORMExecuteState, capture: Capture, plan: TablePlan, conn: Connection) -> Any:
@@ -852,7 +888,13 @@ def _keys_in_parameters(plan: TablePlan, parameters: Any) -> list[tuple[Any, ...
 
 def _assigned(statement: Any, parameters: Any) -> set[str]:
     """The names of the columns or attributes an UPDATE statement sets."""
-    names = {getattr(k, "key", k) for k in getattr(statement, "_values", None) or ()}
+    # SQLAlchemy has no public way to list what values() / ordered_values()
+    # set: get_children() yields the new values but not plain Column keys, and
+    # a compiled statement mixes SET and WHERE parameters. The private
+    # `_values` is read (checked on SQLAlchemy 2.1.9), without a fallback, so
+    # that every update() statement fails loudly if it goes away rather than
+    # the refusal silently moving after the statement has run.
+    names = {getattr(k, "key", k) for k in statement._values or ()}
     if isinstance(parameters, dict):
         names |= set(parameters)
     return {str(n) for n in names}
@@ -916,19 +958,34 @@ def _bulk_update_or_delete(
 
 # --- the legacy bulk methods ------------------------------------------------------------
 #
-# Session.bulk_insert_mappings() and friends write without firing any session
-# event. The mapping forms have exact modern equivalents, which capture sees;
-# bulk_save_objects() has none and is refused for captured tables. SQLAlchemy
-# offers no per-session or per-mapper hook for these methods (checked on
-# 2.1.9), so the Session class's own are wrapped, once, when capture is
-# first turned on; for a session of an engine nobody captures, the wrapper
-# calls the original unchanged.
+# Session.bulk_insert_mappings(), bulk_update_mappings() and bulk_save_objects()
+# write without any event capture could follow. They go straight to
+# Session._bulk_save_mappings(), which fires neither before_flush/after_flush
+# nor do_orm_execute; bulk_persistence writes the rows without the mapper's
+# before_insert/after_insert/before_update/after_update; the one session event
+# on the way, after_transaction_create of a subtransaction, says neither which
+# mapper nor which rows, and comes too late to refuse cleanly (checked on
+# SQLAlchemy 2.1.9). So the methods themselves are wrapped, on Session: a
+# session bound to a captured engine may come from any factory or class (a
+# plain Session(engine) too), and a write it made uncaptured would never
+# reach another node. Wrapping only the captured factory's own class would
+# miss those silently. capture() installs the wrappers, Capture.stop() removes
+# them with the last capture; while they are on, a session of an engine
+# nobody captures calls the original unchanged.
+#
+# The mapping forms have exact modern equivalents, which capture sees;
+# bulk_save_objects() has none and is refused for captured tables.
 
-_legacy: dict[str, Any] = {}
+#: The session classes wrapped: class -> method name -> the class's own
+#: method the wrapper replaced (None where it inherited it).
+_replaced: dict[type[Session], dict[str, Any]] = {}
+#: The captures that need each class's wrappers.
+_holders: dict[type[Session], set[Capture]] = {}
 
 
 def _bulk_insert_mappings(
     self: Session,
+    original: Callable[..., None],
     mapper: Any,
     mappings: Iterable[dict[str, Any]],
     return_defaults: bool = False,
@@ -936,9 +993,7 @@ def _bulk_insert_mappings(
 ) -> None:
     target = sa.inspect(mapper)
     if _capture_for(self, target) is None:
-        return _legacy["bulk_insert_mappings"](
-            self, mapper, mappings, return_defaults, render_nulls
-        )
+        return original(mapper, mappings, return_defaults, render_nulls)
     if return_defaults or render_nulls:
         raise CaptureError(
             "bulk_insert_mappings(return_defaults/render_nulls) is not captured; use "
@@ -950,31 +1005,83 @@ def _bulk_insert_mappings(
     return None
 
 
-def _bulk_update_mappings(self: Session, mapper: Any, mappings: Iterable[dict[str, Any]]) -> None:
+def _bulk_update_mappings(
+    self: Session, original: Callable[..., None], mapper: Any, mappings: Iterable[dict[str, Any]]
+) -> None:
     target = sa.inspect(mapper)
     if _capture_for(self, target) is None:
-        return _legacy["bulk_update_mappings"](self, mapper, mappings)
+        return original(mapper, mappings)
     rows = list(mappings)
     if rows:
         self.execute(sa.update(target), rows)
     return None
 
 
-def _bulk_save_objects(self: Session, objects: Iterable[object], *args: Any, **kw: Any) -> None:
+def _bulk_save_objects(
+    self: Session, original: Callable[..., None], objects: Iterable[object], *args: Any, **kw: Any
+) -> None:
     objects = list(objects)
     if any(_capture_for(self, sa.inspect(o).mapper) is not None for o in objects):
         raise CaptureError(
             "session.bulk_save_objects() writes without any event capture could see; use "
             "session.add_all(objects) or session.execute(insert(Model), rows) instead"
         )
-    return _legacy["bulk_save_objects"](self, objects, *args, **kw)
+    return original(objects, *args, **kw)
 
 
-def _install_legacy_wrappers() -> None:
-    for name, wrapper in (
-        ("bulk_insert_mappings", _bulk_insert_mappings),
-        ("bulk_update_mappings", _bulk_update_mappings),
-        ("bulk_save_objects", _bulk_save_objects),
-    ):
-        _legacy[name] = getattr(Session, name)
-        setattr(Session, name, wrapper)
+_LEGACY: dict[str, Callable[..., None]] = {
+    "bulk_insert_mappings": _bulk_insert_mappings,
+    "bulk_update_mappings": _bulk_update_mappings,
+    "bulk_save_objects": _bulk_save_objects,
+}
+
+
+def _session_class(target: Any) -> type[Session]:
+    """The class whose legacy bulk methods capture wraps for ``target``:
+    ``Session``, of which every session of the captured engine is one,
+    whatever factory made it (see above)."""
+    return Session
+
+
+def _legacy_method(
+    cls: type[Session], name: str, wrapper: Callable[..., None], own: Any
+) -> Callable[..., None]:
+    """``wrapper`` as method ``name`` of ``cls``, given the implementation it
+    replaces: ``own`` (the class's own), else the one ``cls`` inherits."""
+
+    def method(self: Session, *args: Any, **kw: Any) -> None:
+        original = own.__get__(self, cls) if own is not None else getattr(super(cls, self), name)
+        return wrapper(self, original, *args, **kw)
+
+    method.__name__ = name
+    method.__qualname__ = f"{cls.__qualname__}.{name}"
+    method.__doc__ = getattr(cls, name).__doc__
+    return method
+
+
+def _hold_legacy_methods(cls: type[Session], capture: Capture) -> None:
+    """Wrap ``cls``'s legacy bulk methods for ``capture`` (under ``_lock``)."""
+    holders = _holders.setdefault(cls, set())
+    if not holders:
+        replaced = _replaced[cls] = {}
+        for name, wrapper in _LEGACY.items():
+            own = replaced[name] = cls.__dict__.get(name)
+            setattr(cls, name, _legacy_method(cls, name, wrapper, own))
+    holders.add(capture)
+    capture._session_classes.add(cls)
+
+
+def _release_legacy_methods(capture: Capture) -> None:
+    """Restore the classes no capture but ``capture`` needed wrapped (under ``_lock``)."""
+    for cls in capture._session_classes:
+        holders = _holders[cls]
+        holders.discard(capture)
+        if holders:
+            continue
+        del _holders[cls]
+        for name, own in _replaced.pop(cls).items():
+            if own is None:
+                delattr(cls, name)
+            else:
+                setattr(cls, name, own)
+    capture._session_classes.clear()
