@@ -245,20 +245,24 @@ def test_replay_usage_errors_exit_2_and_say_which(tmp_path):
 def test_log_shows_a_rows_history_across_nodes_and_the_row_at_a_time(tmp_path):
     import datetime as dt
     import json
-    import time
+
+    from freezegun import freeze_time
 
     from .cluster import add_vocabulary, edit_vocabulary, member
 
     sync_config(tmp_path)
     server = member("server", f"sqlite:///{tmp_path / 'server.sqlite'}", role="server")
     phone = member("phone", f"sqlite:///{tmp_path / 'phone.sqlite'}")
-    add_vocabulary(phone, "v-1", "mesa")
+    # The edits are stamped by the capturing clock, stepped here: a minute
+    # apart, with `between` in the middle (not a wall-clock moment waited for).
+    start = dt.datetime(2026, 11, 24, 9, 0)
+    with freeze_time(start):
+        add_vocabulary(phone, "v-1", "mesa")
     phone.close()
     assert run("sync", cwd=tmp_path).returncode == 0
-    time.sleep(0.01)
-    between = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    time.sleep(0.01)
-    edit_vocabulary(server, "v-1", translation="table")
+    between = start + dt.timedelta(seconds=30)
+    with freeze_time(start + dt.timedelta(minutes=1)):
+        edit_vocabulary(server, "v-1", translation="table")
     server.close()
 
     row = ("log", "--node", "server", "--table", "vocabulary_items", "--key")

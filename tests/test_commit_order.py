@@ -82,6 +82,8 @@ def test_tailing_readers_see_every_event_despite_out_of_order_commits(database_u
                         sa.text("SELECT position FROM replicator_outbox WHERE row_key = :k"),
                         {"k": f'["{item_id}"]'},
                     ).scalar_one()
+                    # Deliberate jitter, the point of this stress test: the
+                    # commits land out of position order (asserted below).
                     time.sleep(rng.uniform(0, 0.02))
                     session.commit()
                 with commits_lock:
@@ -187,6 +189,8 @@ def test_duckdb_a_thread_appending_again_is_not_held_back_by_a_waiting_reader(
             deadline = time.monotonic() + 30
             while not appenders.reading:  # until the reader holds new appenders back
                 assert reader.is_alive() and time.monotonic() < deadline, results
+                # Polled: the reader notifies nobody when it starts holding
+                # appenders back (it only waits on their condition).
                 time.sleep(0.001)
             with server.sessions() as second:
                 second.add(app.VocabularyItem(item_id="b", user_id="u", word="w", translation="t"))

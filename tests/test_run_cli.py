@@ -139,6 +139,8 @@ def seen_within(condition, seconds: float) -> float:
     while not condition():
         elapsed = time.monotonic() - started
         assert elapsed < seconds, f"not replicated within {seconds} s"
+        # The service is another process, and the row its pass writes is all
+        # there is to see: polled, briefly, until the deadline.
         time.sleep(0.02)
     return time.monotonic() - started
 
@@ -214,31 +216,86 @@ def test_run_rides_out_a_network_cut_logging_it_once_and_losing_nothing(nodes, u
     config = write_config(
         tmp_path, through_proxy.render_as_string(hide_password=False), phone.node.url
     )
+    from replicator.service import Timing
+
     service = start(config)
+    # The service's log as it writes it, read by a thread of its own, so
+    # that the test can wait for a line.
+    logged: list[str] = []
+    more = threading.Condition()
+
+    def read_log() -> None:
+        try:
+            for line in service.stderr:
+                with more:
+                    logged.append(line)
+                    more.notify_all()
+        finally:
+            with more:
+                more.notify_all()
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+
+    def wait_for_line(event: str, seconds: float) -> None:
+        def seen() -> bool:
+            found = any(line["event"] == event for line in lines_of("".join(logged)))
+            return found or not reader.is_alive()
+
+        with more:
+            assert more.wait_for(seen, seconds) and reader.is_alive(), (
+                f"the service logged no {event} within {seconds} s: {''.join(logged)}"
+            )
+
     try:
         add_vocabulary(phone, "before", "uno")
         seen_within(lambda: vocabulary(server, "before") is not None, 10)
 
         proxy.cut()
+        cut = time.monotonic()
         for i in range(5):
             add_vocabulary(phone, f"cut-{i}", "dos")
-            time.sleep(0.5)
         add_vocabulary(server, "server-side", "tres")
+        wait_for_line("node_unreachable", 15)
+        noticed = time.monotonic()
+        # Kept cut while the runner's backoff retries, by the subprocess's
+        # own clock (a test cannot step it, nor see a retry): the first
+        # comes within `backoff` seconds of the failure it noticed, the next
+        # within twice that. Two retries failing must not log the cut again.
+        hold = 3 * Timing().backoff
+        with more:
+            assert not more.wait_for(lambda: not reader.is_alive(), hold), (
+                f"the service ended during the cut: {''.join(logged)}"
+            )
         proxy.restore()
+        restored = time.monotonic()
 
         for i in range(5):
             seen_within(lambda i=i: vocabulary(server, f"cut-{i}") is not None, 15)
         seen_within(lambda: vocabulary(phone, "server-side") is not None, 5)
+        caught_up = time.monotonic()
     finally:
-        code, out, err = stop(service)
-        proxy.cut()
+        service.send_signal(signal.SIGTERM)
+        try:
+            code = service.wait(timeout=30)
+        finally:
+            service.kill()
+            reader.join(30)
+            out, err = service.stdout.read(), "".join(logged)
+            if proxy.listener is not None:  # not cut already (a failure during the cut)
+                proxy.cut()
     assert code == 0, err
     lines = lines_of(err)
     lost = [line for line in lines if line["event"] == "node_unreachable"]
     back = [line for line in lines if line["event"] == "node_reachable"]
     assert [line["node"] for line in lost] == ["server"], lost
     assert [line["node"] for line in back] == ["server"], back
-    assert back[0]["seconds"] >= 2
+    # The outage it reports began after the cut and before the test saw it
+    # logged, and ended after the restore and before the rows came over.
+    assert restored - noticed - 0.001 <= back[0]["seconds"] <= caught_up - cut + 0.001, (
+        f"expected the outage reported between {restored - noticed:.3f} s (seen logged "
+        f"to restored) and {caught_up - cut:.3f} s (cut to caught up), got {back[0]}"
+    )
     assert SECRET not in out + err
 
 
@@ -309,11 +366,20 @@ SPIN = """
 import sys
 from replicator.service import Runner
 
-Runner.step = lambda self: 0.0  # rounds back to back: the loop lives in wake.wait()
+spinning = int(sys.argv[2])  # rounds before it says so
+
+
+def step(self):  # rounds back to back: the loop lives in wake.wait()
+    self.rounds += 1
+    if self.rounds == spinning:  # its signal handlers are installed by now
+        print("spinning", flush=True)
+    return 0.0
+
+
+Runner.step = step
 from replicator.cli import main
 
 sys.argv = ["replicator", "run", "--config", sys.argv[1]]
-print("ready", flush=True)
 main()
 """
 
@@ -325,15 +391,16 @@ def test_sigterm_stops_a_runner_whatever_its_loop_is_doing(tmp_path):
         tmp_path, f"sqlite:///{tmp_path}/server.sqlite", f"sqlite:///{tmp_path}/phone.sqlite"
     )
     (tmp_path / "spin.py").write_text(SPIN)
-    for _ in range(6):
+    # Signalled once the loop has spun a few rounds, or many: the signal
+    # lands wherever the loop happens to be then.
+    for rounds in (1, 10, 100, 1_000, 10_000, 100_000):
         service = subprocess.Popen(
-            [sys.executable, str(tmp_path / "spin.py"), str(config)],
+            [sys.executable, str(tmp_path / "spin.py"), str(config), str(rounds)],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
         )
-        assert service.stdout.readline() == "ready\n"
-        time.sleep(0.3)
+        assert service.stdout.readline() == "spinning\n"
         service.send_signal(signal.SIGTERM)
         try:
             assert service.wait(timeout=10) == 0
