@@ -42,9 +42,7 @@ only its own changes either way.
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import json
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +51,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from replicator import conflicts, constraints, keys, outbox, parking, versions
+from replicator import conflicts, constraints, keys, outbox, parking, values, versions
 from replicator.conflicts import Conflict, Decision, Policy, Side
 from replicator.dialects import Dialect
 from replicator.dialects.base import TableShape
@@ -68,9 +66,12 @@ from replicator.events import (
 from replicator.outbox import Entry
 from replicator.parking import Item, Parking, Reason
 from replicator.tables import app_table_names, settlements
+from replicator.values import Kind
 from replicator.versions import Order, RowVersion
 
 _encode_json = msgspec.json.Encoder().encode
+# A JSON document as text with its members in one order, for comparing.
+_document = msgspec.json.Encoder(order="sorted").encode
 
 #: The label under which concurrent changes that reached the same row (both
 #: deleted it, or wrote the same values) are counted: nothing to decide.
@@ -184,7 +185,7 @@ def reject(
     batch.load({entry.table: {entry.row_key}})
     shape, event = batch.shapes.get(entry.table), entry.event
     if reason is Reason.CONSTRAINT_VIOLATION and shape and event and event.row is not None:
-        row = {c: plain(v) for c, v in event.row.items()}
+        row = dialect.written_row(event.row, shape)
         explained = constraints.explain(conn, dialect, shape, row)
         if explained is not None:
             reason, detail = explained[0], f"{explained[1]} ({detail})"
@@ -261,6 +262,9 @@ class _Batch:
         self.hlc = 0  # the latest event's, for the server's own changes
         self.leased: set[str] | None = None  # tables whose keys are leased (read once)
         self.graph: tuple[set[str], dict[str, list[tuple]]] | None = None
+        # Per table, the kinds of its key columns as the batch's events
+        # carry them (see _typed_key).
+        self.key_kinds: dict[str, dict[str, Kind]] = {}
 
     # --- deciding ------------------------------------------------------------
 
@@ -286,6 +290,9 @@ class _Batch:
             else:
                 self.park_entry(entry, *problem)
         for table, table_entries in by_table.items():
+            shape = self.shapes[table]
+            assert shape is not None and table_entries[0].event is not None
+            self.key_kinds[table] = shape.kinds_held(table_entries[0].event.key)
             self._decide(table, table_entries)
 
     def _problem(self, entry: Entry) -> tuple[Reason, str] | None:
@@ -536,9 +543,8 @@ class _Batch:
         last = run[-1].event
         base, touched = _base([entry.event for entry in run])
         local_row = last.row
-        hints = local_row or base or {}
         server = Side(
-            row=None if seen.deleted else self._current_row(table, last.key, hints),
+            row=None if seen.deleted else self._current_row(table, last.key, local_row or base),
             version=seen.version,
             hlc=seen.hlc,
             origin=seen.origin,
@@ -551,7 +557,8 @@ class _Batch:
         )
         conflict = Conflict(table, last.key, base, server, local, changed)
         name, policy = self.settle.policy(table)
-        collided = base is None and server.row is not None and server.row != local.row
+        same = _same_rows(self.shapes[table], server.row, local.row)
+        collided = base is None and server.row is not None and not same
         item = self.open.get((table, key))
         if item is not None and item.reason == Reason.KEY_COLLISION:
             collided = True  # a later edit of the local's row: still not the server's row
@@ -572,7 +579,7 @@ class _Batch:
                 "kept its row",
             )
             return
-        if server.row == local.row:
+        if same:
             outcome: Decision | dict = Decision.SERVER
             name = IDENTICAL
         else:
@@ -719,8 +726,8 @@ class _Batch:
 
     # --- reading the target's rows (conflicts and parking only) ---------------
 
-    def _current_row(self, table: str, key: dict, hints: Mapping[str, Any]) -> dict | None:
-        return read_row(self.conn, self.shapes[table], key, hints)
+    def _current_row(self, table: str, key: dict, held: Mapping[str, Any] | None) -> dict | None:
+        return read_row(self.conn, self.dialect, self.shapes[table], key, held)
 
     def _current_rows(self, table: str, entries: dict[str, Entry]) -> dict[str, dict]:
         """The target's rows for these entries' keys, by row key, typed like
@@ -731,22 +738,36 @@ class _Batch:
         for start in range(0, len(items), self.dialect.in_chunk):
             chunk = items[start : start + self.dialect.in_chunk]
             condition, params = self.dialect.where_in(
-                self.conn, shape.key, [tuple(e.event.key.values()) for _, e in chunk]
+                self.conn, shape.key, [self._written_key(e.event.key) for _, e in chunk]
             )
-            by_key = {}
-            for key, entry in chunk:
-                hints = entry.event.key
-                by_key[tuple(map(str, hints.values()))] = (key, entry)
+            # By the keys' values as events carry them (SQLite returns a
+            # UUID key as its 32 hex digits).
+            by_key = {tuple(entry.event.key.values()): (key, entry) for key, entry in chunk}
             quoted = self.conn.dialect.identifier_preparer.quote(table)
             result = self.conn.exec_driver_sql(f"SELECT * FROM {quoted} WHERE {condition}", params)
             for raw in result.mappings():
-                ident = tuple(str(raw[c]) for c in shape.key)
+                ident = tuple(self._typed_key(table, raw).values())
                 if ident not in by_key:
                     continue
                 key, entry = by_key[ident]
-                hints = entry.event.row or entry.event.changed or {}
-                found[key] = {c: _like(v, hints.get(c)) for c, v in raw.items()}
+                found[key] = shape.typed(raw, entry.event.row or entry.event.changed)
         return found
+
+    def _written_key(self, key: Mapping[str, Any]) -> tuple:
+        """An event's key values as the target's driver takes them."""
+        return tuple(map(self.dialect.written, key.values()))
+
+    def _typed_key(self, table: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """The key of a row of ``table`` read from the target, as events
+        carry keys of the table: this batch's, else the latest in the
+        target's log (SQLite keeps a UUID key as CHAR(32): only an event
+        says it holds UUIDs), else as its columns' types say."""
+        shape = self.shapes[table]
+        assert shape is not None
+        kinds = self.key_kinds.get(table)
+        if kinds is None:
+            kinds = self.key_kinds[table] = shape.kinds_held(outbox.last_key(self.conn, table))
+        return {c: values.typed(raw[c], kinds.get(c)) for c in shape.key}
 
     def _key_values(self, entry: Entry) -> dict | None:
         shape = self.shapes.get(entry.table)
@@ -787,9 +808,11 @@ class _Batch:
         quote = self.conn.dialect.identifier_preparer.quote
         found: list[tuple] = []
         for start in range(0, len(keys), self.dialect.in_chunk):
-            condition, params = self.dialect.where_in(
-                self.conn, shape.key, keys[start : start + self.dialect.in_chunk]
-            )
+            chunk = [
+                tuple(map(self.dialect.written, k))
+                for k in keys[start : start + self.dialect.in_chunk]
+            ]
+            condition, params = self.dialect.where_in(self.conn, shape.key, chunk)
             found += [
                 tuple(r)
                 for r in self.conn.exec_driver_sql(
@@ -812,16 +835,18 @@ class _Batch:
         found: dict[str, dict] = {}
         for start in range(0, len(parent_keys), self.dialect.in_chunk):
             chunk = parent_keys[start : start + self.dialect.in_chunk]
+            chunk = [tuple(map(self.dialect.written, k)) for k in chunk]
             condition, params = self.dialect.where_in(self.conn, columns, chunk)
             result = self.conn.exec_driver_sql(f"SELECT * FROM {quoted} WHERE {condition}", params)
             for raw in result.mappings():
-                key = row_key([raw[c] for c in shape.key])
+                # Compared with the batch's keys as events give them.
+                key = row_key(list(self._typed_key(child, raw).values()))
                 if key not in self.deletes.get(child, {}) and key not in self.upserts.get(
                     child, {}
                 ):
-                    # Typed by the column's declared type (SQLite returns
-                    # dates as text): the item shows, and may restore, it.
-                    found[key] = {c: as_declared(v, shape.declared(c)) for c, v in raw.items()}
+                    # Typed by its columns' types (SQLite returns dates as
+                    # text): the item shows, and may restore, it.
+                    found[key] = shape.typed(raw)
         return found
 
     def _remove_orphans(self, child: str, parent: str, rows: dict[str, dict]) -> None:
@@ -863,7 +888,7 @@ class _Batch:
                     key=key_values,
                     op=Operation.DELETE,
                     row=None,
-                    changed={c: plain(v) for c, v in row.items()},
+                    changed=row,
                     version=version,
                     hlc=hlc,
                     txid=self.txid,
@@ -946,18 +971,23 @@ def record_settlements(
 
 
 def read_row(
-    conn: Connection, shape: TableShape, key: Mapping[str, Any], hints: Mapping[str, Any]
+    conn: Connection,
+    dialect: Dialect,
+    shape: TableShape,
+    key: Mapping[str, Any],
+    held: Mapping[str, Any] | None,
 ) -> dict | None:
     """A node's row with primary key ``key`` (None if it has none), its
-    values typed like ``hints`` (values of the same columns as an event
-    carries them): drivers return dates as text from SQLite, JSON as text
-    everywhere, booleans as integers from MariaDB."""
+    values as events carry them (see :mod:`replicator.values`; ``held``:
+    values an event holds for the row, whose types win): drivers return
+    dates as text from SQLite, JSON as text everywhere, booleans as
+    integers from MariaDB."""
     bare = shape.table()
-    select = sa.select(bare).where(*(bare.c[c] == v for c, v in key.items()))
+    select = sa.select(bare).where(*(bare.c[c] == dialect.written(v) for c, v in key.items()))
     found = conn.execute(select).mappings().first()
     if found is None:
         return None
-    return {c: _like(v, hints.get(c)) for c, v in found.items()}
+    return shape.typed(found, held)
 
 
 def _shape_problem(
@@ -1037,65 +1067,22 @@ def _checked(outcome: Any, shape: TableShape | None, key: dict) -> Decision | di
     raise ValueError(f"it returned {outcome!r}; expected 'server', 'local', 'review' or a row")
 
 
-def of_declared_type(declared: str) -> Any:
-    """A value of the Python type a column of this declared type holds (None
-    when the name does not say, e.g. JSON: any value is taken)."""
-    for names, value in _DECLARED:
-        if any(name in declared for name in names):
-            return value
-    return None
-
-
-# Declared type names (as the databases spell them, lower case) and a value
-# of the Python type their columns hold; the first match wins.
-_DECLARED: list[tuple[tuple[str, ...], Any]] = [
-    (("json",), None),
-    (("bool",), False),
-    (("int",), 0),
-    (("dec", "numeric"), decimal.Decimal(0)),
-    (("real", "floa", "doub"), 0.0),
-    (("timestamp", "datetime"), dt.datetime(2000, 1, 1)),
-    (("date",), dt.date(2000, 1, 1)),
-    (("time",), dt.time()),
-    (("uuid",), uuid.UUID(int=0)),
-    (("char", "text", "clob", "string"), ""),
-    (("blob", "binary", "bytea"), b""),
-]
-
-
-def as_declared(value: Any, declared: str) -> Any:
-    """``value`` as read from the database, typed by its column's declared
-    type (``""``: as it is): SQLite returns dates as text, say."""
-    return _like(value, of_declared_type(declared))
-
-
-def _like(value: Any, hint: Any) -> Any:
-    """``value`` as read from the database, given the type of ``hint``."""
-    if value is None or hint is None or type(value) is type(hint):
-        return value
-    try:
-        if isinstance(hint, bool):
-            return bool(value)
-        if isinstance(hint, dt.datetime | dt.date | dt.time) and isinstance(value, str):
-            return type(hint).fromisoformat(value)
-        if isinstance(hint, decimal.Decimal):
-            return decimal.Decimal(str(value))
-        if isinstance(hint, float) and isinstance(value, int | decimal.Decimal):
-            return float(value)
-        if isinstance(hint, dict | list) and isinstance(value, str | bytes):
-            return json.loads(value)
-        if isinstance(hint, uuid.UUID):
-            return uuid.UUID(bytes=value) if isinstance(value, bytes) else uuid.UUID(str(value))
-    except (TypeError, ValueError):
-        pass
-    return value
+def _same_rows(shape: TableShape | None, one: dict | None, other: dict | None) -> bool:
+    """Whether two rows of a table of ``shape`` are the same: equal, and
+    their JSON documents of the same types too (Python takes true for 1)."""
+    if one != other:
+        return False
+    if one is None or other is None or shape is None:
+        return True
+    documents = [c for c in one if values.is_json(shape.kind(c))]
+    return all(_document(one[c]) == _document(other[c]) for c in documents)
 
 
 def _delete_rows(
     conn: Connection, dialect: Dialect, shape: TableShape, deletes: dict[str, dict]
 ) -> None:
     if deletes:
-        keys = [tuple(k.values()) for k in deletes.values()]
+        keys = [tuple(map(dialect.written, k.values())) for k in deletes.values()]
         dialect.delete_rows(conn, shape.table(), shape.key, keys)
 
 
@@ -1110,13 +1097,18 @@ def _upsert_rows(
     table = shape.table()
     if careful:
         for key, row in upserts.items():
-            dialect.write_row(conn, table, {c: plain(v) for c, v in row.items()}, only.get(key))
+            dialect.write_row(conn, table, dialect.written_row(row, shape), only.get(key))
         return
     groups: dict[tuple[tuple[str, ...], frozenset[str] | None], list[tuple]] = {}
+    kinds: dict[tuple[str, ...], list[Kind]] = {}
+    written = dialect.written
     for key, row in upserts.items():
         changed = only.get(key)
-        group = (tuple(row), None if changed is None else frozenset(changed))
-        groups.setdefault(group, []).append(tuple(plain(v) for v in row.values()))
+        columns = tuple(row)
+        if columns not in kinds:
+            kinds[columns] = [shape.kind(c) for c in columns]
+        group = (columns, None if changed is None else frozenset(changed))
+        groups.setdefault(group, []).append(tuple(map(written, row.values(), kinds[columns])))
     for (columns, changed), rows in groups.items():
         dialect.upsert_rows(conn, table, columns, rows, update=changed)
 
@@ -1137,10 +1129,3 @@ def parents_first(tables: list[str], shapes: Mapping[str, TableShape | None]) ->
             break
         ordered.append(ready[0])
     return ordered
-
-
-def plain(value: object) -> object:
-    """A value as the database driver takes it (JSON documents as text)."""
-    if isinstance(value, dict | list):
-        return json.dumps(value)
-    return value

@@ -22,7 +22,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from replicator import checkpoints, outbox, retention
-from replicator.apply import plain
 from replicator.checkpoints import DEFAULT_CHANNEL
 from replicator.clock import utcnow
 from replicator.errors import ReplicatorError, SchemaError
@@ -207,8 +206,8 @@ def _copy(
     copied: set[str] = set()
     result = source.execution_options(stream_results=True, yield_per=_CHUNK).execute(select)
     for rows in result.partitions(_CHUNK):
-        values = [tuple(plain(v) for v in row) for row in rows]
-        node.dialect.upsert_rows(target, shape.table(), columns, values)
+        written = [tuple(map(node.dialect.written, row)) for row in rows]
+        node.dialect.upsert_rows(target, shape.table(), columns, written)
         copied.update(row_key([row[i] for i in at]) for row in rows)
         advance(len(rows))
     c = row_versions.c

@@ -152,7 +152,7 @@ class Capture:
             return self._plans[mapper]
         except KeyError:
             plans = tuple(
-                _plan(mapper, table, self.dialect)
+                _plan(mapper, table, self.dialect, self.engine.dialect)
                 for table in mapper.tables
                 if not is_replicator_table(table.name) and table.name not in self.exclude
             )
@@ -289,7 +289,7 @@ def _distinct_keys(changes: list[_Change]) -> list[list[_Change]]:
     return [round_ for round_ in rounds if round_]
 
 
-def _plan(mapper: Mapper, table: sa.Table, dialect: Dialect) -> TablePlan:
+def _plan(mapper: Mapper, table: sa.Table, dialect: Dialect, bind: sa.Dialect) -> TablePlan:
     if not table.primary_key.columns:
         raise CaptureError(
             f"table {table.name!r} (mapped by {mapper.class_.__name__}) has no primary key; "
@@ -317,7 +317,7 @@ def _plan(mapper: Mapper, table: sa.Table, dialect: Dialect) -> TablePlan:
         tuple(
             (str(c.name), as_stored)
             for c in selected
-            if (as_stored := dialect.stored(c)) is not None
+            if (as_stored := dialect.stored(c, bind)) is not None
         ),
         None if serial is None or serial.name not in attrs else (serial.name, attrs[serial.name]),
     )

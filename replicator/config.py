@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from sqlalchemy.engine import make_url
 
-from replicator.errors import ConfigurationError
+from replicator.errors import ArgumentError, ConfigurationError
 
 DEFAULT_PATH = Path("replicator.toml")
 
@@ -106,8 +106,9 @@ def load(path: str | Path = DEFAULT_PATH) -> Config:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigurationError(
-            f"{path}: no such config file (pass --config PATH, or create {DEFAULT_PATH})"
+        raise ArgumentError(
+            f"{path}: no such config file (give its path as `config`, or create {DEFAULT_PATH})",
+            "config",
         ) from None
     except OSError as e:
         raise ConfigurationError(f"{path}: cannot read the config file: {e.strerror}") from e

@@ -52,6 +52,22 @@ def head(conn: Connection) -> int:
     return conn.execute(sa.select(sa.func.coalesce(sa.func.max(outbox.c.position), 0))).scalar_one()
 
 
+def last_key(conn: Connection, table: str) -> dict | None:
+    """The key of the latest decodable event of ``table`` in the log, as
+    events carry keys of that table (None when the log holds none)."""
+    select = (
+        sa.select(outbox.c.payload)
+        .where(outbox.c.table_name == table)
+        .order_by(outbox.c.position.desc())
+        .limit(20)  # a few, in case the latest cannot be decoded
+    )
+    for payload in conn.execute(select).scalars():
+        event = decode_or_none(payload)
+        if event is not None:
+            return event.key
+    return None
+
+
 def read(
     conn: Connection,
     *,

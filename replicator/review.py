@@ -29,10 +29,8 @@ since received a change that descends from every version in them.
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import getpass
 import json
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -44,19 +42,20 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from replicator import outbox, parking, versions
-from replicator.apply import (
-    change_fields,
-    of_declared_type,
-    plain,
-    read_row,
-    record_settlements,
-)
+from replicator import outbox, parking, values, versions
+from replicator.apply import change_fields, read_row, record_settlements
 from replicator.checkpoints import SINK_PREFIX
 from replicator.clock import HybridLogicalClock, to_datetime, utcnow
 from replicator.conflicts import Side
 from replicator.dialects.base import TableShape
-from replicator.errors import ConfigurationError, ReplicatorError, ReviewError, describe
+from replicator.errors import (
+    ArgumentError,
+    ConfigurationError,
+    DatabaseError,
+    ReplicatorError,
+    ReviewError,
+    describe,
+)
 from replicator.events import ChangeEvent, decode_or_none, key_from_text, new_id, row_key
 from replicator.node import Node
 from replicator.parking import Item, Status
@@ -210,7 +209,7 @@ class ReviewQueue:
     """The review queues of several nodes, as one.
 
     ``nodes`` are the configuration's nodes (see
-    :meth:`replicator.sync.Replicator.review`); ``now`` gives the time
+    :meth:`replicator.application.Replicator.review`); ``now`` gives the time
     decisions are stamped with and ages are measured from; ``clock`` the
     timestamps of decisions (a fresh hybrid logical clock by default, which
     resumes above everything the item and the row have seen).
@@ -253,7 +252,7 @@ class ReviewQueue:
                 closed += self._sweep(node, now) if sweep else 0
                 with node.connect() as conn:
                     items = parking.items(conn, status=status, table=where.table)
-            except (ReplicatorError, SQLAlchemyError) as e:
+            except ReplicatorError as e:
                 unreachable[node.name] = describe(e)
                 continue
             found += [_listed(node, item, now) for item in items if _matches(item, where, now)]
@@ -308,7 +307,7 @@ class ReviewQueue:
                     c = review_items.c
                     if conn.execute(sa.select(c.id).where(c.id == item_id)).first():
                         holders.append(node)
-            except (ReplicatorError, SQLAlchemyError) as e:
+            except ReplicatorError as e:
                 unreachable[node.name] = describe(e)
         if len(holders) > 1:
             names = " and ".join(f"{n.name}:{item_id}" for n in holders)
@@ -427,6 +426,9 @@ class ReviewQueue:
                     continue
                 try:
                     transaction.commit()
+                # Its node's block is still open (every node's connection
+                # stays held until all commit): the driver's error, before
+                # the node's boundary.
                 except SQLAlchemyError as e:
                     raise ReviewError(
                         f"committing {name}'s decisions failed: {describe(e)}; "
@@ -616,7 +618,7 @@ class _Sides:
         seen = versions.load(conn, item.table, [text_key], node.dialect).get(text_key)
         row = None
         if shape is not None and key is not None:
-            row = read_row(conn, shape, key, _hints(item))
+            row = read_row(conn, node.dialect, shape, key, _hints(item))
         holding = Side(
             row=row,
             version=seen.version if seen else {},
@@ -678,26 +680,31 @@ class _Sides:
         row = dict(start)
         for column, value in merge.items():
             if column not in self.shape.columns:
-                raise ConfigurationError(
-                    f"--merge: table {self.shape.name!r} has no column {column!r} "
-                    f"(its columns: {', '.join(self.shape.columns)})"
+                raise ArgumentError(
+                    f"`merge`: table {self.shape.name!r} has no column {column!r} "
+                    f"(its columns: {', '.join(self.shape.columns)})",
+                    "merge",
                 )
             if column in self.key and value != self.key[column]:
-                raise ConfigurationError(
-                    f"--merge: column {column!r} is part of the row's key; it cannot change"
+                raise ArgumentError(
+                    f"`merge`: column {column!r} is part of the row's key; it cannot change",
+                    "merge",
                 )
-            row[column] = _typed(column, value, self._like(column))
+            try:
+                row[column] = values.parsed(value, self._kind(column))
+            except values.NotOfKind as e:
+                raise ArgumentError(f"`merge`: column {column!r} {e}", "merge") from None
         return row
 
-    def _like(self, column: str) -> Any:
-        """A value of the column's type: one the item's rows hold, else one
-        of its declared type (None when neither tells)."""
+    def _kind(self, column: str) -> values.Kind:
+        """The column's kind: as a value the item's rows hold says, else as
+        its type says (None when neither tells)."""
         rows = [self.holding.row, self.other_row, self.item.base]
         rows += [s.row for s in (self.item.local,) if s is not None]
         held = next((r[column] for r in rows if r and r.get(column) is not None), None)
-        if held is not None or self.shape is None:
-            return held
-        return of_declared_type(self.shape.declared(column))
+        if self.shape is None:
+            return values.kind_like(held)
+        return values.kind_held(self.shape.kind(column), held)
 
     def shown(self, node: Node, item: Item, now: dt.datetime) -> Shown:
         """What ``review show`` prints: both sides as they stand."""
@@ -728,13 +735,13 @@ class _Sides:
 
 def _decision(take: str | None, merge: Mapping[str, Any] | None) -> str:
     if (take is None) == (merge is None):
-        raise ConfigurationError("give exactly one of --take and --merge")
+        raise ArgumentError("give exactly one of `take` and `merge`", "take", "merge")
     if merge is not None:
         if not isinstance(merge, Mapping) or not merge:
-            raise ConfigurationError("--merge: give a JSON object of column values")
+            raise ArgumentError("`merge`: give a JSON object of column values", "merge")
         return "merge"
     if take not in SIDES:
-        raise ConfigurationError(f"--take must be server or local, not {take!r}")
+        raise ArgumentError(f"`take` must be server or local, not {take!r}", "take")
     return take
 
 
@@ -759,9 +766,10 @@ def _write_row(
     """Write the decided row with plain statements, so a refusal names it."""
     try:
         if row is None:
-            node.dialect.delete_rows(conn, shape.table(), shape.key, [tuple(key.values())])
+            key_values = tuple(map(node.dialect.written, key.values()))
+            node.dialect.delete_rows(conn, shape.table(), shape.key, [key_values])
         else:
-            node.dialect.write_row(conn, shape.table(), {c: plain(v) for c, v in row.items()})
+            node.dialect.write_row(conn, shape.table(), node.dialect.written_row(row, shape))
     except DBAPIError as e:
         raise ReviewError(
             f"item {node.name}:{sides.item.id}: {node.name} refused the decided row of "
@@ -811,10 +819,13 @@ def _check_row(node: Node, sides: _Sides, row: dict[str, Any] | None) -> None:
 @contextmanager
 def _translated(doing: str) -> Iterator[None]:
     """A database error while ``doing`` as a :class:`ReviewError` (its
-    transaction rolled back: nothing changed)."""
+    transaction rolled back: nothing changed): as a node's boundary gives it
+    (:class:`DatabaseError`), or the driver's own where the block runs
+    inside a node's connection still open (a bulk decision holds one per
+    node until all commit)."""
     try:
         yield
-    except SQLAlchemyError as e:
+    except (DatabaseError, SQLAlchemyError) as e:
         raise ReviewError(f"{doing} failed: {describe(e)}; nothing changed") from e
 
 
@@ -826,56 +837,6 @@ def _hints(item: Item) -> dict[str, Any]:
             if hints.get(column) is None:
                 hints[column] = value
     return hints
-
-
-def _typed(column: str, value: Any, like: Any) -> Any:
-    """A ``--merge`` value (as JSON gives it) as the column's type, judged by
-    ``like`` (a value the column holds; None: unknown, taken as given)."""
-    if value is None or like is None:
-        return value
-
-    def wrong(kind: str) -> ConfigurationError:
-        return ConfigurationError(f"--merge: column {column!r} takes {kind}, not {value!r}")
-
-    if isinstance(like, bool):
-        if not isinstance(value, bool):
-            raise wrong("true or false")
-        return value
-    if isinstance(like, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong("an integer")
-        return value
-    if isinstance(like, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise wrong("a number")
-        return float(value)
-    if isinstance(like, decimal.Decimal):
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise wrong("a number")
-        try:
-            return decimal.Decimal(str(value))
-        except decimal.InvalidOperation:
-            raise wrong("a number") from None
-    if isinstance(like, str):
-        if not isinstance(value, str):
-            raise wrong("text")
-        return value
-    if isinstance(like, dt.datetime | dt.date | dt.time):
-        kind = {dt.datetime: "a date-time", dt.date: "a date", dt.time: "a time"}[type(like)]
-        if not isinstance(value, str):
-            raise wrong(f"{kind} in ISO form")
-        try:
-            return type(like).fromisoformat(value)
-        except ValueError:
-            raise wrong(f"{kind} in ISO form") from None
-    if isinstance(like, uuid.UUID):
-        try:
-            return uuid.UUID(str(value))
-        except ValueError:
-            raise wrong("a UUID") from None
-    if isinstance(like, bytes):
-        raise ConfigurationError(f"--merge: column {column!r} holds bytes; it cannot be set here")
-    return value  # JSON documents and anything else: as given
 
 
 def _listed(node: Node, item: Item, now: dt.datetime) -> Listed:

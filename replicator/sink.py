@@ -60,11 +60,10 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from replicator import checkpoints, embeddings, outbox, parking, retention
-from replicator.apply import as_declared
 from replicator.clock import utcnow
 from replicator.config import SinkConfig
 from replicator.conflicts import Side
-from replicator.errors import ConfigurationError, ReplicatorError, describe
+from replicator.errors import ConfigurationError, DatabaseError, ReplicatorError, describe
 from replicator.events import ChangeEvent, Operation, row_key
 from replicator.node import Node
 from replicator.outbox import Entry
@@ -186,6 +185,7 @@ class ChromaSink:
         which would download a model); whether it had to be created."""
         if self._collection is not None:
             return False
+        # Imported here: ChromaDB is heavy, and only a sink run needs it.
         import chromadb
         from chromadb.errors import InvalidArgumentError, NotFoundError
 
@@ -265,8 +265,8 @@ class ChromaSink:
                 identity = retention.log_id(conn)
                 after = checkpoints.position(conn, self.node.name, self.channel, identity)
                 return self._lag(conn, max(after or 0, 0))
-        except SQLAlchemyError as e:
-            raise ReplicatorError(f"reading sink {self.name}'s lag failed: {describe(e)}") from e
+        except DatabaseError as e:
+            raise ReplicatorError(f"reading sink {self.name}'s lag failed: {e}") from e
 
     def _timed(self, work: Callable[[SinkResult], None]) -> SinkResult:
         started = time.perf_counter()
@@ -274,6 +274,8 @@ class ChromaSink:
         try:
             work(result)
         except Exception as e:
+            # SQLAlchemy's own too: a rebuild reads its snapshot on a
+            # connection the dialect opens, outside the node's boundary.
             expected = ReplicatorError | SQLAlchemyError | RuntimeError | ValueError
             if not (isinstance(e, expected) or _from_chroma(e)):
                 raise
@@ -364,13 +366,10 @@ class ChromaSink:
             shape = self.node.shape(conn, settings.table)
         # Read into memory first: the snapshot's read transaction would
         # keep SQLite writers waiting while the texts are embedded. Values
-        # are typed by the columns' declared types, as the log carries them.
+        # are typed by the columns' types, as the log carries them.
         with self.node.dialect.snapshot(self.node.get_engine()) as (conn, position):
             select = sa.select(sa.text("*")).select_from(sa.table(settings.table))
-            rows = [
-                {c: as_declared(v, shape.declared(c)) for c, v in row.items()}
-                for row in conn.execute(select).mappings()
-            ]
+            rows = [shape.typed(row) for row in conn.execute(select).mappings()]
         parkings = []
         for start in range(0, len(rows), self.batch_size):
             upserts = {

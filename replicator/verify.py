@@ -9,8 +9,9 @@ rows compared by key, to name the keys that differ. Memory holds the bucket
 sums and the rows of differing buckets only.
 
 Values are compared as the app sees them, not as each driver returns them:
-dates, decimals, booleans and JSON documents are put in one canonical form
-first (SQLite returns dates as text and MariaDB booleans as integers).
+typed by their columns' kinds (see :mod:`replicator.values`: SQLite returns
+dates as text and MariaDB booleans as integers), then dates, decimals,
+booleans and JSON documents put in one canonical form.
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from replicator.dialects.base import TableShape
 from replicator.events import row_key
 from replicator.node import Node
 from replicator.tables import app_table_names
+from replicator.values import Kind, is_json, typed
 
 BUCKETS = 1024
 _MASK = (1 << 64) - 1
@@ -98,15 +101,15 @@ def verify(
             scope = node.scope if all(c in columns for c in node.scope) else {}
             if node.scope and not scope and unscoped.get(table, "all") == "none":
                 continue
-            sides = [(sconn, scope), (lconn, scope)]
-            sums = [_checksums(conn, table, columns, shape.key, where) for conn, where in sides]
+            sides = [
+                (conn, _Read(table, columns, shape.key, _kinds(own, other, columns), scope))
+                for conn, own, other in ((sconn, shape, local_shape), (lconn, local_shape, shape))
+            ]
+            sums = [_checksums(conn, read) for conn, read in sides]
             differing_buckets = {b for b in range(BUCKETS) if sums[0][0][b] != sums[1][0][b]}
             differing: list[str] = []
             if differing_buckets:
-                rows = [
-                    _rows_in(conn, table, columns, shape.key, where, differing_buckets)
-                    for conn, where in sides
-                ]
+                rows = [_rows_in(conn, read, differing_buckets) for conn, read in sides]
                 differing = sorted(
                     k for k in rows[0].keys() | rows[1].keys() if rows[0].get(k) != rows[1].get(k)
                 )
@@ -121,43 +124,57 @@ def verify(
     return VerifyResult(server=server.name, node=node.name, tables=checks)
 
 
-def _stream(
-    conn: Connection, table: str, columns: list[str], key: tuple[str, ...], scope: Mapping
-) -> Iterator[tuple[str, str]]:
+class _Read(NamedTuple):
+    """What one side reads of a table: its columns (with their kinds, see
+    :mod:`replicator.values`), key and the local's scope."""
+
+    table: str
+    columns: list[str]
+    key: tuple[str, ...]
+    kinds: Mapping[str, Kind]
+    scope: Mapping
+
+
+def _stream(conn: Connection, read: _Read) -> Iterator[tuple[str, str]]:
     """Every row as (row key, canonical text of its values)."""
-    bare = sa.table(table, *(sa.column(c) for c in columns))
-    select = sa.select(bare).where(*(bare.c[c] == v for c, v in scope.items()))
-    at = [columns.index(c) for c in key]
+    columns = read.columns
+    bare = sa.table(read.table, *(sa.column(c) for c in columns))
+    select = sa.select(bare).where(*(bare.c[c] == v for c, v in read.scope.items()))
+    at = [columns.index(c) for c in read.key]
+    kinds = [read.kinds.get(c) for c in columns]
+    forms = [_document if is_json(kind) else _canonical for kind in kinds]
     result = conn.execution_options(stream_results=True, yield_per=2000).execute(select)
     for row in result:
-        values = [_canonical(v) for v in row]
-        yield row_key([values[i] for i in at]), json.dumps(values, separators=(",", ":"))
+        found = [form(typed(v, kind)) for v, kind, form in zip(row, kinds, forms, strict=True)]
+        yield row_key([found[i] for i in at]), json.dumps(found, separators=(",", ":"))
 
 
-def _checksums(
-    conn: Connection, table: str, columns: list[str], key: tuple[str, ...], scope: Mapping
-) -> tuple[list[int], int]:
+def _checksums(conn: Connection, read: _Read) -> tuple[list[int], int]:
+    """Per bucket, the sum of its rows' hashes; and the number of rows."""
     sums = [0] * BUCKETS
     count = 0
-    for rkey, text in _stream(conn, table, columns, key, scope):
+    for rkey, text in _stream(conn, read):
         sums[_bucket(rkey)] = (sums[_bucket(rkey)] + _hash(text)) & _MASK
         count += 1
     return sums, count
 
 
-def _rows_in(
-    conn: Connection,
-    table: str,
-    columns: list[str],
-    key: tuple[str, ...],
-    scope: Mapping,
-    buckets: set[int],
-) -> dict[str, str]:
-    return {
-        rkey: text
-        for rkey, text in _stream(conn, table, columns, key, scope)
-        if _bucket(rkey) in buckets
-    }
+def _rows_in(conn: Connection, read: _Read, buckets: set[int]) -> dict[str, str]:
+    return {rkey: text for rkey, text in _stream(conn, read) if _bucket(rkey) in buckets}
+
+
+def _kinds(own: TableShape, other: TableShape, columns: list[str]) -> dict[str, Kind]:
+    """The kinds one side's values are read as: its own, or the other
+    side's where its own is text (or unknown) and the other's says more
+    (SQLite keeps a UUID column as CHAR(32), DuckDB as UUID), a JSON
+    column's aside (each side decodes its documents as its driver needs)."""
+    found = {}
+    for column in columns:
+        mine, theirs = own.kind(column), other.kind(column)
+        if mine in (str, None) and theirs is not None and not is_json(theirs):
+            mine = theirs
+        found[column] = mine
+    return found
 
 
 def _bucket(key: str) -> int:
@@ -168,8 +185,15 @@ def _hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest())
 
 
+def _document(value: Any) -> str:
+    """A JSON column's document as one text: its type kept (the string "1",
+    the number 1 and true differ, as do a list and the text of one)."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def _canonical(value: Any) -> Any:
-    """One form per value, whichever database it came from."""
+    """One form per value, whichever database it came from (given as the
+    event would carry it: see :func:`replicator.values.typed`)."""
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, dt.datetime | dt.date | dt.time):
@@ -188,17 +212,6 @@ def _canonical(value: Any) -> Any:
         return bytes(value).hex()
     if isinstance(value, dict | list):
         return json.dumps(value, sort_keys=True)
-    if isinstance(value, str) and value[:1] in "{[":
-        try:
-            return json.dumps(json.loads(value), sort_keys=True)
-        except ValueError:
-            return value
-    if isinstance(value, str) and len(value) >= 10 and value[4:5] == "-" and value[7:8] == "-":
-        try:  # SQLite keeps dates as text
-            parsed = (dt.date if len(value) == 10 else dt.datetime).fromisoformat(value)
-        except ValueError:
-            return value
-        return _canonical_time(parsed)
     return value
 
 

@@ -1,9 +1,9 @@
 """The contract of :class:`replicator.dialects.base.Dialect`, written once and
 run on every backend (SQLite, DuckDB, MariaDB when its URL is set).
 
-Covered elsewhere and not repeated here: ``insert_rows``, the basic
-``upsert_rows`` and its repeated key, ``keep_ahead`` (tests/test_dialects.py);
-the key guard and unique clashes of an upsert (tests/test_constraints.py).
+Every public method of ``Dialect`` and of ``TableShape`` is called here
+directly. Where databases legitimately differ, a test states the contract per
+capability (``keeps_generated_keys_out``, ``advances_versions_in_sql``, ...).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import datetime as dt
 import decimal
 import enum
 import json
+import threading
 
 import pytest
 import sqlalchemy as sa
@@ -19,10 +20,11 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import DBAPIError
 
 import replicator
-from replicator import locks, outbox
+from replicator import locks, outbox, precision
 from replicator.dialects import for_connection
-from replicator.dialects.base import quote
+from replicator.dialects.base import TableShape, placeholders, quote
 from replicator.errors import SchemaError
+from replicator.tables import outbox as outbox_table
 from replicator.tables import row_versions
 
 
@@ -69,6 +71,64 @@ def _items_holding_k1(engine, note: str) -> sa.Table:
 def _all(conn, table: sa.Table) -> list[tuple]:
     key = table.primary_key.columns
     return [tuple(r) for r in conn.execute(sa.select(table).order_by(*key))]
+
+
+# --- insert_rows ----------------------------------------------------------------
+
+_OUTBOX_COLUMNS = ("origin", "table_name", "row_key", "hlc", "payload")
+
+
+def _outbox_rows(conn) -> list[tuple]:
+    c = outbox_table.c
+    select = sa.select(*(c[name] for name in _OUTBOX_COLUMNS)).order_by(c.position)
+    return [tuple(r) for r in conn.execute(select)]
+
+
+def test_insert_rows_writes_constants_into_the_statement_quoted_safely(engine):
+    replicator.migrate(engine)
+    awkward = "it's a \\ back'slash"
+    with engine.begin() as conn:
+        for_connection(conn).insert_rows(
+            conn,
+            outbox_table,
+            ("row_key", "hlc", "payload"),
+            [("[1]", 1, b"\x00'\\"), ("[2]", 2, b"")],
+            {"origin": awkward, "table_name": "t"},
+        )
+        rows = _outbox_rows(conn)
+    assert rows == [(awkward, "t", "[1]", 1, b"\x00'\\"), (awkward, "t", "[2]", 2, b"")], (
+        f"expected the constants in every row and the bytes as given, got {rows}"
+    )
+
+
+def test_insert_rows_hoists_a_column_only_when_every_row_has_the_same_value(engine):
+    replicator.migrate(engine)
+    rows = [("a", "t", "[1]", 1, b"1"), ("a", "u", "[2]", 2, b"2"), ("a", "t", "[3]", 3, b"3")]
+    with engine.begin() as conn:
+        dialect = for_connection(conn)
+        dialect.insert_rows(
+            conn, outbox_table, _OUTBOX_COLUMNS, rows, hoist=("origin", "table_name")
+        )
+        dialect.insert_rows(conn, outbox_table, _OUTBOX_COLUMNS, [], hoist=("origin",))
+        dialect.insert_rows(conn, outbox_table, _OUTBOX_COLUMNS[2:], [], {"origin": "a"})
+        stored = _outbox_rows(conn)
+    assert stored == rows, f"expected each row as given (and nothing for none), got {stored}"
+
+
+def test_insert_of_more_rows_than_one_statement_holds(engine):
+    replicator.migrate(engine)
+    rows = [(f"[{i}]", i, b"x") for i in range(2500)]
+    with engine.begin() as conn:
+        for_connection(conn).insert_rows(
+            conn,
+            outbox_table,
+            ("row_key", "hlc", "payload"),
+            rows,
+            {"origin": "a", "table_name": "t"},
+        )
+        count = conn.execute(sa.select(sa.func.count()).select_from(outbox_table)).scalar()
+        keys = {r[2] for r in _outbox_rows(conn)}
+    assert count == 2500 and keys == {r[0] for r in rows}, f"expected 2500 rows, got {count}"
 
 
 # --- upsert_rows with update= ---------------------------------------------
@@ -130,6 +190,158 @@ def test_upsert_of_no_rows_changes_nothing(engine):
         dialect.upsert_rows(conn, items, ("id", "name"), [], update={"name"})
         rows = _all(conn, items)
     assert rows == [("k1", "old", 1, "old")], "expected an empty upsert to change nothing"
+
+
+def test_upsert_keeps_the_last_row_of_a_repeated_key(engine):
+    replicator.migrate(engine)
+    columns = ("table_name", "row_key", "version", "hlc", "origin", "deleted")
+    with engine.begin() as conn:
+        dialect = for_connection(conn)
+        dialect.upsert_rows(conn, row_versions, columns, [("t", "[1]", "{}", 1, "a", False)])
+        dialect.upsert_rows(
+            conn,
+            row_versions,
+            columns,
+            [("t", "[1]", "{}", 2, "b", False), ("t", "[1]", "{}", 3, "c", True)],
+        )
+        rows = conn.execute(sa.select(row_versions.c.hlc, row_versions.c.origin)).all()
+    assert [tuple(r) for r in rows] == [(3, "c")], f"expected the last row given to win: {rows}"
+
+
+def _links(engine) -> sa.Table:
+    """A table of key columns only, as a many-to-many link table is."""
+    links = sa.Table(
+        "links", metadata := sa.MetaData(), _key("a", sa.String(16)), _key("b", sa.Integer)
+    )
+    metadata.create_all(engine)
+    return links
+
+
+def test_upsert_of_a_table_of_key_columns_only_inserts_new_keys_and_keeps_existing_ones(engine):
+    links = _links(engine)
+    with engine.begin() as conn:
+        dialect = for_connection(conn)
+        dialect.upsert_rows(conn, links, ("a", "b"), [("x", 1)])
+        dialect.upsert_rows(conn, links, ("a", "b"), [("x", 1), ("y", 2)])
+        rows = _all(conn, links)
+    assert rows == [("x", 1), ("y", 2)], f"expected each key once, got {rows}"
+
+
+def test_upsert_with_an_update_naming_no_given_column_only_inserts_new_rows(engine):
+    items = _items_holding_k1(engine, note="kept")
+    with engine.begin() as conn:
+        dialect = for_connection(conn)
+        dialect.upsert_rows(
+            conn, items, ("id", "name"), [("k1", "new"), ("k2", "b")], update={"price"}
+        )
+        rows = _all(conn, items)
+    assert rows == [("k1", "old", 1, "kept"), ("k2", "b", None, None)], (
+        f"expected the existing row unchanged and the new row inserted, got {rows}"
+    )
+
+
+# --- the key guard: an upsert never changes another row --------------------------
+
+# The table `people`, with a unique constraint (email) and a unique index
+# (badge), its key numbered by the database as each database spells it. On
+# MariaDB that is AUTO_INCREMENT, where the key guard once failed: it set the
+# key to NULL, which AUTO_INCREMENT takes as 0, renumbering the other row.
+PEOPLE_NUMBERED = {
+    "sqlite": [
+        "CREATE TABLE people (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "email VARCHAR(64) UNIQUE, badge VARCHAR(16), name VARCHAR(64))"
+    ],
+    "mariadb": [
+        "CREATE TABLE people (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
+        "email VARCHAR(64) UNIQUE, badge VARCHAR(16), name VARCHAR(64))"
+    ],
+    "duckdb": [
+        "CREATE SEQUENCE people_id_seq",
+        "CREATE TABLE people (id BIGINT PRIMARY KEY DEFAULT nextval('people_id_seq'), "
+        "email VARCHAR(64) UNIQUE, badge VARCHAR(16), name VARCHAR(64))",
+    ],
+}
+
+
+def _people(engine, key: str) -> tuple[sa.Table, list[tuple], tuple]:
+    """``people`` with a ``key`` of that kind ("numbered", "text" or
+    "composite") holding two rows, as the engine sees it (its description's
+    bare table); the rows, and a key no row has (a composite one shares its
+    first column with the rows)."""
+    dialect = for_connection(engine)
+    if key == "numbered":
+        with engine.begin() as conn:
+            for statement in PEOPLE_NUMBERED[dialect.name]:
+                conn.exec_driver_sql(statement)
+        keys = [(1,), (2,), (3,)]
+    else:
+        columns = (
+            [_key("id", sa.String(16))]
+            if key == "text"
+            else [_key("shop", sa.String(16)), _key("number", sa.Integer)]
+        )
+        sa.Table(
+            "people",
+            metadata := sa.MetaData(),
+            *columns,
+            sa.Column("email", sa.String(64), unique=True),
+            sa.Column("badge", sa.String(16)),
+            sa.Column("name", sa.String(64)),
+        )
+        metadata.create_all(engine)
+        keys = [("k-1",), ("k-2",), ("k-3",)] if key == "text" else [("s", 1), ("s", 2), ("s", 3)]
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE UNIQUE INDEX people_badge ON people (badge)")
+    with engine.begin() as conn:
+        table = dialect.describe(conn, "people").table()
+        rows = [(*keys[0], "a@x", "A", "first"), (*keys[1], "b@x", "B", "second")]
+        dialect.insert_rows(conn, table, [c.name for c in table.columns], rows)
+    return table, rows, keys[2]
+
+
+def test_key_guard_is_empty_exactly_where_the_conflict_clause_names_the_key(engine):
+    table, _, _ = _people(engine, "composite")
+    dialect = for_connection(engine)
+    with engine.connect() as conn:
+        guard = dialect.key_guard(conn, table)
+        key = [quote(conn, c) for c in ("shop", "number")]
+    if "{key}" in dialect.on_conflict:
+        assert guard == "", f"expected no guard where the conflict is on the key, got {guard!r}"
+    else:
+        assert all(k in guard for k in key) and guard.rstrip().endswith(","), (
+            f"expected assignments to every key column opening the update part, got {guard!r}"
+        )
+
+
+@pytest.mark.parametrize("key", ["numbered", "text", "composite"])
+def test_an_upsert_is_refused_rather_than_change_another_row_through_a_unique_value(engine, key):
+    table, (first, second), free = _people(engine, key)
+    dialect = for_connection(engine)
+    columns = [c.name for c in table.columns]
+    own = len(free)
+    clashes = {
+        "a new key with another row's unique value": [(*free, "a@x", "N", "new")],
+        "a new key with another row's uniquely indexed value": [(*free, "n@x", "A", "new")],
+        "a row taking another row's unique value": [(*second[:own], "a@x", "B", "second")],
+        "a batch with one row clashing": [
+            (*free, "n@x", "N", "new"),
+            (*second[:own], "b@x", "A", "second"),
+        ],
+    }
+    for what, rows in clashes.items():
+        with pytest.raises(DBAPIError) as refused, engine.begin() as conn:
+            dialect.upsert_rows(conn, table, columns, rows)
+        assert dialect.refusal(refused.value) == "constraint_violation", (
+            f"expected {what} refused as a constraint violation, got {refused.value!r}"
+        )
+        with engine.connect() as conn:
+            left = _all(conn, table)
+        assert left == [first, second], f"expected {what} to change nothing, got {left}"
+    renamed = [(*first[:own], "a@x", "A", "renamed"), (*second[:own], "c@x", "B", "moved")]
+    with engine.begin() as conn:
+        dialect.upsert_rows(conn, table, columns, renamed)
+        rows = _all(conn, table)
+    assert rows == renamed, f"expected rows upserted by their own keys, got {rows}"
 
 
 # --- upsert_advancing_version ---------------------------------------------
@@ -211,6 +423,35 @@ def test_upsert_advancing_version_of_no_rows_returns_none(engine):
         )
         count = conn.execute(sa.select(sa.func.count()).select_from(row_versions)).scalar()
     assert (returned, count) == ([], 0), "expected no rows returned and none written"
+
+
+# --- the SQL functions of the version upsert -------------------------------------
+
+
+def test_json_member_reads_and_sets_the_member_named_by_any_node_name(engine):
+    dialect = for_connection(engine)
+    if not dialect.advances_versions_in_sql:
+        pytest.skip(f"{dialect.name} reads and sets version members in Python, not in SQL")
+    document = '{"phone.1": 3, "phone": 1, "srv:a-b_c": 7}'
+    names = ("phone.1", "phone", "srv:a-b_c", "absent")  # node names: [A-Za-z0-9_.:-]
+    with engine.connect() as conn:
+        p = placeholders(conn, 1)
+        member = dialect.json_member(p)
+
+        def one(sql: str, *params):
+            return conn.exec_driver_sql(f"SELECT {sql}", params).scalar()
+
+        read = {n: one(f"{dialect.json_get}({p}, {member})", document, n) for n in names}
+        set_ = {n: one(f"{dialect.json_set}({p}, {member}, 9)", document, n) for n in names}
+        larger = one(f"{dialect.greatest}(3, 7)")
+    got = {n: None if v is None else int(v) for n, v in read.items()}
+    assert got == {"phone.1": 3, "phone": 1, "srv:a-b_c": 7, "absent": None}, (
+        f"expected each member read by its whole name, got {read}"
+    )
+    before = json.loads(document)
+    for name, after in set_.items():
+        assert json.loads(after) == {**before, name: 9}, f"expected only {name} set: {after}"
+    assert larger == 7, f"expected {dialect.greatest} to give the larger value, got {larger}"
 
 
 # --- delete_rows and where_in ---------------------------------------------
@@ -424,6 +665,83 @@ def test_describe_gives_columns_key_unique_sets_parents_and_delete_actions(engin
     )
 
 
+# --- declared types and the table's shape ---------------------------------------------
+
+
+def test_declared_types_spell_each_column_so_that_its_precision_is_known(engine):
+    dialect = for_connection(engine)
+    mariadb = dialect.name == "mariadb"
+    columns = [
+        _key("id", sa.String(16)),
+        sa.Column("amount", sa.Numeric(10, 2)),
+        sa.Column("moment", sa.DateTime),
+        sa.Column("ratio", sa.Double),
+        sa.Column("note", sa.Text),
+    ]
+    if mariadb:
+        columns.append(sa.Column("moment6", mysql.DATETIME(fsp=6)))
+    sa.Table("declared", metadata := sa.MetaData(), *columns)
+    metadata.create_all(engine)
+    with engine.connect() as conn:
+        types = dialect.declared_types(conn, "declared")
+        missing = dialect.declared_types(conn, "no_such_table")
+        shape = dialect.describe(conn, "declared")
+    assert missing is None, "expected None for a table that does not exist"
+    assert list(types) == list(shape.columns), f"expected every column in order: {types}"
+    assert all(t and t == t.lower() for t in types.values()), f"expected lower case: {types}"
+    kept = {c: precision.kept(dialect.name, t) for c, t in types.items()}
+    assert kept["amount"] == precision.Kept(precision.DECIMAL, 2), kept
+    assert kept["ratio"] == precision.Kept(precision.FLOAT, 53), kept
+    assert kept["moment"] is not None and kept["moment"].family == precision.MOMENT, kept
+    if mariadb:  # the fractional digits a generic spelling loses
+        assert (types["moment6"], shape.declared("moment6")) == ("datetime(6)", "datetime"), types
+        assert kept["moment6"] == precision.Kept(precision.MOMENT, 6), kept
+
+
+def test_integer_key_is_a_single_integer_key_column_only(engine):
+    _numbered(engine)  # items: numbered by the database; pairs: composite; labels: text
+    sa.Table("bigs", metadata := sa.MetaData(), _key("id", sa.BigInteger))
+    metadata.create_all(engine)
+    dialect = for_connection(engine)
+    with engine.connect() as conn:
+        found = {
+            t: dialect.describe(conn, t).integer_key
+            for t in ("items", "plain", "bigs", "labels", "pairs")
+        }
+    assert found == {"items": "id", "plain": "id", "bigs": "id", "labels": None, "pairs": None}, (
+        f"expected the key column of the single integer keys only, got {found}"
+    )
+    unknown = TableShape("t", ("id", "v"), ("id",))
+    assert (unknown.declared("id"), unknown.integer_key) == ("", None), (
+        "expected a shape without declared types to declare '' and no integer key"
+    )
+
+
+def test_table_is_a_bare_table_of_the_shape_that_the_bulk_paths_take(engine):
+    _pairs(metadata := sa.MetaData())
+    metadata.create_all(engine)
+    dialect = for_connection(engine)
+    with engine.begin() as conn:
+        shape = dialect.describe(conn, "pairs")
+        table = shape.table()
+        dialect.insert_rows(conn, table, shape.columns, [("x", 1, "one"), ("x", 2, "two")])
+        dialect.upsert_rows(conn, table, shape.columns, [("x", 1, "uno")])
+        dialect.delete_rows(conn, table, shape.key, [("x", 2)])
+        rows = _all(conn, table)
+    assert (table.name, [c.name for c in table.columns]) == ("pairs", ["a", "b", "v"])
+    assert [c.name for c in table.primary_key.columns] == ["a", "b"], "expected the key"
+    assert rows == [("x", 1, "uno")], f"expected the bulk paths to work on it, got {rows}"
+
+
+def test_table_is_built_once_per_shape(engine):
+    _pairs(metadata := sa.MetaData())
+    metadata.create_all(engine)
+    with engine.connect() as conn:
+        shape = for_connection(conn).describe(conn, "pairs")
+        again = for_connection(conn).describe(conn, "pairs")
+    assert shape.table() is again.table(), "expected one Table for equal shapes"
+
+
 # --- stored ---------------------------------------------------------------------
 
 
@@ -516,6 +834,36 @@ def test_stored_truncates_fractional_seconds_only_where_the_database_does(engine
         assert dialect.stored(columns[2])(at) == at.replace(microsecond=999000), (
             "expected DATETIME(3) to keep 3 fractional digits"
         )
+
+
+@pytest.mark.parametrize("scale", [0, 4])
+def test_rounded_gives_a_decimal_as_the_database_stores_it_at_its_scale(engine, scale):
+    values = [
+        decimal.Decimal("2.5"),
+        decimal.Decimal("-2.5"),
+        decimal.Decimal("1.00005"),
+        decimal.Decimal("-1.00005"),
+        decimal.Decimal("3.14159"),
+        2.675,
+        7,
+        None,
+    ]
+    table = sa.Table(
+        "rounded",
+        metadata := sa.MetaData(),
+        _key("id", sa.Integer),
+        sa.Column("v", sa.Numeric(14, scale)),
+    )
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"id": i, "v": v} for i, v in enumerate(values)])
+    with engine.connect() as conn:
+        read = conn.execute(sa.select(table.c.v).order_by(table.c.id)).scalars().all()
+    rounded = for_connection(engine).rounded(scale)
+    got = [rounded(v) for v in values]
+    assert got == read, (
+        f"expected rounded() to give what NUMERIC(14, {scale}) holds: {read}, got {got}"
+    )
 
 
 # --- refusal ----------------------------------------------------------------------
@@ -666,6 +1014,100 @@ def test_default_sequence_finds_a_nextval_default_where_declared(engine):
     )
 
 
+def _plain_insert(engine: sa.Engine, name: str) -> int:
+    """Insert a row of ``items`` without a key; the key the database gave it."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"INSERT INTO items (name) VALUES ('{name}')")
+        return conn.exec_driver_sql(f"SELECT id FROM items WHERE name = '{name}'").scalar_one()
+
+
+def test_the_databases_own_keys_stay_ahead_of_written_keys(engine):
+    """After rows with explicit keys are written (and the key's sequence, if
+    it has one, kept ahead of them), a row the database numbers itself gets
+    a larger key: AUTO_INCREMENT and AUTOINCREMENT move by themselves."""
+    dialect = for_connection(engine)
+    with engine.begin() as conn:
+        for statement in NUMBERED[dialect.name]:
+            conn.exec_driver_sql(statement)
+    with engine.begin() as conn:
+        table = dialect.describe(conn, "items").table()
+        dialect.insert_rows(conn, table, ("id", "name"), [(1, "a"), (2, "b")])
+        dialect.upsert_rows(conn, table, ("id", "name"), [(2, "B"), (7, "c")])
+        sequence = dialect.default_sequence(conn, "items", "id")
+        assert (sequence is not None) == (dialect.name == "duckdb"), sequence
+        if sequence is not None:
+            dialect.keep_ahead(conn, sequence, 7)
+    assert _plain_insert(engine, "plain") == 8, "expected the next key above the written ones"
+
+
+# CREATE SEQUENCE and the next number, as each database with sequences spells them.
+SEQUENCES = {
+    "mariadb": ("CREATE SEQUENCE {} START WITH {} NOCACHE", "SELECT NEXTVAL({})"),
+    "duckdb": ("CREATE SEQUENCE {} START {}", "SELECT nextval('{}')"),
+}
+
+
+def test_keep_ahead_moves_a_sequence_above_a_key_and_never_back(engine):
+    dialect = for_connection(engine)
+    if dialect.name not in SEQUENCES:  # SQLite has no sequences: nothing to do
+        with engine.begin() as conn:
+            dialect.keep_ahead(conn, "no_such_sequence", 5)
+        return
+    create, nextval = SEQUENCES[dialect.name]
+    with engine.begin() as conn:
+        conn.exec_driver_sql(create.format("ahead_seq", 1))
+        conn.exec_driver_sql(create.format("unused_seq", 1000))
+    with engine.begin() as conn:
+        first = conn.exec_driver_sql(nextval.format("ahead_seq")).scalar()
+        dialect.keep_ahead(conn, "ahead_seq", 7)
+        ahead = conn.exec_driver_sql(nextval.format("ahead_seq")).scalar()
+        dialect.keep_ahead(conn, "ahead_seq", 3)  # below its next number: stays
+        dialect.keep_ahead(conn, "unused_seq", 5)  # below its start: stays
+        then = conn.exec_driver_sql(nextval.format("ahead_seq")).scalar()
+        unused = conn.exec_driver_sql(nextval.format("unused_seq")).scalar()
+    assert (first, ahead, then, unused) == (1, 8, 9, 1000), (
+        f"expected the sequence moved above 7 and never back, got {(first, ahead, then, unused)}"
+    )
+
+
+@pytest.mark.backends("duckdb")
+def test_keep_ahead_never_moves_a_sequence_back(engine):
+    with engine.begin() as conn:
+        for statement in NUMBERED["duckdb"]:
+            conn.exec_driver_sql(statement)
+        conn.exec_driver_sql("CREATE SEQUENCE unused_seq START 1000")
+    assert [_plain_insert(engine, n) for n in "abc"] == [1, 2, 3]
+    dialect = for_connection(engine)
+    with engine.begin() as conn:
+        dialect.keep_ahead(conn, "items_id_seq", 2)  # below the next number (4)
+        dialect.keep_ahead(conn, "unused_seq", 5)  # below its start
+        assert conn.exec_driver_sql("SELECT nextval('unused_seq')").scalar_one() == 1000
+    assert _plain_insert(engine, "d") == 4
+
+
+@pytest.mark.backends("duckdb")
+def test_keep_ahead_finds_a_sequence_spelled_with_schema_and_quotes(engine):
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE SCHEMA app")
+        conn.exec_driver_sql('CREATE SEQUENCE app."Item Ids" START 100')
+        conn.exec_driver_sql(
+            "CREATE TABLE items (id BIGINT PRIMARY KEY "
+            "DEFAULT nextval('app.\"Item Ids\"'), name VARCHAR)"
+        )
+    assert _plain_insert(engine, "a") == 100
+    dialect = for_connection(engine)
+    with engine.begin() as conn:
+        sequence = dialect.default_sequence(conn, "items", "id")
+        assert sequence == 'app."Item Ids"'
+        dialect.keep_ahead(conn, sequence, 50)  # taken long ago: stays at 101
+    assert _plain_insert(engine, "b") == 101
+    with engine.begin() as conn:
+        table = dialect.describe(conn, "items").table()
+        dialect.insert_rows(conn, table, ("id", "name"), [(300, "c")])
+        dialect.keep_ahead(conn, sequence, 300)
+    assert _plain_insert(engine, "d") == 301
+
+
 # --- foreign keys -------------------------------------------------------------------
 
 
@@ -705,6 +1147,43 @@ def test_a_pass_connection_checks_foreign_keys_after_exclude_writers(engine):
         conn.commit()
     with engine.connect() as conn:
         assert conn.execute(sa.select(children)).all() == [], "expected the orphan refused"
+
+
+def test_children_and_their_parent_are_deleted_in_one_transaction_unless_the_dialect_says(
+    engine,
+):
+    children = _family(engine)
+    dialect = for_connection(engine)
+    dialect.enforce_foreign_keys(engine)
+    engine.dispose()
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO parents (id) VALUES (1)")
+        conn.execute(children.insert().values(id=1, parent=1))
+
+    def delete_children(conn) -> None:
+        conn.execute(children.delete())
+
+    def delete_parent(conn) -> None:
+        conn.exec_driver_sql("DELETE FROM parents")
+
+    if dialect.deletes_children_first_in_own_transaction:
+        with pytest.raises(DBAPIError) as refused, engine.begin() as conn:
+            delete_children(conn)
+            delete_parent(conn)
+        assert dialect.refusal(refused.value) == "constraint_violation", refused.value
+        for delete in (delete_children, delete_parent):  # two transactions
+            with engine.begin() as conn:
+                delete(conn)
+    else:
+        with engine.begin() as conn:
+            delete_children(conn)
+            delete_parent(conn)
+    with engine.connect() as conn:
+        left = [
+            conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar()
+            for t in ("children", "parents")
+        ]
+    assert left == [0, 0], f"expected both deleted, got {left} rows left"
 
 
 # --- reading the outbox in commit order ----------------------------------------------
@@ -780,6 +1259,39 @@ def test_mariadb_refuses_to_guard_without_strict_mode_or_the_writers_row(engine)
             dialect.guard_append(conn)
     finally:
         fresh.dispose()
+
+
+def test_a_horizon_never_passes_a_guarded_append_still_in_flight(engine):
+    replicator.migrate(engine)
+    dialect = for_connection(engine)
+    _append(engine, dialect, 1)
+    seen: list[int | None] = []
+
+    def read_horizon() -> None:  # a reader runs apart from the writers
+        with engine.connect() as conn:
+            seen.append(dialect.horizon(conn))
+
+    with engine.connect() as writer, writer.begin():
+        dialect.guard_append(writer)
+        dialect.insert_rows(writer, outbox_table, _OUTBOX_COLUMNS, [("a", "t", "[a]", 1, b"e")])
+        in_flight = outbox.head(writer)
+        if dialect.name != "sqlite":  # SQLite's other writers wait for this one
+            _append(engine, dialect, 1)  # a larger position, committed first
+        reader = threading.Thread(target=read_horizon)
+        reader.start()
+        reader.join(60)
+        assert not reader.is_alive() and len(seen) == 1, "expected the horizon read"
+    with engine.connect() as conn:
+        head = outbox.head(conn)
+        conn.rollback()
+        after = dialect.horizon(conn)
+    assert seen[0] is None or seen[0] < in_flight, (
+        f"expected no horizon at or above position {in_flight} while it was in flight, "
+        f"got {seen[0]}"
+    )
+    assert after == head == (2 if dialect.name == "sqlite" else 3), (
+        f"expected the horizon at the head once committed, got {after} (head {head})"
+    )
 
 
 # --- connecting ------------------------------------------------------------------------

@@ -18,8 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from replicator import locks
+from replicator import locks, values
 from replicator.locks import Lock
+from replicator.values import Kind
 
 Row = tuple[Any, ...]
 
@@ -42,11 +43,14 @@ class TableShape(NamedTuple):
     #: ``"SET NULL"``), or None where a parent's delete is refused while rows
     #: refer to it; in the order of :attr:`parents`.
     on_delete: tuple[str | None, ...] = ()
+    #: Each column's kind: the Python type of its values (see
+    #: :mod:`replicator.values`); None where its type does not say.
+    kinds: tuple[Kind, ...] = ()
 
     @property
     def integer_key(self) -> str | None:
         """The key column when the key is a single integer column, else None."""
-        if len(self.key) == 1 and "int" in self.declared(self.key[0]):
+        if len(self.key) == 1 and self.kind(self.key[0]) is int:
             return self.key[0]
         return None
 
@@ -54,6 +58,23 @@ class TableShape(NamedTuple):
         """``column``'s declared type (``""`` when unknown)."""
         at = self.columns.index(column)
         return self.types[at] if at < len(self.types) else ""
+
+    def kind(self, column: str) -> Kind:
+        """``column``'s kind (None when unknown or not a column)."""
+        at = self.columns.index(column) if column in self.columns else len(self.kinds)
+        return self.kinds[at] if at < len(self.kinds) else None
+
+    def kinds_held(self, row: Mapping[str, Any] | None) -> dict[str, Kind]:
+        """Each column's kind, given ``row``: values an event holds for the
+        row (see :func:`replicator.values.kind_held`)."""
+        row = row or {}
+        return {c: values.kind_held(self.kind(c), row.get(c)) for c in self.columns}
+
+    def typed(self, row: Mapping[str, Any], held: Mapping[str, Any] | None = None) -> dict:
+        """``row`` as read from the database, its values as events carry
+        them (``held``: values an event holds for the row, whose types win;
+        see :meth:`kinds_held`)."""
+        return values.typed_row(row, self.kinds_held(held))
 
     def table(self) -> sa.Table:
         """A bare :class:`sa.Table` of this shape, for the bulk statements
@@ -80,6 +101,9 @@ class Dialect:
     name = "default"
     #: Opens the update part of an upsert; ``{key}`` is the key column list.
     on_conflict = "ON CONFLICT ({key}) DO UPDATE SET"
+    #: What an upsert without a key guard says when an existing row keeps
+    #: every column (a table of key columns only: a many-to-many link).
+    on_conflict_keep = "ON CONFLICT ({key}) DO NOTHING"
     #: The incoming row's value of column ``{}`` inside the update part.
     incoming = "excluded.{}"
     #: SQL functions: set a JSON member, read one, the larger of two values.
@@ -97,17 +121,23 @@ class Dialect:
     #: from an upsert, which gives the rows as stored after the update).
     advances_versions_in_sql = True
 
-    def stored(self, column: sa.Column) -> Callable[[Any], Any] | None:
+    def stored(
+        self, column: sa.Column, bind: sa.engine.Dialect | None = None
+    ) -> Callable[[Any], Any] | None:
         """How a value written to ``column`` reads back, where that can differ
         from the value written; None where it reads back as written.
+        ``bind``: the SQLAlchemy dialect of the engine that writes it, which
+        picks the column's type among its variants (``with_variant``), as
+        it did when it created the table.
 
         Capture records rows as the database stores them, so every replica
         receives the same values (and a row's key stays one string).
         """
-        as_text = enum_stored(column)
+        type_ = column_type(column, bind)
+        as_text = enum_stored(type_)
         if as_text is not None:
             return as_text
-        scale = _decimal_scale(column)
+        scale = _decimal_scale(type_)
         return None if scale is None else self.rounded(scale)
 
     def rounded(self, scale: int) -> Callable[[Any], Any]:
@@ -121,6 +151,17 @@ class Dialect:
             return _decimal(value).quantize(quantum, decimal.ROUND_HALF_UP)
 
         return rounded
+
+    def written(self, value: Any, kind: Kind = None) -> Any:
+        """An event's value of an app table's column of ``kind`` (None: not
+        known) as this database's driver takes it, the inverse of
+        :meth:`TableShape.typed`: JSON documents as text (see
+        :func:`replicator.values.written`)."""
+        return values.written(value, kind)
+
+    def written_row(self, row: Mapping[str, Any], shape: TableShape) -> dict[str, Any]:
+        """``row`` of a table of ``shape`` with each value :meth:`written`."""
+        return {c: self.written(v, shape.kind(c)) for c, v in row.items()}
 
     def json_member(self, name_sql: str) -> str:
         """The JSON path of the object member named by SQL ``name_sql``."""
@@ -164,10 +205,7 @@ class Dialect:
         """
         rows = last_per_key(table, columns, rows)
         columns, rows, constants = hoisted(columns, rows, NO_CONSTANTS, hoist)
-        updates = self.key_guard(conn, table) + update_list(
-            conn, table, [*constants, *columns], self.incoming, update
-        )
-        tail = f" {self._on_conflict(conn, table)} {updates}"
+        tail = " " + self._conflict_clause(conn, table, [*constants, *columns], update)
         execute_values(conn, *self._insert(conn, table, columns, constants), rows, tail)
 
     def refusal(self, error: DBAPIError) -> str | None:
@@ -309,7 +347,15 @@ class Dialect:
             tuple(dict.fromkeys(u for u in unique if u != key)),
             parents,
             on_delete,
+            self.kinds(conn, name, reflected),
         )
+
+    def kinds(
+        self, conn: Connection, name: str, reflected: Sequence[Mapping[str, Any]]
+    ) -> tuple[Kind, ...]:
+        """The kind of each column of the table ``name``, given its columns as
+        SQLAlchemy's inspector reflects them: by default their types say."""
+        return tuple(values.kind_of(c["type"]) for c in reflected)
 
     def declared_types(self, conn: Connection, name: str) -> dict[str, str] | None:
         """Each column of the app table ``name`` -> its declared type as this
@@ -459,6 +505,24 @@ class Dialect:
     def _on_conflict(self, conn: Connection, table: sa.Table) -> str:
         return self.on_conflict.format(key=names(conn, [c.name for c in table.primary_key.columns]))
 
+    def _conflict_clause(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        update: Collection[str] | None,
+    ) -> str:
+        """An upsert's conflict clause writing the incoming row's ``columns``
+        (those in ``update`` only, unless it is None or empty) over the row
+        it hits, behind the key guard; where no column is left to write,
+        one that keeps the row (no database takes an empty update part)."""
+        guard = self.key_guard(conn, table)
+        assignments = update_list(conn, table, columns, self.incoming, update)
+        if not guard and not assignments:
+            key = names(conn, [c.name for c in table.primary_key.columns])
+            return self.on_conflict_keep.format(key=key)
+        return f"{self._on_conflict(conn, table)} {(guard + assignments).removesuffix(', ')}"
+
 
 def _action(action: str | None) -> str | None:
     """An ``ON DELETE`` action as it acts: None for none, RESTRICT or NO ACTION."""
@@ -466,7 +530,6 @@ def _action(action: str | None) -> str | None:
     return None if action in ("", "RESTRICT", "NO ACTION") else action
 
 
-@functools.cache
 def _type_name(type_: Any) -> str:
     try:
         return str(type_).lower()
@@ -481,6 +544,7 @@ def _spelled(type_: Any, conn: Connection) -> str:
         return ""
 
 
+@functools.cache
 def _bare_table(shape: TableShape) -> sa.Table:
     return sa.Table(
         shape.name,
@@ -496,11 +560,16 @@ def last_position(conn: Connection) -> int:
     ).scalar_one()
 
 
-def enum_stored(column: sa.Column) -> Callable[[Any], Any] | None:
-    """For an ``Enum`` column of a Python enum: a member as the column stores
-    it, which is its name unless the column says otherwise
-    (``values_callable``); None for other columns."""
-    kind = column.type
+def column_type(column: sa.Column, bind: sa.engine.Dialect | None) -> sa.types.TypeEngine:
+    """``column``'s type as the SQLAlchemy dialect ``bind`` uses it (its
+    variant for ``bind``); as declared when ``bind`` is None."""
+    return column.type if bind is None else column.type.dialect_impl(bind)
+
+
+def enum_stored(kind: sa.types.TypeEngine) -> Callable[[Any], Any] | None:
+    """For an ``Enum`` type of a Python enum: a member as its column stores
+    it, which is its name unless the type says otherwise
+    (``values_callable``); None for other types."""
     members = getattr(kind, "enum_class", None) if isinstance(kind, sa.Enum) else None
     if members is None:
         return None
@@ -508,8 +577,7 @@ def enum_stored(column: sa.Column) -> Callable[[Any], Any] | None:
     return lambda value: text.get(value, value) if isinstance(value, enum.Enum) else value
 
 
-def _decimal_scale(column: sa.Column) -> int | None:
-    kind = column.type
+def _decimal_scale(kind: sa.types.TypeEngine) -> int | None:
     if isinstance(kind, sa.Numeric) and not isinstance(kind, sa.Float) and kind.asdecimal:
         return kind.scale
     return None

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.schema import CreateSequence
 from sqlalchemy.schema import Sequence as SequenceDDL
 
+from replicator import values
 from replicator.dialects.base import (
     NO_CONSTANTS,
     Dialect,
@@ -36,9 +37,9 @@ from replicator.dialects.base import (
     literal,
     names,
     quote,
-    update_list,
 )
 from replicator.errors import ReplicatorError
+from replicator.values import Kind
 
 # A reader waits for a moment with no appender of this process in flight:
 # first SETTLE seconds letting them come and go, then at most HOLD_BACK
@@ -269,8 +270,7 @@ class DuckDBDialect(Dialect):
         rows = last_per_key(table, columns, rows)
         conn.exec_driver_sql(
             f"INSERT INTO {quote(conn, table.name)} {_columnar_select(conn, columns)} "
-            f"{self._on_conflict(conn, table)} "
-            f"{update_list(conn, table, columns, self.incoming, update)}",
+            f"{self._conflict_clause(conn, table, columns, update)}",
             _by_column(rows),
         )
 
@@ -386,7 +386,29 @@ class DuckDBDialect(Dialect):
             tuple(dict.fromkeys(u for u in unique if u != tuple(key or ()))),
             tuple(parents),
             (None,) * len(parents),  # DuckDB has no ON DELETE actions
+            tuple(_kind(conn, type_) for _, type_ in reflected),
         )
+
+
+# DuckDB's names of types (as information_schema spells them, lower case,
+# arguments dropped) that duckdb-engine's PostgreSQL-based table of type
+# names lacks.
+_TYPE_NAMES: Mapping[str, type[sa.types.TypeEngine]] = {
+    "decimal": sa.Numeric,
+    "double": sa.Double,
+    "blob": sa.LargeBinary,
+    "enum": sa.String,  # an ENUM's values read back as their text
+}
+
+
+def _kind(conn: Connection, spelled: str) -> Kind:
+    """The kind of a column of the type DuckDB names ``spelled``
+    (``"DECIMAL(10,2)"``), through SQLAlchemy's type for the name."""
+    name = spelled.split("(", 1)[0].strip().lower()
+    found = _TYPE_NAMES.get(name) or conn.dialect.ischema_names.get(name)
+    kind = None if found is None else values.kind_of(found())
+    # duckdb-engine returns JSON documents decoded ('"5"' as '5').
+    return values.DecodedJson if kind is values.Json else kind
 
 
 def _index_columns(expressions: Any, columns: Sequence[str]) -> tuple[str, ...] | None:

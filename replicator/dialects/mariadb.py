@@ -13,19 +13,23 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import uuid
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
-from replicator.dialects.base import Dialect, last_position
+from replicator import values
+from replicator.dialects.base import Dialect, column_type, last_position
 from replicator.errors import SchemaError
 from replicator.locks import Lock
 from replicator.tables import runners
+from replicator.values import Json, Kind
 
 # How long a reader waits for the outbox's writers before it settles for
 # the horizon it already has (seconds).
@@ -49,6 +53,41 @@ class MariaDBDialect(Dialect):
     incoming = "VALUES({})"
     json_set, json_get, greatest = "JSON_SET", "JSON_VALUE", "GREATEST"
     concurrent_writers = True
+
+    def written(self, value: Any, kind: Kind = None) -> Any:
+        # pymysql would write a UUID as its 36-character text, which does not
+        # fit the CHAR(32) SQLAlchemy's Uuid declares; a UUID column takes
+        # the 32 hex digits too.
+        if isinstance(value, uuid.UUID):
+            return value.hex
+        return super().written(value, kind)
+
+    def kinds(
+        self, conn: Connection, name: str, reflected: Sequence[Mapping[str, Any]]
+    ) -> tuple[Kind, ...]:
+        # MariaDB spells BOOLEAN as TINYINT(1) and JSON as LONGTEXT with a
+        # column check json_valid(`column`): SQLAlchemy reflects both as
+        # what they are spelled as.
+        checks = conn.exec_driver_sql(
+            "SELECT CONSTRAINT_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
+            "WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = %s AND LEVEL = 'Column'",
+            (name,),
+        ).all()
+        documents = {
+            column
+            for column, clause in checks
+            if clause == f"json_valid(`{column.replace('`', '``')}`)"
+        }
+        found = []
+        for column in reflected:
+            type_ = column["type"]
+            if column["name"] in documents:
+                found.append(Json)
+            elif isinstance(type_, mysql.TINYINT) and type_.display_width == 1:
+                found.append(bool)
+            else:
+                found.append(values.kind_of(type_))
+        return tuple(found)
 
     def with_connect_timeout(self, url: sa.URL, seconds: float) -> sa.URL:
         """pymysql's ``connect_timeout`` bounds only the TCP connect; the
@@ -86,17 +125,23 @@ class MariaDBDialect(Dialect):
         # row it hit has another primary key. Setting the key to NULL is not
         # enough: an AUTO_INCREMENT column takes NULL as 0 and renumbers the
         # other row. A scalar subquery returning two rows fails on any
-        # column (error 1242), and IF evaluates it only on that branch.
+        # column (error 1242), and IF evaluates it only on that branch. It
+        # returns the column itself: IF refuses branches of types it cannot
+        # join (error 4078: a UUID and an integer).
         return "".join(
-            f"{q} = IF({q} <=> VALUES({q}), {q}, (SELECT 1 UNION ALL SELECT 2)), "
+            f"{q} = IF({q} <=> VALUES({q}), {q}, (SELECT {q} UNION ALL SELECT {q})), "
             for q in (conn.dialect.identifier_preparer.quote(c.name) for c in table.primary_key)
         )
 
-    def stored(self, column: sa.Column) -> Callable[[Any], Any] | None:
+    def stored(
+        self, column: sa.Column, bind: sa.engine.Dialect | None = None
+    ) -> Callable[[Any], Any] | None:
         # DATETIME and TIME keep `fsp` fractional digits (none by default)
-        # and truncate the rest.
-        if isinstance(column.type, sa.DateTime | sa.Time):
-            unit = 10 ** (6 - (getattr(column.type, "fsp", None) or 0))
+        # and truncate the rest; `fsp` is the variant's for this database
+        # (DateTime().with_variant(DATETIME(fsp=6), "mariadb", "mysql")).
+        type_ = column_type(column, bind)
+        if isinstance(type_, sa.DateTime | sa.Time):
+            unit = 10 ** (6 - (getattr(type_, "fsp", None) or 0))
             if unit == 1:
                 return None
 
@@ -106,7 +151,7 @@ class MariaDBDialect(Dialect):
                 return value
 
             return truncated
-        return super().stored(column)
+        return super().stored(column, bind)
 
     def json_member(self, name_sql: str) -> str:
         return f"""CONCAT('$."', {name_sql}, '"')"""

@@ -8,6 +8,7 @@ statements themselves are the base dialect's.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -17,10 +18,21 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from replicator.dialects.base import Dialect, last_position
+from replicator.values import Kind
 
 
 class SQLiteDialect(Dialect):
     name = "sqlite"
+
+    def written(self, value: Any, kind: Kind = None) -> Any:
+        # sqlite3 binds neither decimals nor UUIDs. A NUMERIC column takes a
+        # decimal's text as the number (SQLAlchemy binds a float: the same
+        # REAL); a UUID goes as SQLAlchemy's Uuid keeps it, 32 hex digits.
+        if isinstance(value, Decimal):
+            return str(value)
+        if isinstance(value, uuid.UUID):
+            return value.hex
+        return super().written(value, kind)
 
     def rounded(self, scale: int) -> Callable[[Any], Any]:
         # NUMERIC is stored as a float; SQLAlchemy formats it to the scale.
