@@ -21,7 +21,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from replicator import checkpoints, outbox, retention
+from replicator import checkpoints, outbox, retention, values
 from replicator.checkpoints import DEFAULT_CHANNEL
 from replicator.clock import utcnow
 from replicator.errors import ReplicatorError, SchemaError
@@ -200,15 +200,23 @@ def _copy(
     are read after the rows, keeping only the copied rows' keys.
     """
     shape = node.shape(target, table)
+    source_shape = server.shape(source, table)
+    assert shape is not None and source_shape is not None  # both have the table
+    # Values as events carry them (a key's as the server's log says: SQLite
+    # keeps a UUID as CHAR(32)), then as the local's driver takes them.
+    held = source_shape.kinds_held(outbox.last_key(source, table))
+    typed = [held.get(c) for c in columns]
+    kinds = [shape.kind(c) for c in columns]
     bare = sa.table(table, *(sa.column(c) for c in columns))
     select = sa.select(bare).where(*(bare.c[c] == v for c, v in scope.items()))
     at = [columns.index(c) for c in shape.key]
     copied: set[str] = set()
     result = source.execution_options(stream_results=True, yield_per=_CHUNK).execute(select)
     for rows in result.partitions(_CHUNK):
-        written = [tuple(map(node.dialect.written, row)) for row in rows]
+        events = [list(map(values.typed, row, typed)) for row in rows]
+        written = [tuple(map(node.dialect.written, row, kinds)) for row in events]
         node.dialect.upsert_rows(target, shape.table(), columns, written)
-        copied.update(row_key([row[i] for i in at]) for row in rows)
+        copied.update(row_key([row[i] for i in at]) for row in events)
         advance(len(rows))
     c = row_versions.c
     versions = source.execution_options(stream_results=True, yield_per=_CHUNK).execute(

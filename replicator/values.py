@@ -70,6 +70,7 @@ KINDS: frozenset[type] = frozenset(
 )
 
 _TIMES = (dt.datetime, dt.date, dt.time)
+_DAY = dt.timedelta(days=1)
 
 
 def kind_of(type_: sa.types.TypeEngine) -> Kind:
@@ -106,6 +107,9 @@ def typed(value: Any, kind: Kind) -> Any:
     take is returned as it is (None and an unknown kind too)."""
     if value is None or kind is None or kind is DecodedJson or type(value) is kind:
         return value
+    if kind is dt.time and isinstance(value, dt.timedelta):
+        # pymysql returns a TIME as the duration since midnight.
+        return (dt.datetime.min + value).time() if dt.timedelta(0) <= value < _DAY else value
     if kind is Json:
         if isinstance(value, str | bytes):
             try:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 import replicator
 from replicator import values, versions
+from replicator.bootstrap import bootstrap
 from replicator.dialects import for_connection
 from replicator.events import row_key
 from replicator.node import Node
@@ -27,6 +28,7 @@ from replicator.values import Json
 from replicator.verify import verify
 
 MICROSECONDS = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+TIME_OF_DAY = sa.Time().with_variant(mysql.TIME(fsp=6), "mysql", "mariadb")
 
 
 class Size(enum.Enum):
@@ -51,6 +53,7 @@ class Product(Base):
     attributes: Mapped[dict | list | str | None] = mapped_column(sa.JSON)
     made_at: Mapped[dt.datetime | None] = mapped_column(MICROSECONDS)
     made_on: Mapped[dt.date | None] = mapped_column(sa.Date)
+    opens_at: Mapped[dt.time | None] = mapped_column(TIME_OF_DAY)
     code: Mapped[bytes | None] = mapped_column(sa.LargeBinary(16))
 
 
@@ -78,6 +81,7 @@ ROW = {
     "attributes": {"colors": ["red", "oak"], "stackable": True},
     "made_at": dt.datetime(2026, 3, 4, 5, 6, 7, 123456),
     "made_on": dt.date(2026, 3, 4),
+    "opens_at": dt.time(9, 30, 0, 250000),
     "code": b"\x00\x01\xfe",
 }
 
@@ -96,6 +100,7 @@ def test_describe_gives_each_column_the_kind_events_carry(engine):
         "active": bool,  # MariaDB spells it TINYINT(1)
         "made_at": dt.datetime,
         "made_on": dt.date,
+        "opens_at": dt.time,
         "code": bytes,
     }
     assert {c: kinds[c] for c in expected} == expected
@@ -291,6 +296,8 @@ def test_parsed_refuses_a_value_not_of_the_columns_kind_saying_what_it_takes(giv
         (12.5, decimal.Decimal, decimal.Decimal("12.5")),
         ('{"a": [1]}', Json, {"a": [1]}),
         ("6f1f7a2e9d434c618f0e2a5b8c9d0e1f", uuid.UUID, ROW["id"]),
+        (dt.timedelta(hours=9, microseconds=5), dt.time, dt.time(9, 0, 0, 5)),  # pymysql
+        (dt.timedelta(hours=25), dt.time, dt.timedelta(hours=25)),  # no time of day
         (86400, dt.datetime, 86400),  # never a date counted from 1970
         ("not a date", dt.date, "not a date"),
         ("{broken", Json, "{broken"),
@@ -364,3 +371,34 @@ def test_a_uuid_keyed_orphan_is_removed_under_the_key_its_events_carry(nodes):
     assert stored[item.key].deleted, stored
     checked = verify(server, phone)
     assert checked.equal, checked
+
+
+def test_a_bootstrap_copies_typed_values_and_the_versions_of_uuid_keyed_rows(nodes, tmp_path):
+    """Rows are copied as events carry them: a UUID key (32 hex digits in
+    SQLite) finds its version, a JSON string document stays a string, and a
+    TIME (a duration from pymysql) is a time of day."""
+    (server, _, server_sessions, _), (phone, _, phone_sessions, _) = nodes
+    _product(phone_sessions, attributes="[1, 2]")
+    with phone_sessions.begin() as session:
+        session.add(ProductTag(product_id=ROW["id"], tag="oak"))
+    assert replicate(phone, server).ok
+    tablet, tablet_engine, tablet_sessions, handle = _member(
+        "tablet", f"sqlite:///{tmp_path / 'tablet.sqlite'}", "local"
+    )
+    try:
+        copied = bootstrap(server, tablet)
+
+        assert copied.rows == {"product_tags": 1, "products": 1}, copied
+        with tablet_sessions() as session:
+            product = session.get(Product, ROW["id"])
+            assert (product.attributes, product.opens_at) == ("[1, 2]", ROW["opens_at"])
+        with tablet_engine.connect() as conn:
+            stored = versions.load(
+                conn, "products", [row_key([ROW["id"]])], for_connection(tablet_engine)
+            )
+        assert row_key([ROW["id"]]) in stored, "expected the row's version copied with it"
+        checked = verify(server, tablet)
+        assert checked.equal, checked
+    finally:
+        handle.stop()
+        tablet_engine.dispose()

@@ -8,6 +8,7 @@ statements themselves are the base dialect's.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,13 +26,19 @@ class SQLiteDialect(Dialect):
     name = "sqlite"
 
     def written(self, value: Any, kind: Kind = None) -> Any:
-        # sqlite3 binds neither decimals nor UUIDs. A NUMERIC column takes a
-        # decimal's text as the number (SQLAlchemy binds a float: the same
-        # REAL); a UUID goes as SQLAlchemy's Uuid keeps it, 32 hex digits.
+        # sqlite3 binds neither decimals, UUIDs nor times. A NUMERIC column
+        # takes a decimal's text as the number (SQLAlchemy binds a float: the
+        # same REAL); a UUID goes as SQLAlchemy's Uuid keeps it, 32 hex
+        # digits; dates and times as SQLAlchemy writes them (microseconds
+        # always), so that their text sorts and compares as the app's own.
         if isinstance(value, Decimal):
             return str(value)
         if isinstance(value, uuid.UUID):
             return value.hex
+        if isinstance(value, dt.datetime) and value.tzinfo is None:
+            return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+        if isinstance(value, dt.time) and value.tzinfo is None:
+            return value.strftime("%H:%M:%S.%f")
         return super().written(value, kind)
 
     def rounded(self, scale: int) -> Callable[[Any], Any]:
