@@ -744,9 +744,10 @@ class _Batch:
             # UUID key as its 32 hex digits).
             by_key = {tuple(entry.event.key.values()): (key, entry) for key, entry in chunk}
             quoted = self.conn.dialect.identifier_preparer.quote(table)
+            kinds = self._key_kinds(table)
             result = self.conn.exec_driver_sql(f"SELECT * FROM {quoted} WHERE {condition}", params)
             for raw in result.mappings():
-                ident = tuple(self._typed_key(table, raw).values())
+                ident = tuple(_typed_key(shape, raw, kinds).values())
                 if ident not in by_key:
                     continue
                 key, entry = by_key[ident]
@@ -757,17 +758,18 @@ class _Batch:
         """An event's key values as the target's driver takes them."""
         return tuple(map(self.dialect.written, key.values()))
 
-    def _typed_key(self, table: str, raw: Mapping[str, Any]) -> dict[str, Any]:
-        """The key of a row of ``table`` read from the target, as events
-        carry keys of the table: this batch's, else the latest in the
-        target's log (SQLite keeps a UUID key as CHAR(32): only an event
-        says it holds UUIDs), else as its columns' types say."""
-        shape = self.shapes[table]
-        assert shape is not None
+    def _key_kinds(self, table: str) -> dict[str, Kind]:
+        """The kinds of ``table``'s columns, its key's as events carry keys
+        of the table: this batch's, else the latest in the target's log
+        (SQLite keeps a UUID key as CHAR(32): only an event says it holds
+        UUIDs), else as its columns' types say. Asked before a result is
+        read, not while: the log's query would cut a DuckDB result short."""
         kinds = self.key_kinds.get(table)
         if kinds is None:
+            shape = self.shapes[table]
+            assert shape is not None
             kinds = self.key_kinds[table] = shape.kinds_held(outbox.last_key(self.conn, table))
-        return {c: values.typed(raw[c], kinds.get(c)) for c in shape.key}
+        return kinds
 
     def _key_values(self, entry: Entry) -> dict | None:
         shape = self.shapes.get(entry.table)
@@ -833,6 +835,7 @@ class _Batch:
         assert shape is not None
         quoted = self.conn.dialect.identifier_preparer.quote(child)
         found: dict[str, dict] = {}
+        kinds = self._key_kinds(child)
         for start in range(0, len(parent_keys), self.dialect.in_chunk):
             chunk = parent_keys[start : start + self.dialect.in_chunk]
             chunk = [tuple(map(self.dialect.written, k)) for k in chunk]
@@ -840,7 +843,7 @@ class _Batch:
             result = self.conn.exec_driver_sql(f"SELECT * FROM {quoted} WHERE {condition}", params)
             for raw in result.mappings():
                 # Compared with the batch's keys as events give them.
-                key = row_key(list(self._typed_key(child, raw).values()))
+                key = row_key(list(_typed_key(shape, raw, kinds).values()))
                 if key not in self.deletes.get(child, {}) and key not in self.upserts.get(
                     child, {}
                 ):
@@ -1065,6 +1068,11 @@ def _checked(outcome: Any, shape: TableShape | None, key: dict) -> Decision | di
             row[column] = value
         return row
     raise ValueError(f"it returned {outcome!r}; expected 'server', 'local', 'review' or a row")
+
+
+def _typed_key(shape: TableShape, raw: Mapping[str, Any], kinds: Mapping[str, Kind]) -> dict:
+    """The key of a row of ``shape`` read from a database, typed by ``kinds``."""
+    return {c: values.typed(raw[c], kinds.get(c)) for c in shape.key}
 
 
 def _same_rows(shape: TableShape | None, one: dict | None, other: dict | None) -> bool:
