@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -265,6 +266,8 @@ class _Batch:
         # Per table, the kinds of its key columns as the batch's events
         # carry them (see _typed_key).
         self.key_kinds: dict[str, dict[str, Kind]] = {}
+        # Tables whose key kinds no event told (see _event_keys).
+        self.unsure_keys: set[str] = set()
 
     # --- deciding ------------------------------------------------------------
 
@@ -768,8 +771,29 @@ class _Batch:
         if kinds is None:
             shape = self.shapes[table]
             assert shape is not None
-            kinds = self.key_kinds[table] = shape.kinds_held(outbox.last_key(self.conn, table))
+            logged = outbox.last_key(self.conn, table)
+            if logged is None:
+                self.unsure_keys.add(table)
+            kinds = self.key_kinds[table] = shape.kinds_held(logged)
         return kinds
+
+    def _event_keys(self, table: str, keys: list[dict]) -> list[dict]:
+        """``keys`` of rows of ``table`` (typed by :meth:`_key_kinds`) as
+        events carry them. Where no event of the table was at hand, a text
+        key column may still hold UUIDs as 32 hex digits (SQLAlchemy's Uuid
+        on SQLite and MariaDB): the rows' versions, kept under the key as
+        events carry it, say which form a row's key has."""
+        if table not in self.unsure_keys:
+            return keys
+        as_uuids = [{c: _as_uuid(v) for c, v in key.items()} for key in keys]
+        wanted = {row_key(list(k.values())) for k in keys + as_uuids}
+        stored = versions.load_many(self.conn, self.dialect, {table: wanted}).get(table, {})
+        return [
+            uuids
+            if row_key(list(key.values())) not in stored and row_key(list(uuids.values())) in stored
+            else key
+            for key, uuids in zip(keys, as_uuids, strict=True)
+        ]
 
     def _key_values(self, entry: Entry) -> dict | None:
         shape = self.shapes.get(entry.table)
@@ -840,16 +864,19 @@ class _Batch:
             chunk = parent_keys[start : start + self.dialect.in_chunk]
             chunk = [tuple(map(self.dialect.written, k)) for k in chunk]
             condition, params = self.dialect.where_in(self.conn, columns, chunk)
-            result = self.conn.exec_driver_sql(f"SELECT * FROM {quoted} WHERE {condition}", params)
-            for raw in result.mappings():
+            select = f"SELECT * FROM {quoted} WHERE {condition}"
+            raws = self.conn.exec_driver_sql(select, params).mappings().all()
+            keys = self._event_keys(child, [_typed_key(shape, raw, kinds) for raw in raws])
+            for raw, key_values in zip(raws, keys, strict=True):
                 # Compared with the batch's keys as events give them.
-                key = row_key(list(_typed_key(shape, raw, kinds).values()))
+                key = row_key(list(key_values.values()))
                 if key not in self.deletes.get(child, {}) and key not in self.upserts.get(
                     child, {}
                 ):
                     # Typed by its columns' types (SQLite returns dates as
-                    # text): the item shows, and may restore, it.
-                    found[key] = shape.typed(raw)
+                    # text): the item shows, and may restore, it; its key
+                    # as events carry it (the delete of it is one).
+                    found[key] = {**shape.typed(raw), **key_values}
         return found
 
     def _remove_orphans(self, child: str, parent: str, rows: dict[str, dict]) -> None:
@@ -1073,6 +1100,16 @@ def _checked(outcome: Any, shape: TableShape | None, key: dict) -> Decision | di
 def _typed_key(shape: TableShape, raw: Mapping[str, Any], kinds: Mapping[str, Kind]) -> dict:
     """The key of a row of ``shape`` read from a database, typed by ``kinds``."""
     return {c: values.typed(raw[c], kinds.get(c)) for c in shape.key}
+
+
+def _as_uuid(value: Any) -> Any:
+    """``value`` as a UUID when it is one written as 32 hex digits."""
+    if isinstance(value, str) and len(value) == 32:
+        try:
+            return uuid.UUID(hex=value)
+        except ValueError:
+            return value
+    return value
 
 
 def _same_rows(shape: TableShape | None, one: dict | None, other: dict | None) -> bool:

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 import replicator
-from replicator import values, versions
+from replicator import outbox, values, versions
 from replicator.bootstrap import bootstrap
 from replicator.dialects import for_connection
 from replicator.events import row_key
@@ -342,10 +342,13 @@ def test_verify_tells_json_documents_of_other_types_apart(nodes, on_server, on_p
     assert len(products.differing) == 1, checked
 
 
-def test_a_uuid_keyed_orphan_is_removed_under_the_key_its_events_carry(nodes):
+@pytest.mark.parametrize("pruned", [False, True], ids=["logged", "log-pruned"])
+def test_a_uuid_keyed_orphan_is_removed_under_the_key_its_events_carry(nodes, pruned):
     """A batch that only deletes a parent has no event of the child's table:
     the child's key is typed as the target's log carries it (a UUID, which
-    SQLite keeps as 32 hex digits), so its version is the row's own."""
+    SQLite keeps as 32 hex digits), or, with the log pruned, as the row's
+    version is kept; so its version is the row's own, and the delete sent
+    to every node carries the key as events do."""
     (server, server_engine, server_sessions, _), (phone, _, phone_sessions, _) = nodes
     _product(phone_sessions)
     replicate(phone, server)
@@ -354,6 +357,10 @@ def test_a_uuid_keyed_orphan_is_removed_under_the_key_its_events_carry(nodes):
         session.add(ProductTag(product_id=ROW["id"], tag="sale"))
     with phone_sessions.begin() as session:  # ... while the phone deletes its parent
         session.delete(session.get(Product, ROW["id"]))
+    if pruned:
+        log = outbox.outbox
+        with server_engine.begin() as conn:
+            conn.execute(sa.delete(log).where(log.c.table_name == "product_tags"))
 
     up = replicate(phone, server)
     down = replicate(server, phone)
@@ -369,6 +376,9 @@ def test_a_uuid_keyed_orphan_is_removed_under_the_key_its_events_carry(nodes):
     with server_engine.connect() as conn:
         stored = versions.load(conn, "product_tags", [item.key], for_connection(server_engine))
     assert stored[item.key].deleted, stored
+    with server_engine.connect() as conn:
+        (removal,) = [e for _, e in outbox.read(conn, table="product_tags") if e.op == "delete"]
+    assert removal.key == {"product_id": ROW["id"], "tag": "sale"}, removal.key
     checked = verify(server, phone)
     assert checked.equal, checked
 
@@ -377,7 +387,7 @@ def test_a_bootstrap_copies_typed_values_and_the_versions_of_uuid_keyed_rows(nod
     """Rows are copied as events carry them: a UUID key (32 hex digits in
     SQLite) finds its version, a JSON string document stays a string, and a
     TIME (a duration from pymysql) is a time of day."""
-    (server, _, server_sessions, _), (phone, _, phone_sessions, _) = nodes
+    (server, _, _, _), (phone, _, phone_sessions, _) = nodes
     _product(phone_sessions, attributes="[1, 2]")
     with phone_sessions.begin() as session:
         session.add(ProductTag(product_id=ROW["id"], tag="oak"))
