@@ -171,6 +171,20 @@ def items(conn: Connection, *, status: str | None = None, table: str | None = No
     return [_item(row) for row in conn.execute(select)]
 
 
+def open_groups(conn: Connection) -> list[tuple[str, str, int, dt.datetime]]:
+    """The node's open items grouped by table and reason: ``(table, reason,
+    count, when the oldest was parked)``, by table then reason; ``[]`` when
+    none is open. One grouped query, whatever the queue's length."""
+    c = review_items.c
+    select = (
+        sa.select(c.table_name, c.reason, sa.func.count(), sa.func.min(c.detected_at))
+        .where(c.status == Status.OPEN)
+        .group_by(c.table_name, c.reason)
+        .order_by(c.table_name, c.reason)
+    )
+    return [(table, reason, count, oldest) for table, reason, count, oldest in conn.execute(select)]
+
+
 def get(conn: Connection, item_id: int) -> Item | None:
     """One item by its id (None if the node has none)."""
     found = conn.execute(sa.select(review_items).where(review_items.c.id == item_id)).first()

@@ -134,6 +134,27 @@ class Listing(msgspec.Struct, kw_only=True):
     unreachable: dict[str, str] = {}
 
 
+class Group(msgspec.Struct, kw_only=True):
+    """Open items of one node, table and reason: how many, and since when."""
+
+    node: str
+    table: str
+    reason: str
+    count: int
+    oldest_at: dt.datetime
+    oldest_age_seconds: float
+
+
+class Summary(msgspec.Struct, kw_only=True):
+    """Open items grouped by node, table and reason (most first); ``open``
+    counts them all. ``unreachable`` names the nodes that could not be
+    read, with why."""
+
+    groups: list[Group]
+    open: int
+    unreachable: dict[str, str] = {}
+
+
 class Version(msgspec.Struct, kw_only=True):
     """A side's version of the row: vector, timestamp, and the node that made it."""
 
@@ -266,6 +287,36 @@ class ReviewQueue:
             obsolete=closed,
             unreachable=unreachable,
         )
+
+    def summary(self, node: str | None = None) -> Summary:
+        """The open items of every node (or of ``node``), grouped by node,
+        table and reason, the largest groups first: one grouped query per
+        node, however long its queue (items a later change superseded are
+        counted until a listing or a decision closes them)."""
+        now = self.now()
+        groups: list[Group] = []
+        unreachable: dict[str, str] = {}
+        for found in self._nodes(node):
+            try:
+                with found.connect() as conn:
+                    rows = parking.open_groups(conn)
+            except ReplicatorError as e:
+                unreachable[found.name] = describe(e)
+                continue
+            for table, reason, count, oldest in rows:
+                oldest_at = oldest.replace(tzinfo=dt.UTC)
+                groups.append(
+                    Group(
+                        node=found.name,
+                        table=table,
+                        reason=reason,
+                        count=count,
+                        oldest_at=oldest_at,
+                        oldest_age_seconds=round(max((now - oldest_at).total_seconds(), 0.0), 3),
+                    )
+                )
+        groups.sort(key=lambda g: (-g.count, g.node, g.table, g.reason))
+        return Summary(groups=groups, open=sum(g.count for g in groups), unreachable=unreachable)
 
     def history(self, where: Filter = Filter()) -> Listing:
         """Closed items (resolved by a person, or obsolete), newest decision first."""

@@ -4,13 +4,17 @@ its input errors on SQLite alone."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from replicator.cli import app
+from replicator.review import ReviewQueue
+from replicator.tables import review_items
 
 from .cluster import apart, member, vocabulary
 from .test_cli import run
@@ -201,3 +205,59 @@ def test_an_unknown_item_or_unreachable_node_exits_1_and_says_which(sqlite_parke
     bulk = review(config, "discard", "--all")
     assert bulk.returncode == 1 and "nothing was decided" in " ".join(bulk.stderr.split())
     assert len(as_json(review(config, "list", "--node", "server", "--json"))["items"]) == 2
+
+
+# --- review summary: the open queue counted by node, table and reason -------------
+
+
+def _parked_at(server) -> dt.datetime:
+    with server.engine.connect() as conn:
+        oldest = conn.execute(sa.select(sa.func.min(review_items.c.detected_at))).scalar_one()
+    return oldest.replace(tzinfo=dt.UTC)
+
+
+def test_summary_counts_open_items_by_node_table_and_reason_with_the_oldest_age(parked):
+    server, phone, _ = parked
+    oldest = _parked_at(server)
+    queue = ReviewQueue([server.node, phone.node], now=lambda: oldest + dt.timedelta(hours=2))
+
+    summary = queue.summary()
+
+    assert summary.open == 4 and not summary.unreachable, summary
+    (group,) = summary.groups
+    assert (group.node, group.table, group.reason, group.count) == (
+        "server",
+        "vocabulary_items",
+        "manual_review",
+        4,
+    )
+    assert (group.oldest_at, group.oldest_age_seconds) == (oldest, 7200.0)
+    assert queue.summary("phone").groups == [], "the phone parked nothing"
+
+
+def test_a_decided_item_leaves_the_summary(parked):
+    server, phone, _ = parked
+    queue = ReviewQueue([server.node, phone.node])
+    queue.resolve("server:1", take="server")
+
+    (group,) = queue.summary().groups
+    assert group.count == 3
+
+
+# A DuckDB server is a file this process holds open: no command can open it.
+@pytest.mark.backends("sqlite", "mariadb")
+def test_the_command_prints_the_groups_or_json_and_refuses_an_unknown_node(parked):
+    _, _, config = parked
+
+    shown = review(config, "summary")
+    as_json = review(config, "summary", "--json")
+    unknown = review(config, "summary", "--node", "tablet")
+
+    assert shown.returncode == 0, shown.stderr
+    words = " ".join(shown.stdout.split())
+    assert "server vocabulary_items manual_review 4" in words, shown.stdout
+    assert "4 open items" in words
+    document = json.loads(as_json.stdout)
+    assert document["open"] == 4
+    assert [(g["table"], g["count"]) for g in document["groups"]] == [("vocabulary_items", 4)]
+    assert unknown.returncode == 2 and "tablet" in unknown.stderr, unknown.stderr

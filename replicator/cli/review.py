@@ -127,6 +127,36 @@ def review_list(
     _print_listing(listing, "Open review items", "open", shown, as_json)
 
 
+@app.command(
+    "summary", cls=PlainCommand, short_help="Count open items by node, table and reason."
+)
+def review_summary(
+    node: NodeFilter = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_json: JsonOption = False,
+) -> None:
+    """Count open items by node, table and reason, with the oldest's age:
+    the shape of a queue of any length, in one grouped query per node."""
+    with _queue(config) as queue:
+        summary = queue.summary(node)
+    if as_json:
+        print_json(summary)
+    else:
+        from rich import box
+        from rich.table import Table
+
+        if summary.groups:
+            table = Table(title="Open review items", title_justify="left", box=box.SIMPLE_HEAD)
+            for column in ("node", "table", "reason", "open", "oldest"):
+                table.add_column(column, justify="right" if column == "open" else "left")
+            for g in summary.groups:
+                cells = (g.node, g.table, g.reason, f"{g.count:,}", age(g.oldest_age_seconds))
+                table.add_row(*map(escape, cells))
+            out().print(table)
+        say(plural(summary.open, "open item"))
+    _unreachable(summary)
+
+
 @app.command("history", cls=PlainCommand, short_help="List closed items, newest first.")
 def review_history(
     table: TableFilter = None,
