@@ -741,7 +741,9 @@ class _Batch:
         for start in range(0, len(items), self.dialect.in_chunk):
             chunk = items[start : start + self.dialect.in_chunk]
             condition, params = self.dialect.where_in(
-                self.conn, shape.key, [self._written_key(e.event.key) for _, e in chunk]
+                self.conn,
+                shape.key,
+                [self.dialect.written_key(e.event.key.values()) for _, e in chunk],
             )
             # By the keys' values as events carry them (SQLite returns a
             # UUID key as its 32 hex digits).
@@ -756,10 +758,6 @@ class _Batch:
                 key, entry = by_key[ident]
                 found[key] = shape.typed(raw, entry.event.row or entry.event.changed)
         return found
-
-    def _written_key(self, key: Mapping[str, Any]) -> tuple:
-        """An event's key values as the target's driver takes them."""
-        return tuple(map(self.dialect.written, key.values()))
 
     def _key_kinds(self, table: str) -> dict[str, Kind]:
         """The kinds of ``table``'s columns, its key's as events carry keys
@@ -834,10 +832,7 @@ class _Batch:
         quote = self.conn.dialect.identifier_preparer.quote
         found: list[tuple] = []
         for start in range(0, len(keys), self.dialect.in_chunk):
-            chunk = [
-                tuple(map(self.dialect.written, k))
-                for k in keys[start : start + self.dialect.in_chunk]
-            ]
+            chunk = list(map(self.dialect.written_key, keys[start : start + self.dialect.in_chunk]))
             condition, params = self.dialect.where_in(self.conn, shape.key, chunk)
             found += [
                 tuple(r)
@@ -862,7 +857,7 @@ class _Batch:
         kinds = self._key_kinds(child)
         for start in range(0, len(parent_keys), self.dialect.in_chunk):
             chunk = parent_keys[start : start + self.dialect.in_chunk]
-            chunk = [tuple(map(self.dialect.written, k)) for k in chunk]
+            chunk = list(map(self.dialect.written_key, chunk))
             condition, params = self.dialect.where_in(self.conn, columns, chunk)
             select = f"SELECT * FROM {quoted} WHERE {condition}"
             raws = self.conn.exec_driver_sql(select, params).mappings().all()
@@ -1127,7 +1122,7 @@ def _delete_rows(
     conn: Connection, dialect: Dialect, shape: TableShape, deletes: dict[str, dict]
 ) -> None:
     if deletes:
-        keys = [tuple(map(dialect.written, k.values())) for k in deletes.values()]
+        keys = [dialect.written_key(k.values()) for k in deletes.values()]
         dialect.delete_rows(conn, shape.table(), shape.key, keys)
 
 

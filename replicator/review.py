@@ -817,7 +817,7 @@ def _write_row(
     """Write the decided row with plain statements, so a refusal names it."""
     try:
         if row is None:
-            key_values = tuple(map(node.dialect.written, key.values()))
+            key_values = node.dialect.written_key(key.values())
             node.dialect.delete_rows(conn, shape.table(), shape.key, [key_values])
         else:
             node.dialect.write_row(conn, shape.table(), node.dialect.written_row(row, shape))

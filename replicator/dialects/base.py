@@ -10,7 +10,7 @@ from __future__ import annotations
 import decimal
 import enum
 import functools
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -61,8 +61,7 @@ class TableShape(NamedTuple):
 
     def kind(self, column: str) -> Kind:
         """``column``'s kind (None when unknown or not a column)."""
-        at = self.columns.index(column) if column in self.columns else len(self.kinds)
-        return self.kinds[at] if at < len(self.kinds) else None
+        return _kinds_by_column(self).get(column)
 
     def kinds_held(self, row: Mapping[str, Any] | None) -> dict[str, Kind]:
         """Each column's kind, given ``row``: values an event holds for the
@@ -158,6 +157,11 @@ class Dialect:
         :meth:`TableShape.typed`: JSON documents as text (see
         :func:`replicator.values.written`)."""
         return values.written(value, kind)
+
+    def written_key(self, key: Iterable[Any]) -> tuple[Any, ...]:
+        """A key's values (an event's, in key order) as this database's
+        driver takes them, for a WHERE or a DELETE."""
+        return tuple(map(self.written, key))
 
     def written_row(self, row: Mapping[str, Any], shape: TableShape) -> dict[str, Any]:
         """``row`` of a table of ``shape`` with each value :meth:`written`."""
@@ -542,6 +546,13 @@ def _spelled(type_: Any, conn: Connection) -> str:
         return type_.compile(dialect=conn.dialect).lower()
     except Exception:  # a type the database cannot spell (reflected as NullType)
         return ""
+
+
+@functools.cache
+def _kinds_by_column(shape: TableShape) -> dict[str, Kind]:
+    """Each column's kind, looked up once per shape (rows are typed one
+    column at a time)."""
+    return dict(zip(shape.columns, shape.kinds, strict=False))
 
 
 @functools.cache
