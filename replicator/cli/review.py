@@ -127,9 +127,7 @@ def review_list(
     _print_listing(listing, "Open review items", "open", shown, as_json)
 
 
-@app.command(
-    "summary", cls=PlainCommand, short_help="Count open items by node, table and reason."
-)
+@app.command("summary", cls=PlainCommand, short_help="Count open items by node, table and reason.")
 def review_summary(
     node: NodeFilter = None,
     config: ConfigOption = DEFAULT_CONFIG,
