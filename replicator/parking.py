@@ -82,6 +82,7 @@ class Item(msgspec.Struct, kw_only=True):
     resolved_at: dt.datetime | None = None
     resolved_by: str | None = None
     resolution: str | None = None
+    event_count: int = 0
 
     @property
     def from_sink(self) -> bool:
@@ -157,7 +158,134 @@ def _item(row: Any) -> Item:
         resolved_at=row.resolved_at,
         resolved_by=row.resolved_by,
         resolution=row.resolution,
+        event_count=_event_count(row),
     )
+
+
+def _event_count(row: Any) -> int:
+    """How many events an item holds: counted when written, or (for items
+    parked before that) read from its events."""
+    if row.event_count is not None:
+        return row.event_count
+    return 0 if row.events is None else len(_decode_events(row.events))
+
+
+#: Item columns a listing shows: no sides, no events.
+_LISTED = tuple(
+    review_items.c[name]
+    for name in (
+        "id",
+        "table_name",
+        "row_key",
+        "reason",
+        "detail",
+        "policy",
+        "status",
+        "detected_at",
+        "resolved_at",
+        "resolved_by",
+        "resolution",
+        "event_count",
+    )
+)
+CLOSED = "closed"  # a listing's status: resolved or obsolete
+
+#: How a page is ordered (see :func:`page`): by these columns, then by id.
+ORDERS = {
+    "age": ("detected_at",),
+    "newest": ("detected_at",),
+    "table": ("table_name", "detected_at"),
+    "reason": ("reason", "detected_at"),
+    "decided": ("decided",),
+}
+
+
+def _matching(
+    status: str | None, table: str | None, reason: str | None, parked_before: dt.datetime | None
+) -> list[sa.ColumnElement[bool]]:
+    c = review_items.c
+    conditions = []
+    if status == CLOSED:
+        conditions.append(c.status != Status.OPEN)
+    elif status is not None:
+        conditions.append(c.status == status)
+    if table is not None:
+        conditions.append(c.table_name == table)
+    if reason is not None:
+        conditions.append(c.reason == reason)
+    if parked_before is not None:
+        conditions.append(c.detected_at <= parked_before.astimezone(dt.UTC).replace(tzinfo=None))
+    return conditions
+
+
+def page(
+    conn: Connection,
+    *,
+    status: str | None = None,
+    table: str | None = None,
+    reason: str | None = None,
+    parked_before: dt.datetime | None = None,
+    order: str = "age",
+    limit: int | None = None,
+) -> list[Item]:
+    """The first ``limit`` items (None: all) matching the filters, in the
+    order ``order`` names (see :data:`ORDERS`; ``newest`` and ``decided``
+    newest first), without their sides or events (``base``, ``local``,
+    ``remote`` None, ``events`` empty; ``event_count`` says how many): a
+    page of a long queue costs what the page holds. ``status`` may be
+    :data:`CLOSED`. ``[]`` when nothing matches."""
+    c = review_items.c
+    descending = order in ("newest", "decided")
+    by = [
+        sa.func.coalesce(c.resolved_at, c.detected_at) if name == "decided" else c[name]
+        for name in ORDERS[order]
+    ] + [c.id]
+    select = (
+        sa.select(*_LISTED, sa.case((c.event_count.is_(None), c.events)).label("events"))
+        .where(*_matching(status, table, reason, parked_before))
+        .order_by(*(column.desc() if descending else column for column in by))
+        .limit(limit)
+    )
+    return [
+        Item(
+            id=row.id,
+            table=row.table_name,
+            key=row.row_key,
+            reason=row.reason,
+            detail=row.detail,
+            policy=row.policy,
+            status=row.status,
+            base=None,
+            local=None,
+            remote=None,
+            events=[],
+            detected_at=row.detected_at,
+            resolved_at=row.resolved_at,
+            resolved_by=row.resolved_by,
+            resolution=row.resolution,
+            event_count=_event_count(row),
+        )
+        for row in conn.execute(select)
+    ]
+
+
+def counts(
+    conn: Connection,
+    *,
+    status: str | None = None,
+    table: str | None = None,
+    reason: str | None = None,
+    parked_before: dt.datetime | None = None,
+) -> list[tuple[str, str, int]]:
+    """How many items match the filters, by table and reason: ``(table,
+    reason, count)``; one grouped query; ``[]`` when none does."""
+    c = review_items.c
+    select = (
+        sa.select(c.table_name, c.reason, sa.func.count())
+        .where(*_matching(status, table, reason, parked_before))
+        .group_by(c.table_name, c.reason)
+    )
+    return [(table, reason, count) for table, reason, count in conn.execute(select)]
 
 
 def items(conn: Connection, *, status: str | None = None, table: str | None = None) -> list[Item]:
@@ -203,15 +331,27 @@ def open_count(conn: Connection) -> int:
     return conn.execute(sa.select(sa.func.count()).where(c.status == Status.OPEN)).scalar_one()
 
 
-def superseded(conn: Connection, dialect: Dialect) -> dict[int, str]:
-    """The open items whose row's current version descends from every
-    version in them (a change made after seeing every side superseded
-    them), by id, with what superseded them; ``{}`` for none. Reads only.
+def superseded(
+    conn: Connection, dialect: Dialect, ids: Collection[int] | None = None
+) -> dict[int, str]:
+    """The open items (of ``ids``; None: all) whose row's current version
+    descends from every version in them (a change made after seeing every
+    side superseded them), by id, with what superseded them; ``{}`` for
+    none. Reads only.
 
     A pass closes such items as the change arrives; this finds the rest
     (an item parked in the same batch as the change that supersedes it).
     """
-    pending = items(conn, status=Status.OPEN)
+    if ids is None:
+        pending = items(conn, status=Status.OPEN)
+    else:
+        pending = []
+        c = review_items.c
+        ids = sorted(ids)
+        for start in range(0, len(ids), dialect.in_chunk):
+            chunk = ids[start : start + dialect.in_chunk]
+            select = sa.select(review_items).where(c.status == Status.OPEN, c.id.in_(chunk))
+            pending += [_item(row) for row in conn.execute(select)]
     keys: dict[str, set[str]] = {}
     for item in pending:
         keys.setdefault(item.table, set()).add(item.key)
@@ -225,10 +365,12 @@ def superseded(conn: Connection, dialect: Dialect) -> dict[int, str]:
     return found
 
 
-def sweep(conn: Connection, dialect: Dialect, now: dt.datetime) -> int:
-    """Close the :func:`superseded` items as obsolete, in the caller's
-    transaction; how many."""
-    obsolete = superseded(conn, dialect)
+def sweep(
+    conn: Connection, dialect: Dialect, now: dt.datetime, ids: Collection[int] | None = None
+) -> int:
+    """Close the :func:`superseded` items (of ``ids``; None: all) as
+    obsolete, in the caller's transaction; how many."""
+    obsolete = superseded(conn, dialect, ids)
     write(conn, [], {}, obsolete, now)
     return len(obsolete)
 
@@ -292,6 +434,7 @@ def write(
                     "local": _pack_side(p.local),
                     "remote": _pack_side(p.remote),
                     "events": _encode(p.events),
+                    "event_count": len(p.events),
                     "detected_at": moment,
                 }
                 for p in parkings
@@ -304,7 +447,12 @@ def write(
         for p in added:
             events += p.events
         last = added[-1]
-        values = {"reason": last.reason.value, "detail": last.detail, "events": _encode(events)}
+        values = {
+            "reason": last.reason.value,
+            "detail": last.detail,
+            "events": _encode(events),
+            "event_count": len(events),
+        }
         known = [p.remote for p in added if p.remote is not None]
         if known:  # the newest version seen (an undecodable event has none)
             values["remote"] = _pack_side(known[-1])

@@ -64,8 +64,9 @@ from replicator.versions import RowVersion
 
 Take = Literal["server", "local"]
 SIDES: tuple[Take, ...] = ("server", "local")
-#: How a listing can be ordered: oldest first, newest first, or by a field.
-SORTS = ("age", "newest", "table", "node", "reason")
+#: How a listing can be ordered: oldest first, newest first, or by a field
+#: (oldest first within it); ``decided``: newest decision first.
+SORTS = ("age", "newest", "table", "node", "reason", "decided")
 
 
 class Ref(NamedTuple):
@@ -118,18 +119,22 @@ class Listed(msgspec.Struct, kw_only=True):
     detail: str
     detected_at: dt.datetime
     age_seconds: float
+    event_count: int = 0  # how many events it holds
     resolved_at: dt.datetime | None = None
     resolved_by: str | None = None
     resolution: str | None = None
 
 
 class Listing(msgspec.Struct, kw_only=True):
-    """Items of every node asked, with counts by table and reason.
-    ``unreachable`` names the nodes that could not be read, with why."""
+    """A page of items of every node asked: ``items`` from the ``offset``-th
+    match on, with ``total`` and the counts by table and reason over every
+    match. ``unreachable`` names the nodes that could not be read, with why."""
 
     items: list[Listed]
+    total: int
     by_table: dict[str, int]
     by_reason: dict[str, int]
+    offset: int = 0
     obsolete: int = 0  # items just found superseded and closed
     unreachable: dict[str, str] = {}
 
@@ -256,37 +261,103 @@ class ReviewQueue:
         status: str | None = Status.OPEN,
         sort: str = "age",
         sweep: bool = True,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> Listing:
-        """The items matching ``where`` (of ``status``; None: any), in the
-        order ``sort`` names (see :data:`SORTS`; ``age``: oldest first).
-        Nodes that cannot be read are named in ``unreachable``. First
-        (unless ``sweep`` is false) open items a later change superseded
-        are closed as obsolete; ``obsolete`` counts them."""
+        """The items matching ``where`` (of ``status``; None: any;
+        ``"closed"``: resolved or obsolete), in the order ``sort`` names
+        (see :data:`SORTS`; ``age``: oldest first), ``limit`` of them (None:
+        all) after the first ``offset``; ``total``, ``by_table`` and
+        ``by_reason`` count every match. Items are listed without their
+        sides (:meth:`show` gives those), so a page of a long queue costs
+        what the page holds. Nodes that cannot be read are named in
+        ``unreachable``.
+
+        First (unless ``sweep`` is false) the open items listed that a later
+        change superseded are closed as obsolete and left out (``obsolete``
+        counts them), so a page holds only items still to decide."""
         if sort not in SORTS:
             raise ConfigurationError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
+        if limit is not None and limit < 0:
+            raise ArgumentError(f"`limit` must be 0 or more, not {limit}", "limit")
+        if offset < 0:
+            raise ArgumentError(f"`offset` must be 0 or more, not {offset}", "offset")
         now = self.now()
-        found: list[Listed] = []
-        unreachable: dict[str, str] = {}
         closed = 0
+        while True:
+            listing = self._page(where, status, sort, limit, offset, now)
+            if not sweep:
+                break
+            swept = self._sweep_listed(listing, now)
+            closed += swept
+            if not swept:  # else list again: the page had items to close
+                break
+        listing.obsolete = closed
+        return listing
+
+    def _page(
+        self,
+        where: Filter,
+        status: str | None,
+        sort: str,
+        limit: int | None,
+        offset: int,
+        now: dt.datetime,
+    ) -> Listing:
+        """One page of :meth:`list`: each node's first ``offset + limit``
+        matches in order, merged."""
+        parked_before = now - where.older_than if where.older_than is not None else None
+        filters = {
+            "status": status,
+            "table": where.table,
+            "reason": where.reason,
+            "parked_before": parked_before,
+        }
+        order = "age" if sort == "node" else sort
+        found: list[Listed] = []
+        by_table: Counter[str] = Counter()
+        by_reason: Counter[str] = Counter()
+        unreachable: dict[str, str] = {}
         for node in self._nodes(where.node):
             try:
-                closed += self._sweep(node, now) if sweep else 0
                 with node.connect() as conn:
-                    items = parking.items(conn, status=status, table=where.table)
+                    items = parking.page(
+                        conn,
+                        **filters,
+                        order=order,
+                        limit=None if limit is None else offset + limit,
+                    )
+                    counts = parking.counts(conn, **filters)
             except ReplicatorError as e:
                 unreachable[node.name] = describe(e)
                 continue
-            found += [_listed(node, item, now) for item in items if _matches(item, where, now)]
-        found.sort(key=lambda i: (i.detected_at, i.node, i.id), reverse=sort == "newest")
-        if sort not in ("age", "newest"):
-            found.sort(key=lambda i: getattr(i, sort))  # stable: oldest first within
+            found += [_listed(node, item, now) for item in items]
+            for table, reason, count in counts:
+                by_table[table] += count
+                by_reason[reason] += count
+        found.sort(key=_ORDERS[sort], reverse=sort in ("newest", "decided"))
         return Listing(
-            items=found,
-            by_table=dict(Counter(i.table for i in found)),
-            by_reason=dict(Counter(i.reason for i in found)),
-            obsolete=closed,
+            items=found[offset:] if limit is None else found[offset : offset + limit],
+            total=sum(by_table.values()),
+            offset=offset,
+            by_table=dict(by_table),
+            by_reason=dict(by_reason),
             unreachable=unreachable,
         )
+
+    def _sweep_listed(self, listing: Listing, now: dt.datetime) -> int:
+        """Close, as obsolete, the listed open items a later change superseded."""
+        ids: dict[str, list[int]] = {}
+        for listed in listing.items:
+            if listed.status == Status.OPEN:
+                ids.setdefault(listed.node, []).append(listed.id)
+        closed = 0
+        for name, node_ids in ids.items():
+            try:
+                closed += self._sweep(self.nodes[name], now, node_ids)
+            except ReplicatorError as e:
+                listing.unreachable[name] = describe(e)
+        return closed
 
     def summary(self, node: str | None = None) -> Summary:
         """The open items of every node (or of ``node``), grouped by node,
@@ -318,17 +389,14 @@ class ReviewQueue:
         groups.sort(key=lambda g: (-g.count, g.node, g.table, g.reason))
         return Summary(groups=groups, open=sum(g.count for g in groups), unreachable=unreachable)
 
-    def history(self, where: Filter = Filter()) -> Listing:
-        """Closed items (resolved by a person, or obsolete), newest decision first."""
-        listing = self.list(where, status=None)
-        listing.items = sorted(
-            (i for i in listing.items if i.status != Status.OPEN),
-            key=lambda i: (i.resolved_at or i.detected_at, i.node, i.id),
-            reverse=True,
+    def history(
+        self, where: Filter = Filter(), *, limit: int | None = None, offset: int = 0
+    ) -> Listing:
+        """Closed items (resolved by a person, or obsolete), newest decision
+        first, paged as :meth:`list` pages."""
+        return self.list(
+            where, status=parking.CLOSED, sort="decided", sweep=False, limit=limit, offset=offset
         )
-        listing.by_table = dict(Counter(i.table for i in listing.items))
-        listing.by_reason = dict(Counter(i.reason for i in listing.items))
-        return listing
 
     def show(self, ref: str | int | Ref) -> Shown:
         """One item in full, whatever its status."""
@@ -603,18 +671,18 @@ class ReviewQueue:
     def _nodes(self, name: str | None) -> list[Node]:
         return [self._node(name)] if name is not None else list(self.nodes.values())
 
-    def _sweep(self, node: Node, now: dt.datetime) -> int:
-        """Close the node's open items that a later change superseded.
+    def _sweep(self, node: Node, now: dt.datetime, ids: list[int]) -> int:
+        """Close the node's open items of ``ids`` that a later change superseded.
 
         Found with plain reads first; only when there are some does it take
         the writers' lock (a pass could be adding an event to one of them)
         and close them, looking again under the lock."""
         with node.connect() as conn:
-            if not parking.superseded(conn, node.dialect):
+            if not parking.superseded(conn, node.dialect, ids):
                 return 0
         with node.begin() as conn:
             node.dialect.exclude_writers(conn)
-            return parking.sweep(conn, node.dialect, now)
+            return parking.sweep(conn, node.dialect, now, ids)
 
 
 @dataclass
@@ -905,18 +973,30 @@ def _listed(node: Node, item: Item, now: dt.datetime) -> Listed:
         detail=item.detail,
         detected_at=detected,
         age_seconds=round(max((now - detected).total_seconds(), 0.0), 3),
+        event_count=item.event_count,
         resolved_at=resolved,
         resolved_by=item.resolved_by,
         resolution=item.resolution,
     )
 
 
-def _matches(item: Item, where: Filter, now: dt.datetime) -> bool:
-    if where.reason is not None and item.reason != where.reason:
-        return False
-    if where.older_than is not None:
-        return now - item.detected_at.replace(tzinfo=dt.UTC) >= where.older_than
-    return True
+def _at(listed: Listed) -> tuple:
+    return (listed.detected_at, listed.node, listed.id)
+
+
+def _decided_at(listed: Listed) -> tuple:
+    return (listed.resolved_at or listed.detected_at, listed.node, listed.id)
+
+
+#: Sort keys merging nodes' pages (``newest`` and ``decided`` reversed below).
+_ORDERS: dict[str, Any] = {
+    "age": _at,
+    "newest": _at,
+    "table": lambda i: (i.table, *_at(i)),
+    "node": lambda i: (i.node, *_at(i)),
+    "reason": lambda i: (i.reason, *_at(i)),
+    "decided": _decided_at,
+}
 
 
 def _version(side: Side | None) -> Version | None:

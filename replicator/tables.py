@@ -177,8 +177,23 @@ review_items = sa.Table(
     sa.Column("resolved_at", sa.DateTime),
     sa.Column("resolved_by", sa.String(128)),
     sa.Column("resolution", TEXT),
+    # How many events it holds (NULL: parked before this was counted; read
+    # from `events`). A held item's events are in review_events instead.
+    sa.Column("event_count", sa.BigInteger),
     sa.Index(None, "status", "table_name"),
     sa.Index(None, "table_name", "row_key"),
+    sa.Index(None, "status", "detected_at"),  # pages of open items, oldest first
+)
+
+review_events = sa.Table(
+    "replicator_review_events",
+    metadata,
+    # The events a held item keeps (every event of a table refused for one
+    # structural reason: see parking.py), one row each, in the order they
+    # came: a flood of them grows the item by inserts, not by rewriting it.
+    sa.Column("item_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("payload", BLOB, nullable=False),
 )
 
 sync_runs = sa.Table(

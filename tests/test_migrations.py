@@ -53,7 +53,9 @@ EXPECTED = {
         "resolved_at",
         "resolved_by",
         "resolution",
+        "event_count",
     },
+    "replicator_review_events": {"item_id", "position", "payload"},
     "replicator_sync_runs": {
         "id",
         "source",
@@ -88,7 +90,7 @@ def test_migrate_twice_creates_the_tables_once(database_url):
         assert primary_key_of(engine, "replicator_row_versions") == ["table_name", "row_key"]
         with engine.connect() as conn:
             assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [
-                ("0006",)
+                ("0007",)
             ]
     finally:
         engine.dispose()

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from replicator.cli import app
-from replicator.review import ReviewQueue
+from replicator.review import Filter, ReviewQueue
 from replicator.tables import review_items
 
 from .cluster import apart, member, vocabulary
@@ -261,3 +261,104 @@ def test_the_command_prints_the_groups_or_json_and_refuses_an_unknown_node(parke
     assert document["open"] == 4
     assert [(g["table"], g["count"]) for g in document["groups"]] == [("vocabulary_items", 4)]
     assert unknown.returncode == 2 and "tablet" in unknown.stderr, unknown.stderr
+
+
+# --- review list: pages of a queue of any length --------------------------------
+
+
+def _park_on(member, table: str, at: dt.datetime, events: int) -> None:
+    """An item of ``table`` on ``member``'s queue, parked ``at``, holding
+    ``events`` (undecodable) events."""
+    from replicator.parking import Parking, Reason, write
+
+    parked = Parking(
+        table=table,
+        key='["k"]',
+        reason=Reason.MISSING_TABLE,
+        detail=f"table {table!r} does not exist on the target",
+        events=[b"\x00"] * events,
+    )
+    with member.engine.begin() as conn:
+        write(conn, [parked], {}, {}, at)
+
+
+@pytest.fixture
+def two_queues(parked):
+    """Four conflicts on the server, and two items on the phone: one parked
+    before them, one after."""
+    server, phone, config = parked
+    oldest = _parked_at(server)
+    _park_on(phone, "notes", oldest - dt.timedelta(hours=1), events=3)
+    _park_on(phone, "notes", oldest + dt.timedelta(hours=1), events=1)
+    return server, phone, config, oldest
+
+
+def test_list_pages_through_every_node_in_order_and_counts_every_match(two_queues):
+    server, phone, _, oldest = two_queues
+    queue = ReviewQueue([server.node, phone.node], now=lambda: oldest + dt.timedelta(hours=2))
+
+    pages = [queue.list(limit=2, offset=offset) for offset in (0, 2, 4, 6)]
+
+    assert [[i.ref for i in p.items] for p in pages] == [
+        ["phone:1", "server:1"],
+        ["server:2", "server:3"],
+        ["server:4", "phone:2"],
+        [],
+    ]
+    assert {(p.total, p.offset) for p in pages} == {(6, 0), (6, 2), (6, 4), (6, 6)}
+    assert pages[0].by_table == {"notes": 2, "vocabulary_items": 4}
+    assert pages[0].by_reason == {"missing_table": 2, "manual_review": 4}
+    assert [i.event_count for i in pages[0].items] == [3, 1]
+    newest = queue.list(sort="newest", limit=3)
+    assert [i.ref for i in newest.items] == ["phone:2", "server:4", "server:3"]
+    by_node = queue.list(sort="node", limit=2, offset=1)
+    assert [i.ref for i in by_node.items] == ["phone:2", "server:1"]
+    only = queue.list(Filter(table="notes", older_than=dt.timedelta(hours=2)))
+    assert [i.ref for i in only.items] == ["phone:1"] and only.total == 1
+
+
+def test_an_item_parked_before_counts_were_kept_is_counted_from_its_events(two_queues):
+    _, phone, _, _ = two_queues
+    with phone.engine.begin() as conn:
+        conn.execute(sa.update(review_items).values(event_count=None))
+
+    listed = ReviewQueue([phone.node]).list()
+
+    assert [i.event_count for i in listed.items] == [3, 1]
+
+
+def test_a_page_leaves_out_items_a_later_change_superseded_and_fills_up(parked):
+    from replicator import parking, versions
+    from replicator.versions import RowVersion
+
+    server, phone, _ = parked
+    with server.engine.connect() as conn:
+        first = parking.items(conn, status="open")[0]
+    fixed = versions.merge(first.local.version, first.remote.version, {"server": 9})
+    with server.engine.begin() as conn:
+        row = {("vocabulary_items", first.key): RowVersion(fixed, 1, "x", False)}
+        versions.store(conn, server.node.dialect, row)
+
+    page = ReviewQueue([server.node, phone.node]).list(limit=2)
+
+    assert [i.ref for i in page.items] == ["server:2", "server:3"]
+    assert (page.obsolete, page.total) == (1, 3)
+
+
+@pytest.mark.backends("sqlite", "mariadb")
+def test_the_command_pages_and_says_how_to_see_the_next_page(two_queues):
+    _, _, config, _ = two_queues
+
+    shown = review(config, "list", "--limit", "2", "--offset", "2")
+    document = as_json(review(config, "list", "--limit", "2", "--offset", "4", "--json"))
+    negative = review(config, "list", "--offset", "-1")
+
+    assert shown.returncode == 0, shown.stderr
+    assert "server:2" in shown.stdout and "server:4" not in shown.stdout
+    words = " ".join(shown.stdout.split() + shown.stderr.split())
+    assert "6 open items" in words
+    assert "2 more not shown (--offset 4 shows the next page" in words, words
+    assert [i["ref"] for i in document["items"]] == ["server:4", "phone:2"]
+    assert (document["total"], document["offset"], document["more"]) == (6, 4, 0)
+    assert document["items"][1]["event_count"] == 1
+    assert negative.returncode == 2 and "--offset" in negative.stderr

@@ -67,6 +67,10 @@ SAMPLE = 5
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Decide and check everything, then write nothing.")
 ]
+OffsetOption = Annotated[
+    int,
+    typer.Option("--offset", help="Skip the first N matches (with --limit: a page).", metavar="N"),
+]
 AllOption = Annotated[bool, typer.Option("--all", help="Every open item (no filter needed).")]
 ItemArgument = Annotated[
     str | None,
@@ -116,15 +120,18 @@ def review_list(
         ),
     ] = "age",
     limit: LimitOption = None,
+    offset: OffsetOption = 0,
     config: ConfigOption = DEFAULT_CONFIG,
     as_json: JsonOption = False,
 ) -> None:
-    """List open items across every node, with counts by table and reason."""
+    """List open items across every node, with counts by table and reason.
+    A page costs what it shows, however long the queue: --limit and
+    --offset page through it."""
     where = _filter(table, node, reason, older_than)
-    shown = shown_limit(limit)
+    shown = _paged(limit, offset)
     with _queue(config) as queue:
-        listing = queue.list(where, sort=sort)
-    _print_listing(listing, "Open review items", "open", shown, as_json)
+        listing = queue.list(where, sort=sort, limit=shown, offset=offset)
+    _print_listing(listing, "Open review items", "open", as_json)
 
 
 @app.command("summary", cls=PlainCommand, short_help="Count open items by node, table and reason.")
@@ -161,37 +168,46 @@ def review_history(
     node: NodeFilter = None,
     reason: ReasonFilter = None,
     limit: LimitOption = None,
+    offset: OffsetOption = 0,
     config: ConfigOption = DEFAULT_CONFIG,
     as_json: JsonOption = False,
 ) -> None:
     """List closed items, newest first: who decided what, or what superseded them."""
     where = _filter(table, node, reason, None)
-    shown = shown_limit(limit)
+    shown = _paged(limit, offset)
     with _queue(config) as queue:
-        listing = queue.history(where)
-    _print_listing(listing, "Review history", "closed", shown, as_json)
+        listing = queue.history(where, limit=shown, offset=offset)
+    _print_listing(listing, "Review history", "closed", as_json)
 
 
-def _print_listing(listing, title: str, state: str, limit: int | None, as_json: bool) -> None:
-    """The first ``limit`` items (None: all) as a table or streamed JSON,
-    then the counts over all of them, and how many were not shown."""
-    items = listing.items if limit is None else listing.items[:limit]
+def _paged(limit: int | None, offset: int) -> int | None:
+    if offset < 0:
+        usage(f"--offset must be 0 or more, not {offset}")
+    return shown_limit(limit)
+
+
+def _print_listing(listing, title: str, state: str, as_json: bool) -> None:
+    """A page of items as a table or streamed JSON, then the counts over
+    every match, and how many come after the page."""
+    more = max(listing.total - listing.offset - len(listing.items), 0)
     if as_json:
         stream_json(
             "items",
-            items,
+            listing.items,
+            total=listing.total,
+            offset=listing.offset,
             by_table=listing.by_table,
             by_reason=listing.by_reason,
             obsolete=listing.obsolete,
             unreachable=listing.unreachable,
-            more=len(listing.items) - len(items),
+            more=more,
         )
     else:
-        out().print(_item_table(items, title, closed=state == "closed"))
+        out().print(_item_table(listing.items, title, closed=state == "closed"))
         say(_summary(listing, state))
-        if len(items) < len(listing.items):
-            more = len(listing.items) - len(items)
-            say(f"{more} more not shown (--limit N shows more, --limit 0 all)")
+        if more:
+            after = listing.offset + len(listing.items)
+            say(f"{more} more not shown (--offset {after} shows the next page, --limit 0 all)")
     _unreachable(listing)
 
 
@@ -380,12 +396,17 @@ def _item_table(items, title: str, closed: bool = False) -> Table | Text:
     if not items:
         return Text()
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    columns = ["item", "table", "key", "reason"]
+    columns = ["item", "table", "key", "reason", "events"]
     columns += ["closed (UTC)", "status", "by", "decision"] if closed else ["age", "detail"]
     for column in columns:
-        table.add_column(column, overflow="fold", no_wrap=column in ("item", "age"))
+        table.add_column(
+            column,
+            overflow="fold",
+            no_wrap=column in ("item", "age", "events"),
+            justify="right" if column == "events" else "left",
+        )
     for i in items:
-        row = [i.ref, i.table, i.key, i.reason]
+        row = [i.ref, i.table, i.key, i.reason, f"{i.event_count:,}"]
         if closed:
             when = f"{i.resolved_at:%Y-%m-%d %H:%M:%S}" if i.resolved_at else ""
             row += [when, i.status, i.resolved_by or "", i.resolution or ""]
@@ -399,8 +420,8 @@ def _summary(listing, state: str) -> str:
     def counts(by: dict[str, int]) -> str:
         return ", ".join(f"{name} {n}" for name, n in sorted(by.items()))
 
-    line = plural(len(listing.items), f"{state} item")
-    if listing.items:
+    line = plural(listing.total, f"{state} item")
+    if listing.total:
         line += f"; by table: {counts(listing.by_table)}; by reason: {counts(listing.by_reason)}"
     if listing.obsolete:
         line += f" ({listing.obsolete} closed just now as obsolete: superseded by a later change)"
