@@ -145,6 +145,7 @@ def apply_batch(
     restore: bool = False,
     log: bool = False,
     own: str | None = None,
+    releasing: int | None = None,
 ) -> Counts:
     """Apply ``entries`` (in position order) on ``conn``'s node.
 
@@ -161,8 +162,14 @@ def apply_batch(
     ``log``, a local appends what it applied to its outbox (the server
     always does), except its own events (``own``: its name), which are
     there already. Nothing happens for no entries.
+
+    An event of a table with an open held item, or one the target cannot
+    take for a structural reason (see :data:`parking.HELD_REASONS`), is held
+    (:func:`parking.hold`), not applied; ``releasing`` names the held item
+    whose own events ``entries`` are (they are not held in it again).
     """
     batch = _Batch(conn, dialect, shape_of, settle, now, restore, log, own)
+    batch.releasing = releasing
     batch.apply(entries)
     batch.write(careful)
     return batch.counts
@@ -268,6 +275,11 @@ class _Batch:
         self.key_kinds: dict[str, dict[str, Kind]] = {}
         # Tables whose key kinds no event told (see _event_keys).
         self.unsure_keys: set[str] = set()
+        # Open held items by table (see parking.hold), less the one being
+        # released; and what this batch holds: table -> (reason, detail, payloads).
+        self.held: dict[str, parking.Held] = {}
+        self.releasing: int | None = None
+        self.holding: dict[str, tuple[Reason, str, list[bytes]]] = {}
 
     # --- deciding ------------------------------------------------------------
 
@@ -277,6 +289,11 @@ class _Batch:
             self.shapes.setdefault(table, self.shape_of(table))
         self.current = versions.load_many(self.conn, self.dialect, keys)
         self.open = parking.open_items(self.conn, self.dialect, keys)
+        self.held = {
+            table: item
+            for table, item in parking.held_items(self.conn).items()
+            if item.id != self.releasing
+        }
 
     def apply(self, entries: list[Entry]) -> None:
         self.counts.read = len(entries)
@@ -287,9 +304,14 @@ class _Batch:
         self.load(keys)
         by_table: dict[str, list[Entry]] = {}
         for entry in entries:
+            if entry.table in self.held or entry.table in self.holding:
+                self._hold(entry, None)
+                continue
             problem = self._problem(entry)
             if problem is None:
                 by_table.setdefault(entry.table, []).append(entry)
+            elif problem[0] in parking.HELD_REASONS:
+                self._hold(entry, problem)
             else:
                 self.park_entry(entry, *problem)
         for table, table_entries in by_table.items():
@@ -312,7 +334,7 @@ class _Batch:
         columns = tuple(event.row) if event.row is not None else ()
         cache_key = (entry.table, tuple(event.key), columns)
         if cache_key not in self.problems:
-            self.problems[cache_key] = _shape_problem(shape, tuple(event.key), columns)
+            self.problems[cache_key] = shape_problem(shape, tuple(event.key), columns)
         return self.problems[cache_key]
 
     def _decide(self, table: str, entries: list[Entry]) -> None:
@@ -710,6 +732,15 @@ class _Batch:
         )
         self.counts.parked += 1
 
+    def _hold(self, entry: Entry, problem: tuple[Reason, str] | None) -> None:
+        """Hold ``entry`` in its table's held item: for ``problem``, or
+        (None) because the table has one already, which it joins."""
+        if entry.table not in self.holding:
+            reason, detail = problem or (Reason(self.held[entry.table].reason), "")
+            self.holding[entry.table] = (reason, detail, [])
+        self.holding[entry.table][2].append(entry.payload)
+        self.counts.parked += 1
+
     def _park(self, parking: Parking) -> None:
         """One open item per row: a parking joins the row's open item."""
         where = (parking.table, parking.key)
@@ -974,6 +1005,8 @@ class _Batch:
             parking.write(
                 self.conn, list(self.parkings.values()), self.joined, self.obsolete, self.now
             )
+        if self.holding:
+            parking.hold(self.conn, self.holding, self.held, self.now)
 
 
 def record_settlements(
@@ -1015,7 +1048,7 @@ def read_row(
     return shape.typed(found, held)
 
 
-def _shape_problem(
+def shape_problem(
     shape: TableShape, key: tuple[str, ...], columns: tuple[str, ...]
 ) -> tuple[Reason, str] | None:
     if key != shape.key:

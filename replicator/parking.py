@@ -19,6 +19,16 @@ with an open item:
   the item makes it ``obsolete``: someone changed the row after seeing
   every side, so there is nothing left to decide. An item whose incoming
   event could not be decoded has no known version and is never obsolete.
+
+A flood is one problem, not one item per row: events the target cannot take
+for a structural reason (:data:`HELD_REASONS`: its table is missing, lacks a
+column, or is keyed otherwise) are *held*, every one, in one item per table
+(row key :data:`HELD_KEY`), its events kept in order in
+``replicator_review_events``. While a table has a held item, every later
+event of that table joins it, so nothing of the table is applied out of
+order. A pass applies the held events, in order and with the ordinary batch
+path, once the problem is gone (see :mod:`replicator.sync`); a person may
+also discard them, or apply them at once (:mod:`replicator.review`).
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import sqlalchemy as sa
@@ -37,7 +47,7 @@ from replicator.checkpoints import SINK_PREFIX
 from replicator.conflicts import Side
 from replicator.dialects import Dialect
 from replicator.events import decode_or_none, from_ext, wire
-from replicator.tables import review_items
+from replicator.tables import review_events, review_items
 from replicator.versions import Order
 
 
@@ -56,6 +66,12 @@ class Reason(enum.StrEnum):
     KEY_MISMATCH = "key_mismatch"  # the target's primary key differs
     CORRUPT_PAYLOAD = "corrupt_payload"  # the event could not be decoded
     SINK_ERROR = "sink_error"  # a vector sink could not write the row (see sink.py)
+
+
+#: Why events are held rather than parked row by row (see the module's docstring).
+HELD_REASONS = frozenset({Reason.MISSING_TABLE, Reason.MISSING_COLUMN, Reason.KEY_MISMATCH})
+#: The row key of a held item: it holds events of every row of its table.
+HELD_KEY = "*"
 
 
 class Status(enum.StrEnum):
@@ -83,6 +99,12 @@ class Item(msgspec.Struct, kw_only=True):
     resolved_by: str | None = None
     resolution: str | None = None
     event_count: int = 0
+
+    @property
+    def held(self) -> bool:
+        """Whether it holds every event of its table (see :data:`HELD_KEY`);
+        its events are in ``replicator_review_events``, not in ``events``."""
+        return self.key == HELD_KEY
 
     @property
     def from_sink(self) -> bool:
@@ -468,3 +490,123 @@ def write(
                 resolution=note,
             )
         )
+
+
+# --- held items: every event of a table, in order ---------------------------------
+
+
+class Held(NamedTuple):
+    """An open held item: its id, table and reason."""
+
+    id: int
+    table: str
+    reason: str
+
+
+def held_items(conn: Connection) -> dict[str, Held]:
+    """The open held items by table; ``{}`` when there is none (one cheap
+    query when nothing at all is open, the usual case)."""
+    if not has_open(conn):
+        return {}
+    c = review_items.c
+    select = sa.select(c.id, c.table_name, c.reason).where(
+        c.status == Status.OPEN, c.row_key == HELD_KEY
+    )
+    return {
+        row.table_name: Held(row.id, row.table_name, row.reason) for row in conn.execute(select)
+    }
+
+
+def hold(
+    conn: Connection,
+    held: Mapping[str, tuple[Reason, str, Sequence[bytes]]],
+    existing: Mapping[str, Held],
+    now: dt.datetime,
+) -> None:
+    """Hold events, in the caller's transaction: per table, ``(reason,
+    detail, payloads in order)``, appended to the table's open held item
+    (``existing``) or to a new one."""
+    c, e = review_items.c, review_events.c
+    moment = now.astimezone(dt.UTC).replace(tzinfo=None)
+    for table, (reason, detail, payloads) in held.items():
+        if table in existing:
+            item_id = existing[table].id
+            last = conn.execute(
+                sa.select(sa.func.max(e.position)).where(e.item_id == item_id)
+            ).scalar_one()
+            start = 0 if last is None else last + 1
+        else:
+            conn.execute(
+                review_items.insert().values(
+                    table_name=table,
+                    row_key=HELD_KEY,
+                    reason=reason.value,
+                    detail=detail,
+                    policy="",
+                    status=Status.OPEN.value,
+                    event_count=0,
+                    detected_at=moment,
+                )
+            )
+            item_id = conn.execute(
+                sa.select(sa.func.max(c.id)).where(
+                    c.table_name == table, c.row_key == HELD_KEY, c.status == Status.OPEN
+                )
+            ).scalar_one()
+            start = 0
+        conn.execute(
+            review_events.insert(),
+            [
+                {"item_id": item_id, "position": start + i, "payload": payload}
+                for i, payload in enumerate(payloads)
+            ],
+        )
+        conn.execute(
+            review_items.update()
+            .where(c.id == item_id)
+            .values(event_count=c.event_count + len(payloads))
+        )
+
+
+def held_events(
+    conn: Connection, item_id: int, *, after: int = -1, limit: int | None = None
+) -> list[tuple[int, bytes]]:
+    """A held item's events after position ``after``, in order: ``(position,
+    payload)``, at most ``limit`` (None: all); ``[]`` when none is left."""
+    e = review_events.c
+    select = (
+        sa.select(e.position, e.payload)
+        .where(e.item_id == item_id, e.position > after)
+        .order_by(e.position)
+        .limit(limit)
+    )
+    return [(position, payload) for position, payload in conn.execute(select)]
+
+
+def let_go(
+    conn: Connection, item_id: int, upto: int, now: dt.datetime, *, by: str, note: str
+) -> bool:
+    """Remove a held item's events up to position ``upto`` (they were
+    applied, or dropped), in the caller's transaction; when none is left,
+    close the item as resolved ``by`` with ``note``. Whether it closed."""
+    c, e = review_items.c, review_events.c
+    gone = conn.execute(
+        review_events.delete().where(e.item_id == item_id, e.position <= upto)
+    ).rowcount
+    conn.execute(
+        review_items.update().where(c.id == item_id).values(event_count=c.event_count - gone)
+    )
+    left = conn.execute(sa.select(e.position).where(e.item_id == item_id).limit(1)).first()
+    if left is not None:
+        return False
+    conn.execute(
+        review_items.update()
+        .where(c.id == item_id)
+        .values(
+            status=Status.RESOLVED.value,
+            resolved_at=now.astimezone(dt.UTC).replace(tzinfo=None),
+            resolved_by=by,
+            resolution=note,
+        )
+    )
+    return True

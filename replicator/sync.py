@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from replicator import checkpoints, conflicts, keys, outbox, retention
+from replicator import checkpoints, conflicts, keys, outbox, parking, release, retention
 from replicator.apply import Counts, Settlement, apply_batch, reject, remove_orphans
 from replicator.checkpoints import DEFAULT_CHANNEL
 from replicator.clock import utcnow
@@ -120,13 +120,7 @@ class SyncPass:
         self.key_block = key_block
         self.unscoped = dict(unscoped or {})
         self.now = now
-        self.settle = None
-        if target.role == "server":
-            self.settle = Settlement(
-                target.name,
-                {t: (name, conflicts.load(name)) for t, name in (policies or {}).items()},
-                (policy, conflicts.load(policy)),
-            )
+        self.settle = settlement(target, policy, policies)
 
     def refused(self, error: str, unreachable: Collection[str] = ()) -> PassResult:
         """The result of this pass when it must not run (its target lacks
@@ -176,6 +170,7 @@ class SyncPass:
         pending: tuple[int, Future] | None = None
         try:
             self._lease_keys()
+            self._release_held(counts)
             with self.source.connect() as conn:
                 horizon = self.source.dialect.horizon(conn)
                 through = retention.pruned_through(conn)
@@ -252,6 +247,32 @@ class SyncPass:
         if len(ends) == 2:
             keys.refill(ends["local"], ends["server"], self.key_block)
 
+    def _release_held(self, counts: Counts) -> None:
+        """Before reading on: apply the events held on the target for this
+        channel's tables that the target can take now (see
+        :mod:`replicator.release`), so that they go before the newer events
+        of their table, which join a held item for as long as one is open."""
+        with self.target.connect() as conn:
+            ready = [
+                item
+                for item in parking.held_items(conn).values()
+                if self._carries(item.table) and release.blocked(conn, self.target, item) is None
+            ]
+        for item in ready:
+            counts.add(
+                release_held(
+                    self.target,
+                    item,
+                    settle=self.settle,
+                    now=self.now,
+                    batch_size=self.batch_size,
+                )
+            )
+
+    def _carries(self, table: str) -> bool:
+        """Whether this pass's channel carries ``table``."""
+        return (self.tables is None or table in self.tables) and table not in self.exclude_tables
+
     def _checkpoint(self, tconn: Any, log_id: str | None) -> tuple[int, int]:
         """Where this channel resumes, and how far the target has applied
         the source's log for the retention check.
@@ -270,18 +291,7 @@ class SyncPass:
         return 0, min(others.values(), default=0)
 
     def _apply(self, tconn: Any, entries: list[Entry], careful: bool = False) -> Counts:
-        return apply_batch(
-            tconn,
-            self.target.dialect,
-            entries,
-            shape_of=lambda table: self.target.shape(tconn, table),
-            settle=self.settle,
-            now=self.now(),
-            careful=careful,
-            # The server always logs; a local while a sink follows it.
-            log=self.settle is not None or checkpoints.followed(tconn, self.target.name),
-            own=self.target.name,
-        )
+        return _applier(self.target, self.settle, self.now)(tconn, entries, careful, None)
 
     def _apply_singly(
         self,
@@ -421,9 +431,69 @@ def _naive(moment: dt.datetime) -> dt.datetime:
     return moment.astimezone(dt.UTC).replace(tzinfo=None)
 
 
+def settlement(
+    target: Node, policy: str = "latest_timestamp", policies: Mapping[str, str] | None = None
+) -> Settlement | None:
+    """How ``target`` settles conflicts: by ``policies`` (table -> policy
+    name, see :mod:`replicator.conflicts`), else by ``policy``, when it is
+    the server; None for a local (it leaves conflicts to the server)."""
+    if target.role != "server":
+        return None
+    return Settlement(
+        target.name,
+        {t: (name, conflicts.load(name)) for t, name in (policies or {}).items()},
+        (policy, conflicts.load(policy)),
+    )
+
+
+def release_held(
+    target: Node,
+    item: parking.Held,
+    *,
+    settle: Settlement | None,
+    now: Callable[[], dt.datetime] = utcnow,
+    batch_size: int = 1000,
+    by: str = "replicator",
+) -> Counts:
+    """Apply the events ``item`` holds on ``target`` now, in order, as a pass
+    would (see :mod:`replicator.release`), conflicts settled by ``settle``."""
+    apply = _applier(target, settle, now)
+    return release.release(target, item, apply, batch_size=batch_size, now=now, by=by)
+
+
+def _applier(
+    target: Node, settle: Settlement | None, now: Callable[[], dt.datetime]
+) -> release.Apply:
+    """How a pass applies a batch on ``target`` (in the caller's transaction)."""
+
+    def apply(tconn: Any, entries: list[Entry], careful: bool, releasing: int | None) -> Counts:
+        return apply_batch(
+            tconn,
+            target.dialect,
+            entries,
+            shape_of=lambda table: target.shape(tconn, table),
+            settle=settle,
+            now=now(),
+            careful=careful,
+            # The server always logs; a local while a sink follows it.
+            log=settle is not None or checkpoints.followed(tconn, target.name),
+            own=target.name,
+            releasing=releasing,
+        )
+
+    return apply
+
+
 def replicate(source: Node, target: Node, **options: Any) -> PassResult:
     """One pass from ``source`` to ``target``; ``options`` as for :class:`SyncPass`."""
     return SyncPass(source, target, **options).run()
 
 
-__all__ = ["PassProgress", "PassResult", "SyncPass", "replicate"]
+__all__ = [
+    "PassProgress",
+    "PassResult",
+    "SyncPass",
+    "release_held",
+    "replicate",
+    "settlement",
+]

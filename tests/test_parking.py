@@ -66,7 +66,12 @@ def test_a_row_the_target_refuses_is_parked_and_the_rest_of_the_batch_applied(pa
     assert [decode_event(p).key for p in item.events] == [{"label_id": "l-phone"}]
 
 
-def test_an_event_for_a_missing_table_is_parked_and_later_ones_join_its_item(pair):
+def held_events(m, item):
+    with m.engine.connect() as conn:
+        return [decode_event(payload) for _, payload in parking.held_events(conn, item.id)]
+
+
+def test_events_for_a_missing_table_are_held_in_one_item_and_later_ones_join_it(pair):
     server, local = pair
     with server.engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE documents")
@@ -87,11 +92,87 @@ def test_an_event_for_a_missing_table_is_parked_and_later_ones_join_its_item(pai
 
     assert (first.applied, first.parked, second.applied, second.parked) == (1, 1, 1, 1)
     assert vocabulary_keys(server) == ["v-1", "v-2"]
-    [item] = open_items(server)  # one open item per row
-    assert (item.table, item.key, item.reason) == ("documents", '["d-1"]', "missing_table")
+    [item] = open_items(server)  # one item for the table, not one per row
+    assert (item.table, item.key, item.reason) == ("documents", "*", "missing_table")
+    assert item.held and item.event_count == 2 and item.events == []
     assert "'documents' does not exist" in item.detail
-    assert [decode_event(p).op for p in item.events] == ["insert", "update"]
-    assert item.remote.row["content"] == "dos"  # the newest version
+    assert [e.op for e in held_events(server, item)] == ["insert", "update"]
+
+
+def test_5000_events_for_a_missing_table_are_one_item_then_applied_in_order_once_it_exists(pair):
+    """A device writes a table the server lacks (a deploy went wrong): every
+    event is held in one item, in order, while the rest replicates; once the
+    table exists the next pass applies them, oldest first, exactly once."""
+    server, local = pair
+    with server.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE documents")
+    server.node.forget_shapes()
+    count = 2500
+    with local.sessions.begin() as session:
+        for i in range(count):
+            session.add(
+                app.Document(
+                    document_id=f"d-{i}", user_id="u-42", language="es", filename="f", content="v1"
+                )
+            )
+    with local.sessions.begin() as session:  # 2,500 updates after 2,500 inserts
+        for document in session.scalars(sa.select(app.Document)):
+            document.content = "v2"
+    add_vocabulary(local, "v-1", "a")
+
+    held = replicate(local.node, server.node)
+    with local.sessions.begin() as session:  # while held: later events join the item
+        session.get(app.Document, "d-0").content = "v3"
+        session.delete(session.get(app.Document, "d-1"))
+    joined = replicate(local.node, server.node)
+
+    assert (held.read, held.applied, held.parked) == (2 * count + 1, 1, 2 * count)
+    assert (joined.read, joined.parked) == (2, 2)
+    assert vocabulary_keys(server) == ["v-1"]
+    [item] = open_items(server)
+    assert (item.key, item.reason, item.event_count) == ("*", "missing_table", 2 * count + 2)
+
+    app.Document.__table__.create(server.engine)
+    server.node.forget_shapes()
+    released = replicate(local.node, server.node)
+    again = replicate(local.node, server.node)
+
+    assert released.ok, released.error
+    assert (released.applied, released.parked) == (2 * count + 2, 0)
+    assert (again.read, again.applied) == (0, 0)
+    assert open_items(server) == []
+    with server.engine.connect() as conn:
+        closed = parking.get(conn, item.id)
+        assert parking.held_events(conn, item.id) == []
+        forwarded = (
+            conn.execute(
+                sa.text(
+                    "SELECT payload FROM replicator_outbox WHERE table_name = 'documents' "
+                    "ORDER BY position"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert closed.status == "resolved" and "in order" in closed.resolution
+    with local.engine.connect() as conn:
+        written = (
+            conn.execute(
+                sa.text(
+                    "SELECT payload FROM replicator_outbox WHERE table_name = 'documents' "
+                    "ORDER BY position"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    # Applied (and forwarded by the server) in the order they were written.
+    assert [decode_event(p).event_id for p in forwarded] == [
+        decode_event(p).event_id for p in written
+    ]
+    rows = sorted(server.rows("documents"))
+    assert rows == sorted(local.rows("documents"))
+    assert len(rows) == count - 1
 
 
 def test_an_undecodable_event_is_parked_whole_and_its_neighbours_applied(pair):
