@@ -291,7 +291,7 @@ class _Batch:
         self.open = parking.open_items(self.conn, self.dialect, keys)
         self.held = {
             table: item
-            for table, item in parking.held_items(self.conn).items()
+            for table, item in parking.held_items(self.conn, keys).items()
             if item.id != self.releasing
         }
 

@@ -503,15 +503,18 @@ class Held(NamedTuple):
     reason: str
 
 
-def held_items(conn: Connection) -> dict[str, Held]:
-    """The open held items by table; ``{}`` when there is none (one cheap
-    query when nothing at all is open, the usual case)."""
+def held_items(conn: Connection, tables: Collection[str] | None = None) -> dict[str, Held]:
+    """The open held items (of ``tables``; None: all) by table; ``{}`` when
+    there is none (one cheap query when nothing at all is open, the usual
+    case; else one look-up by table and key, however long the queue)."""
     if not has_open(conn):
         return {}
     c = review_items.c
     select = sa.select(c.id, c.table_name, c.reason).where(
         c.status == Status.OPEN, c.row_key == HELD_KEY
     )
+    if tables is not None:
+        select = select.where(c.table_name.in_(sorted(tables)))
     return {
         row.table_name: Held(row.id, row.table_name, row.reason) for row in conn.execute(select)
     }
