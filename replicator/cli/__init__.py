@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from replicator.cli import demo, recovery, review, sink, status, sync
+from replicator.cli import console, demo, recovery, review, sink, status, sync
 from replicator.cli.common import PlainCommand
 
 app = typer.Typer(
@@ -64,6 +64,7 @@ COMMANDS = {
     recovery.prune: "Delete outbox events every replica has applied.",
     recovery.verify: "Check that a local holds the server's rows.",
     recovery.log: "The change history of a node, a table or a row.",
+    console.console: "Serve the review queue as a web app on loopback.",
 }
 for command, line in COMMANDS.items():
     app.command(short_help=line, cls=PlainCommand)(command)
