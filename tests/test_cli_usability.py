@@ -80,9 +80,10 @@ EVERY_COMMAND = [
             "log",
             "review",
             "sink",
+            "console",
         )
     ],
-    *[("review", name) for name in ("list", "history", "show", "resolve", "discard")],
+    *[("review", name) for name in ("list", "summary", "history", "show", "resolve", "discard")],
     *[("sink", name) for name in ("status", "rebuild", "query")],
 ]
 
