@@ -39,7 +39,7 @@ from replicator.node import Node
 from replicator.retention import PruneResult
 from replicator.review import ReviewQueue
 from replicator.sink import ChromaSink, SinkResult, check
-from replicator.sync import PassProgress, PassResult, SyncPass
+from replicator.sync import PassProgress, PassResult, SyncPass, settlement
 
 Direction = Literal["up", "down", "bidirectional"]
 
@@ -150,9 +150,13 @@ class Replicator:
         down = [(self.server, node) for node in self.locals]
         return {"up": up, "down": down, "bidirectional": up + down}[direction]
 
+    @property
+    def policies(self) -> dict[str, str]:
+        """The tables that name a conflict policy of their own, with it."""
+        return {t: s.policy for t, s in self.config.tables.items() if s.policy is not None}
+
     def passes(self, direction: Direction | None = None) -> Iterable[SyncPass]:
         unscoped = {t: s.unscoped for t, s in self.config.tables.items()}
-        policies = {t: s.policy for t, s in self.config.tables.items() if s.policy is not None}
         for source, target in self.links(direction):
             for channel, tables, excluded, size in self.channels():
                 yield SyncPass(
@@ -165,7 +169,7 @@ class Replicator:
                     key_block=self.config.replication.key_block,
                     unscoped=unscoped,
                     policy=self.config.replication.policy,
-                    policies=policies,
+                    policies=self.policies,
                 )
 
     def sync(
@@ -341,7 +345,13 @@ class Replicator:
     ) -> ReviewQueue:
         """The review queues of every node, as one :class:`~replicator.review.ReviewQueue`
         (``now`` and ``clock`` go to it)."""
-        return ReviewQueue(self.nodes.values(), now=now, clock=clock)
+        policy, policies = self.config.replication.policy, self.policies
+        return ReviewQueue(
+            self.nodes.values(),
+            now=now,
+            clock=clock,
+            settle=lambda node: settlement(node, policy, policies),
+        )
 
     def bootstrap_if_empty(self, node: Node) -> BootstrapResult | None:
         """Bootstrap the local ``node`` from the server when it is empty and

@@ -32,8 +32,8 @@ import datetime as dt
 import getpass
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -42,9 +42,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from replicator import outbox, parking, values, versions
-from replicator.apply import change_fields, read_row, record_settlements
-from replicator.checkpoints import SINK_PREFIX
+from replicator import outbox, parking, release, values, versions
+from replicator.apply import Settlement, change_fields, read_row, record_settlements
 from replicator.clock import HybridLogicalClock, to_datetime, utcnow
 from replicator.conflicts import Side
 from replicator.dialects.base import TableShape
@@ -59,6 +58,7 @@ from replicator.errors import (
 from replicator.events import ChangeEvent, decode_or_none, key_from_text, new_id, row_key
 from replicator.node import Node
 from replicator.parking import Item, Status
+from replicator.sync import release_held
 from replicator.tables import review_items
 from replicator.versions import RowVersion
 
@@ -67,6 +67,8 @@ SIDES: tuple[Take, ...] = ("server", "local")
 #: How a listing can be ordered: oldest first, newest first, or by a field
 #: (oldest first within it); ``decided``: newest decision first.
 SORTS = ("age", "newest", "table", "node", "reason", "decided")
+#: How many of a held item's events :meth:`ReviewQueue.show` shows.
+HELD_SHOWN = 20
 
 
 class Ref(NamedTuple):
@@ -238,7 +240,10 @@ class ReviewQueue:
     :meth:`replicator.application.Replicator.review`); ``now`` gives the time
     decisions are stamped with and ages are measured from; ``clock`` the
     timestamps of decisions (a fresh hybrid logical clock by default, which
-    resumes above everything the item and the row have seen).
+    resumes above everything the item and the row have seen); ``settle``
+    how a node settles conflicts (:func:`replicator.sync.settlement`, by the
+    configuration's policies), needed to apply a held item's events at once
+    (without it, only a pass applies them).
     """
 
     def __init__(
@@ -247,10 +252,12 @@ class ReviewQueue:
         *,
         now: Any = utcnow,
         clock: HybridLogicalClock | None = None,
+        settle: Callable[[Node], Settlement | None] | None = None,
     ) -> None:
         self.nodes = {node.name: node for node in nodes}
         self.now = now
         self.clock = clock or HybridLogicalClock()
+        self.settle = settle
 
     # --- reading -------------------------------------------------------------
 
@@ -403,6 +410,9 @@ class ReviewQueue:
         node, item_id = self.find(ref)
         with _translated(f"reading item {node.name}:{item_id}"), node.connect() as conn:
             item = _get(conn, node, item_id)
+            if item.held:  # its first events (event_count says how many in all)
+                held = parking.held_events(conn, item.id, limit=HELD_SHOWN)
+                item.events = [payload for _, payload in held]
             sides = _Sides.read(conn, node, item)
         return sides.shown(node, item, self.now())
 
@@ -488,12 +498,74 @@ class ReviewQueue:
         by: str | None,
         dry_run: bool,
     ) -> Decided:
-        with _translated(f"deciding item {node.name}:{item_id}"), node.connect() as conn:
-            transaction = conn.begin()
-            node.dialect.exclude_writers(conn)
-            decided = self._decide(conn, node, item_id, decision, merge, by)
-            transaction.rollback() if dry_run else transaction.commit()
-            return decided
+        with _translated(f"deciding item {node.name}:{item_id}"):
+            with node.connect() as conn:
+                item = _get(conn, node, item_id)
+            if item.held:
+                return self._decide_held(node, item, decision, by, dry_run)
+            with node.connect() as conn:
+                transaction = conn.begin()
+                node.dialect.exclude_writers(conn)
+                decided = self._decide(conn, node, item_id, decision, merge, by)
+                transaction.rollback() if dry_run else transaction.commit()
+                return decided
+
+    def _decide_held(
+        self, node: Node, item: Item, decision: str, by: str | None, dry_run: bool
+    ) -> Decided:
+        """Decide a held item (every event of its table, see
+        :mod:`replicator.parking`): taking the incoming side applies its
+        events now, in order, as a pass would once the table can take them;
+        taking the holding node's side, or discarding, drops them."""
+        _check_open(item, node.name)
+        incoming = "local" if node.role == "server" else "server"
+        ref = f"{node.name}:{item.id}"
+        if decision == "merge":
+            raise ArgumentError(
+                f"`merge`: item {ref} holds {item.event_count} events of table "
+                f"{item.table!r}, not one row; take {incoming} to apply them, or discard",
+                "merge",
+            )
+        by = by or default_user()
+        held = parking.Held(item.id, item.table, item.reason)
+        if decision == incoming:
+            with node.connect() as conn:
+                why = release.blocked(conn, node, held)
+            if why is not None:
+                raise ReviewError(
+                    f"item {ref} cannot be applied yet: {why}; fix that (a migration), "
+                    "then decide again (the next sync applies it by itself), or discard; "
+                    "nothing changed"
+                )
+            if node.role == "server" and self.settle is None:
+                raise ReviewError(
+                    f"item {ref}: applying held events on the server needs the configuration's "
+                    "conflict policies (use Replicator.review()), or a sync applies them; "
+                    "nothing changed"
+                )
+            settle = self.settle(node) if self.settle is not None else None
+            if not dry_run:
+                release_held(node, held, settle=settle, now=self.now, by=by)
+        else:
+            with node.begin() as conn:
+                node.dialect.exclude_writers(conn)
+                last = parking.held_events(conn, item.id)
+                upto = last[-1][0] if last else -1
+                note = f"discarded its {len(last)} held events; nothing written"
+                if not dry_run:
+                    parking.let_go(conn, item.id, upto, self.now(), by=by, note=note)
+        return Decided(
+            ref=ref,
+            node=node.name,
+            table=item.table,
+            key=item.key,
+            decision=decision,
+            row=None,
+            version=None,
+            event_id=None,
+            by=by,
+            at=self.now(),
+        )
 
     def resolve_matching(
         self,
@@ -503,13 +575,20 @@ class ReviewQueue:
         discard: bool = False,
         by: str | None = None,
         dry_run: bool = False,
+        progress: Callable[[int, int | None], None] | None = None,
     ) -> BulkResult:
         """Settle every open item matching ``where`` the same way (``take``
         a side, or ``discard``): one transaction per node, committed only
         when every node's items were settled; with ``dry_run`` every
-        decision is made and checked, then rolled back.
+        decision is made and checked (its row written, so the database's
+        refusals show), then rolled back. Items are read, decided and
+        written in batches (see :mod:`replicator.bulk`), so memory stays
+        bounded however many match.
 
-        Raises like :meth:`resolve`, before anything is committed, and
+        Returns a :class:`replicator.bulk.Outcome`: ``decided`` holds the
+        first few decisions, ``decided_count`` counts them all.
+        ``progress(done, total)`` is called before the first batch and after
+        each. Raises like :meth:`resolve`, before anything is committed, and
         :class:`ReviewError` when a node cannot be read. The locals' work
         comes first and the server's last, so the server's writers wait
         (MariaDB) only while its own items are decided. A commit can still
@@ -519,46 +598,13 @@ class ReviewQueue:
         if discard == (take is not None):
             raise ConfigurationError("give exactly one of take and discard")
         decision = "discard" if discard else _decision(take, None)
-        listing = self.list(where, sweep=False)
-        if listing.unreachable:
-            raise ReviewError("nothing was decided: " + "; ".join(listing.unreachable.values()))
-        by_node: dict[str, list[int]] = {}
-        for listed in listing.items:
-            if take is not None and listed.policy.startswith(SINK_PREFIX):
-                continue  # a sink's failure is only discarded
-            by_node.setdefault(listed.node, []).append(listed.id)
-        nodes = sorted((self.nodes[n] for n in by_node), key=lambda n: n.role == "server")
-        decided: list[Decided] = []
-        with ExitStack() as stack:
-            transactions = []
-            for node in nodes:
-                with _translated(f"deciding {node.name}'s items"):
-                    conn = stack.enter_context(node.connect())
-                    transactions.append((node.name, conn.begin()))
-                    node.dialect.exclude_writers(conn)
-                    for item_id in by_node[node.name]:
-                        decided.append(self._decide(conn, node, item_id, decision, None, by))
-            committed: list[str] = []
-            for name, transaction in transactions:
-                if dry_run:
-                    transaction.rollback()
-                    continue
-                try:
-                    transaction.commit()
-                # Its node's block is still open (every node's connection
-                # stays held until all commit): the driver's error, before
-                # the node's boundary.
-                except SQLAlchemyError as e:
-                    raise ReviewError(
-                        f"committing {name}'s decisions failed: {describe(e)}; "
-                        + (
-                            f"{', '.join(committed)} committed theirs"
-                            if committed
-                            else "nothing was committed"
-                        )
-                    ) from e
-                committed.append(name)
-        return BulkResult(matched=len(listing.items), decided=decided, dry_run=dry_run)
+        # Deciding in sets sits above this module: replicator.bulk builds on
+        # its rules for one item (the sides, the notes, the checks).
+        from replicator import bulk
+
+        return bulk.decide_matching(
+            self, where, decision, by=by, dry_run=dry_run, progress=progress
+        )
 
     def _decide(
         self,
@@ -574,16 +620,7 @@ class ReviewQueue:
         rows and their versions must not interleave with app transactions
         changing the same rows."""
         item = _get(conn, node, item_id)
-        if item.status != Status.OPEN:
-            how = ""
-            if item.resolved_at is not None:
-                how = (
-                    f" ({item.resolution}; by {item.resolved_by}, "
-                    f"{item.resolved_at:%Y-%m-%d %H:%M:%S} UTC)"
-                )
-            raise ReviewError(
-                f"item {node.name}:{item_id} is already {item.status}{how}; nothing changed"
-            )
+        _check_open(item, node.name)
         sides = _Sides.read(conn, node, item)
         row, kept = sides.decide(decision, merge)
         now = self.now()
@@ -896,6 +933,18 @@ def _write_row(
         ) from e
 
 
+def _check_open(item: Item, node: str) -> None:
+    """Refuse to decide a closed item, saying how it was closed."""
+    if item.status == Status.OPEN:
+        return
+    how = ""
+    if item.resolved_at is not None:
+        how = (
+            f" ({item.resolution}; by {item.resolved_by}, {item.resolved_at:%Y-%m-%d %H:%M:%S} UTC)"
+        )
+    raise ReviewError(f"item {node}:{item.id} is already {item.status}{how}; nothing changed")
+
+
 def _get(conn: Connection, node: Node, item_id: int) -> Item:
     found = parking.get(conn, item_id)
     if found is None:
@@ -905,8 +954,9 @@ def _get(conn: Connection, node: Node, item_id: int) -> Item:
 
 def _key_values(item: Item, shape: TableShape | None) -> dict[str, Any] | None:
     """The row's primary key as column -> value (typed as its events carry
-    it), or None when the table is absent or keyed otherwise here."""
-    if shape is None:
+    it), or None when the table is absent or keyed otherwise here, or the
+    item holds events of many rows."""
+    if shape is None or item.held:
         return None
     for event in map(decode_or_none, item.events):
         if event is not None:

@@ -253,3 +253,92 @@ def test_a_mariadb_target_without_strict_mode_is_refused_with_the_reason(pair):
     assert result.status == "failed"
     assert "strict mode" in result.error and "STRICT_TRANS_TABLES" in result.error
     assert vocabulary_keys(server) == []
+
+
+def _documents_held(server, local, count):
+    with server.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE documents")
+    server.node.forget_shapes()
+    with local.sessions.begin() as session:
+        for i in range(count):
+            session.add(
+                app.Document(
+                    document_id=f"d-{i}", user_id="u-42", language="es", filename="f", content="x"
+                )
+            )
+    replicate(local.node, server.node)
+    [item] = open_items(server)
+    return item
+
+
+def test_a_person_applies_a_held_item_once_its_table_exists_or_discards_it(pair):
+    from replicator.errors import ArgumentError, ReviewError
+    from replicator.review import ReviewQueue
+    from replicator.sync import settlement
+
+    server, local = pair
+    item = _documents_held(server, local, 30)
+    queue = ReviewQueue([server.node, local.node], settle=settlement)
+    ref = f"server:{item.id}"
+
+    shown = queue.show(ref)
+    with pytest.raises(ReviewError, match="cannot be applied yet: table 'documents' does not"):
+        queue.resolve(ref, take="local")
+    with pytest.raises(ArgumentError, match="holds 30 events of table 'documents'"):
+        queue.resolve(ref, merge={"content": "y"})
+    app.Document.__table__.create(server.engine)
+    server.node.forget_shapes()
+    decided = queue.resolve(ref, take="local", by="ana")
+
+    assert (shown.key, shown.event_count, len(shown.events)) == ("*", 30, 20)
+    assert [e.op for e in shown.events] == ["insert"] * 20
+    assert (decided.ref, decided.by) == (ref, "ana")
+    assert len(server.rows("documents")) == 30
+    assert open_items(server) == []
+    with server.engine.connect() as conn:
+        assert parking.get(conn, item.id).resolved_by == "ana"
+
+
+def test_discarding_a_held_item_drops_its_events_and_a_pass_applies_none(pair):
+    from replicator.review import ReviewQueue
+
+    server, local = pair
+    item = _documents_held(server, local, 5)
+
+    ReviewQueue([server.node]).discard(f"server:{item.id}", by="ana")
+    app.Document.__table__.create(server.engine)
+    server.node.forget_shapes()
+    later = replicate(local.node, server.node)
+
+    assert (later.read, later.applied) == (0, 0)
+    assert server.rows("documents") == []
+    with server.engine.connect() as conn:
+        closed = parking.get(conn, item.id)
+        assert parking.held_events(conn, item.id) == []
+    assert closed.status == "resolved" and "discarded its 5 held events" in closed.resolution
+
+
+# DuckDB cannot drop a column of a table other tables refer to.
+@pytest.mark.backends("sqlite", "mariadb")
+def test_events_for_a_missing_column_are_held_until_the_column_is_added(pair):
+    server, local = pair
+    with server.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE vocabulary_items DROP COLUMN strength")
+    server.node.forget_shapes()
+    add_vocabulary(local, "v-1", "a")
+    add_vocabulary(local, "v-2", "b")
+    edit_vocabulary(local, "v-1", translation="uno")
+
+    held = replicate(local.node, server.node)
+    [item] = open_items(server)
+    with server.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE vocabulary_items ADD COLUMN strength FLOAT")
+    server.node.forget_shapes()
+    released = replicate(local.node, server.node)
+
+    assert (held.parked, released.applied) == (3, 3)
+    assert (item.key, item.reason, item.event_count) == ("*", "missing_column", 3)
+    assert "no column 'strength'" in item.detail
+    assert vocabulary_keys(server) == ["v-1", "v-2"]
+    assert server.rows("vocabulary_items") == local.rows("vocabulary_items")
+    assert open_items(server) == []

@@ -463,7 +463,8 @@ def test_a_row_the_table_cannot_hold_is_refused_by_name(pair):
     assert item.reason == "missing_column"
     q = queue(server, phone)
 
-    with pytest.raises(ReviewError, match="table 'labels' on phone has no column 'colour'"):
+    refused = "cannot be applied yet: table 'labels': the target has no column 'colour'"
+    with pytest.raises(ReviewError, match=refused):
         q.resolve("phone:1", take="server")
     assert [i.status for i in q.list().items] == ["open"]
 

@@ -21,6 +21,7 @@ from replicator.cli.common import (
     out,
     plural,
     print_json,
+    progress,
     row_text,
     say,
     shown_limit,
@@ -330,9 +331,10 @@ def _decide(config, item, where, every, dry_run, as_json, *, take, one, by) -> N
         return
     if not where.any and not every:
         usage("give an item ID, filters (--table, --node, --reason, --older-than) or --all")
-    with _queue(config) as queue:
+    doing = "checking" if dry_run else "deciding"
+    with _queue(config) as queue, progress(f"{doing} items", "items") as advance:
         result = queue.resolve_matching(
-            where, take=take, discard=take is None, by=by, dry_run=dry_run
+            where, take=take, discard=take is None, by=by, dry_run=dry_run, progress=advance
         )
     if as_json:
         print_json(result)
@@ -341,15 +343,15 @@ def _decide(config, item, where, every, dry_run, as_json, *, take, one, by) -> N
 
 
 def _say_bulk(result, *, take: str | None, dry_run: bool, say=say) -> None:
-    """One line for a bulk decision: how many, and a sample of which
-    (``--json`` lists every one)."""
+    """One line for a bulk decision: how many, and the first few."""
     how = f"take {take}" if take else "discard"
     verb = "would be decided" if dry_run else "decided"
+    count = result.decided_count
     sample = ", ".join(d.ref for d in result.decided[:SAMPLE])
-    if len(result.decided) > SAMPLE:
-        sample += f" and {len(result.decided) - SAMPLE} more (--json lists every one)"
+    if count > SAMPLE:
+        sample += f" and {count - SAMPLE:,} more"
     say(
-        f"{len(result.decided)} of {plural(result.matched, 'matching item')} {verb} ({how})"
+        f"{count:,} of {plural(result.matched, 'matching item')} {verb} ({how})"
         + (f": {sample}" if sample else "")
     )
 
