@@ -532,3 +532,32 @@ def test_the_library_never_imports_the_console():
         and _in(i.target, "replicator.console")
     ]
     assert wrong == [], "the library imports the console: " + "; ".join(wrong)
+
+
+def test_a_bulk_decision_larger_than_its_sample_counts_every_item(console):
+    from replicator.parking import Parking, Reason, write
+
+    with console.phone.engine.begin() as conn:
+        corrupt = [
+            Parking(
+                table="notes",
+                key=f'["n-{i}"]',
+                reason=Reason.CORRUPT_PAYLOAD,
+                detail="cannot be decoded",
+                events=[b"\x00"],
+            )
+            for i in range(2)
+        ]
+        write(conn, corrupt, {}, {}, dt.datetime.now(dt.UTC))
+    ana = console.login()
+    form = {"csrf": csrf(ana.get("/items")), "action": "discard"}
+
+    preview = ana.post("/bulk/preview", data=form)
+    assert "7 of 7 matching items would be decided (discard)" in text(preview), text(preview)
+    assert "and 2 more." in text(preview)
+    ticket = re.search(r'name="ticket" value="([^"]+)"', preview.text).group(1)
+    done = ana.post("/bulk/decide", data={"csrf": form["csrf"], "ticket": ticket})
+
+    assert done.status_code == 303 and "decided=7" in done.headers["location"]
+    assert "Decided 7 items (discard)" in text(ana.get(done.headers["location"]))
+    assert console.open_refs() == []

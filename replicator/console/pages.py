@@ -377,7 +377,7 @@ class Pages:
             result = await run_in_threadpool(_bulk, queue, where, action, user.name, dry_run=False)
         except ReplicatorError as e:
             return self._preview(request, status_of(e), error=message(e), params=params)
-        target = "/items" + forms.query(params, decided=len(result.decided), how=action)
+        target = "/items" + forms.query(params, decided=result.decided_count, how=action)
         return RedirectResponse(target, status_code=303)
 
 
