@@ -85,3 +85,15 @@ def from_datetime(moment: dt.datetime) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     return int(moment.timestamp() * 1000) << COUNTER_BITS
+
+
+def age(seconds: float) -> str:
+    """A duration as people say it: ``45s``, ``12m``, ``3h 5m``, ``2d 4h``."""
+    minutes, hours, days = int(seconds // 60), int(seconds // 3600), int(seconds // 86400)
+    if days:
+        return f"{days}d {hours % 24}h"
+    if hours:
+        return f"{hours}h {minutes % 60}m"
+    if minutes:
+        return f"{minutes}m"
+    return f"{int(seconds)}s"

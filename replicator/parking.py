@@ -262,33 +262,19 @@ def page(
         sa.func.coalesce(c.resolved_at, c.detected_at) if name == "decided" else c[name]
         for name in ORDERS[order]
     ] + [c.id]
+    unread = [sa.null().label(name) for name in ("base", "local", "remote")]
     select = (
-        sa.select(*_LISTED, sa.case((c.event_count.is_(None), c.events)).label("events"))
+        sa.select(
+            *_LISTED,
+            *unread,
+            # Only an item counted before event_count existed has its events read.
+            sa.case((c.event_count.is_(None), c.events)).label("events"),
+        )
         .where(*_matching(status, table, reason, parked_before))
         .order_by(*(column.desc() if descending else column for column in by))
         .limit(limit)
     )
-    return [
-        Item(
-            id=row.id,
-            table=row.table_name,
-            key=row.row_key,
-            reason=row.reason,
-            detail=row.detail,
-            policy=row.policy,
-            status=row.status,
-            base=None,
-            local=None,
-            remote=None,
-            events=[],
-            detected_at=row.detected_at,
-            resolved_at=row.resolved_at,
-            resolved_by=row.resolved_by,
-            resolution=row.resolution,
-            event_count=_event_count(row),
-        )
-        for row in conn.execute(select)
-    ]
+    return [_item(row) for row in conn.execute(select)]
 
 
 def counts(

@@ -216,6 +216,23 @@ class Decided(msgspec.Struct, kw_only=True):
     by: str
     at: dt.datetime
 
+    @classmethod
+    def of(
+        cls, node: str, item: Item, decision: str, by: str, at: dt.datetime, **written: Any
+    ) -> Decided:
+        """The decision ``decision`` of ``node``'s ``item``; ``written``: its
+        ``row``, ``version`` and ``event_id`` (None: nothing was written)."""
+        return cls(
+            ref=str(Ref(node, item.id)),
+            node=node,
+            table=item.table,
+            key=item.key,
+            decision=decision,
+            by=by,
+            at=at,
+            **{"row": None, "version": None, "event_id": None, **written},
+        )
+
 
 class BulkResult(msgspec.Struct, kw_only=True):
     """What a bulk decision did (or, with ``dry_run``, would do)."""
@@ -554,18 +571,7 @@ class ReviewQueue:
                 note = f"discarded its {len(last)} held events; nothing written"
                 if not dry_run:
                     parking.let_go(conn, item.id, upto, self.now(), by=by, note=note)
-        return Decided(
-            ref=ref,
-            node=node.name,
-            table=item.table,
-            key=item.key,
-            decision=decision,
-            row=None,
-            version=None,
-            event_id=None,
-            by=by,
-            at=self.now(),
-        )
+        return Decided.of(node.name, item, decision, by, self.now())
 
     def resolve_matching(
         self,
@@ -646,17 +652,8 @@ class ReviewQueue:
         )
         if closed.rowcount != 1:  # decided concurrently by someone else
             raise ReviewError(f"item {node.name}:{item_id} was decided meanwhile; nothing changed")
-        return Decided(
-            ref=str(Ref(node.name, item_id)),
-            node=node.name,
-            table=item.table,
-            key=item.key,
-            decision=decision,
-            row=row,
-            version=version,
-            event_id=event_id,
-            by=by,
-            at=now,
+        return Decided.of(
+            node.name, item, decision, by, now, row=row, version=version, event_id=event_id
         )
 
     def _write(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from typer.core import TyperArgument, TyperCommand
 
+from replicator.clock import age as age  # the CLI prints ages as the console does
 from replicator.errors import ArgumentError, ConfigurationError, ReplicatorError
 
 if TYPE_CHECKING:
@@ -217,18 +218,6 @@ def short(v: object) -> str:
 def plural(count: int, noun: str, many: str | None = None) -> str:
     """``1 item``, ``2 items``, ``0 items`` (``many`` for irregular plurals)."""
     return f"{count} {noun if count == 1 else (many or noun + 's')}"
-
-
-def age(seconds: float) -> str:
-    """``45s``, ``12m``, ``3h 5m``, ``2d 4h``."""
-    minutes, hours, days = int(seconds // 60), int(seconds // 3600), int(seconds // 86400)
-    if days:
-        return f"{days}d {hours % 24}h"
-    if hours:
-        return f"{hours}h {minutes % 60}m"
-    if minutes:
-        return f"{minutes}m"
-    return f"{int(seconds)}s"
 
 
 def by_policy(counts: dict[str, int]) -> str:

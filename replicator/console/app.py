@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from replicator.clock import age
 from replicator.console import forms
 from replicator.console.auth import Guard
 from replicator.console.pages import Pages
@@ -163,18 +164,6 @@ def _templates() -> Jinja2Templates:
     env.filters.update(json=forms.text, age=age, when=when, ref=lambda r: quote(str(r), safe=":"))
     env.globals.update(query=forms.query)
     return Jinja2Templates(env=env)
-
-
-def age(seconds: float) -> str:
-    """``45s``, ``12m``, ``3h 5m``, ``2d 4h``."""
-    minutes, hours, days = int(seconds // 60), int(seconds // 3600), int(seconds // 86400)
-    if days:
-        return f"{days}d {hours % 24}h"
-    if hours:
-        return f"{hours}h {minutes % 60}m"
-    if minutes:
-        return f"{minutes}m"
-    return f"{int(seconds)}s"
 
 
 def when(moment: Any, precise: bool = False) -> str:
