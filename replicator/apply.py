@@ -279,7 +279,7 @@ class _Batch:
         # released; and what this batch holds: table -> (reason, detail, payloads).
         self.held: dict[str, parking.Held] = {}
         self.releasing: int | None = None
-        self.holding: dict[str, tuple[Reason, str, list[bytes]]] = {}
+        self.holding: dict[str, tuple[Reason, str, list[tuple[str, bytes]]]] = {}
 
     # --- deciding ------------------------------------------------------------
 
@@ -738,7 +738,7 @@ class _Batch:
         if entry.table not in self.holding:
             reason, detail = problem or (Reason(self.held[entry.table].reason), "")
             self.holding[entry.table] = (reason, detail, [])
-        self.holding[entry.table][2].append(entry.payload)
+        self.holding[entry.table][2].append((entry.row_key, entry.payload))
         self.counts.parked += 1
 
     def _park(self, parking: Parking) -> None:

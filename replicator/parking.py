@@ -403,6 +403,7 @@ def open_items(
                 c.status == Status.OPEN,
                 c.table_name == table,
                 c.row_key.in_(chunk),
+                c.row_key != HELD_KEY,  # holds a whole table's events, not the row's
                 ~c.policy.startswith(SINK_PREFIX),  # a sink's failure is not the row's item
             )
             for row in conn.execute(select):
@@ -508,12 +509,12 @@ def held_items(conn: Connection, tables: Collection[str] | None = None) -> dict[
 
 def hold(
     conn: Connection,
-    held: Mapping[str, tuple[Reason, str, Sequence[bytes]]],
+    held: Mapping[str, tuple[Reason, str, Sequence[tuple[str, bytes]]]],
     existing: Mapping[str, Held],
     now: dt.datetime,
 ) -> None:
     """Hold events, in the caller's transaction: per table, ``(reason,
-    detail, payloads in order)``, appended to the table's open held item
+    detail, (row key, payload) of each event in order)``, appended to the table's open held item
     (``existing``) or to a new one."""
     c, e = review_items.c, review_events.c
     moment = now.astimezone(dt.UTC).replace(tzinfo=None)
@@ -546,8 +547,8 @@ def hold(
         conn.execute(
             review_events.insert(),
             [
-                {"item_id": item_id, "position": start + i, "payload": payload}
-                for i, payload in enumerate(payloads)
+                {"item_id": item_id, "position": start + i, "row_key": key, "payload": payload}
+                for i, (key, payload) in enumerate(payloads)
             ],
         )
         conn.execute(
@@ -557,45 +558,71 @@ def hold(
         )
 
 
+class HeldEvent(NamedTuple):
+    """An event a held item keeps: its place in the item, its row's key
+    (as the outbox gave it) and the event as encoded."""
+
+    position: int
+    row_key: str
+    payload: bytes
+
+
 def held_events(
     conn: Connection, item_id: int, *, after: int = -1, limit: int | None = None
-) -> list[tuple[int, bytes]]:
-    """A held item's events after position ``after``, in order: ``(position,
-    payload)``, at most ``limit`` (None: all); ``[]`` when none is left."""
+) -> list[HeldEvent]:
+    """A held item's events after position ``after``, in order, at most
+    ``limit`` (None: all); ``[]`` when none is left."""
     e = review_events.c
     select = (
-        sa.select(e.position, e.payload)
+        sa.select(e.position, e.row_key, e.payload)
         .where(e.item_id == item_id, e.position > after)
         .order_by(e.position)
         .limit(limit)
     )
-    return [(position, payload) for position, payload in conn.execute(select)]
+    return [HeldEvent(*row) for row in conn.execute(select)]
 
 
 def let_go(
-    conn: Connection, item_id: int, upto: int, now: dt.datetime, *, by: str, note: str
+    conn: Connection,
+    item_id: int,
+    upto: int,
+    now: dt.datetime,
+    *,
+    by: str,
+    note: str,
+    reason: tuple[Reason, str] | None = None,
 ) -> bool:
-    """Remove a held item's events up to position ``upto`` (they were
-    applied, or dropped), in the caller's transaction; when none is left,
-    close the item as resolved ``by`` with ``note``. Whether it closed."""
+    """Remove an open held item's events up to position ``upto`` (they were
+    applied, or dropped), in the caller's transaction (which has excluded
+    the node's writers); when none is left, close the item as resolved
+    ``by`` with ``note``; else, given ``reason`` (why its first event is
+    still held, and the detail), note that. Whether it closed.
+
+    Raises :class:`ItemClosed` when the item is no longer open (someone
+    decided it meanwhile): nothing is removed."""
     c, e = review_items.c, review_events.c
-    gone = conn.execute(
-        review_events.delete().where(e.item_id == item_id, e.position <= upto)
-    ).rowcount
-    conn.execute(
-        review_items.update().where(c.id == item_id).values(event_count=c.event_count - gone)
-    )
-    left = conn.execute(sa.select(e.position).where(e.item_id == item_id).limit(1)).first()
-    if left is not None:
-        return False
-    conn.execute(
-        review_items.update()
-        .where(c.id == item_id)
-        .values(
+    status = conn.execute(sa.select(c.status).where(c.id == item_id)).scalar_one_or_none()
+    if status != Status.OPEN:
+        raise ItemClosed(item_id, status)
+    conn.execute(review_events.delete().where(e.item_id == item_id, e.position <= upto))
+    left = conn.execute(sa.select(sa.func.count()).where(e.item_id == item_id)).scalar_one()
+    values: dict[str, Any] = {"event_count": left}
+    if not left:
+        values.update(
             status=Status.RESOLVED.value,
             resolved_at=now.astimezone(dt.UTC).replace(tzinfo=None),
             resolved_by=by,
             resolution=note,
         )
-    )
-    return True
+    elif reason is not None:
+        values.update(reason=reason[0].value, detail=reason[1])
+    conn.execute(review_items.update().where(c.id == item_id).values(**values))
+    return not left
+
+
+class ItemClosed(Exception):
+    """A held item was decided (closed) while it was being worked on."""
+
+    def __init__(self, item_id: int, status: str | None) -> None:
+        super().__init__(f"item {item_id} is {status or 'gone'}")
+        self.item_id, self.status = item_id, status

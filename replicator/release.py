@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from replicator import parking
 from replicator.apply import Counts, reject, shape_problem
 from replicator.errors import RowRefusedError, describe
-from replicator.events import decode_or_none, row_key
+from replicator.events import decode_or_none
 from replicator.node import Node
 from replicator.outbox import Entry
 from replicator.parking import Reason
@@ -36,16 +36,9 @@ Apply = Callable[[Connection, list[Entry], bool, int | None], Counts]
 
 def blocked(conn: Connection, node: Node, item: parking.Held) -> str | None:
     """Why the target still cannot take the held item's first event (the
-    detail a pass would park it with), or None once it can."""
+    detail a pass would hold it with), or None once it can."""
     first = parking.held_events(conn, item.id, limit=1)
-    event = decode_or_none(first[0][1]) if first else None
-    if event is None:
-        return None  # nothing left, or undecodable: applying parks it as corrupt
-    shape = node.shape(conn, item.table)
-    if shape is None:
-        return f"table {item.table!r} does not exist on {node.name}"
-    columns = tuple(event.row) if event.row is not None else ()
-    problem = shape_problem(shape, tuple(event.key), columns)
+    _, problem = _takeable(conn, node, item.table, first)
     return None if problem is None else problem[1]
 
 
@@ -58,32 +51,59 @@ def release(
     now: Callable[[], dt.datetime],
     by: str = "replicator",
 ) -> Counts:
-    """Apply every event ``item`` holds on ``node``, in order, with
-    ``apply``; then the item is closed as resolved ``by``. What the batches
-    did (all zero when the item holds nothing)."""
+    """Apply the events ``item`` holds on ``node``, in order, with
+    ``apply``, up to the first one the target still cannot take (it stays
+    first in the item, whose reason and detail then say why); when none is
+    left, the item is closed as resolved ``by``. What the batches did (all
+    zero when the item holds nothing, or was decided meanwhile: a batch
+    finding it closed applies nothing)."""
     total = Counts()
     note = f"released: its events were applied in order once {item.table!r} could take them"
-    closed = False
-    while not closed:
+    while True:
         entries: list[Entry] = []
+        problem: tuple[Reason, str] | None = None
         try:
             with node.begin() as conn:
                 node.dialect.exclude_writers(conn)
                 held = parking.held_events(conn, item.id, limit=batch_size)
-                if not held:
-                    parking.let_go(conn, item.id, -1, now(), by=by, note=note)
-                    break
-                entries = [_entry(item.table, position, payload) for position, payload in held]
-                counts = apply(conn, entries, False, item.id)
-                closed = parking.let_go(conn, item.id, held[-1][0], now(), by=by, note=note)
+                entries, problem = _takeable(conn, node, item.table, held)
+                counts = apply(conn, entries, False, item.id) if entries else Counts()
+                upto = entries[-1].position if entries else -1
+                closed = parking.let_go(
+                    conn, item.id, upto, now(), by=by, note=note, reason=problem
+                )
             total.add(counts)
+        except parking.ItemClosed:
+            return total  # decided meanwhile: this batch rolled back
         except RowRefusedError:
             # Rolled back: the target refused a row; which one, only the
             # database knows. One event per transaction finds it.
             if not entries:
                 raise
-            closed = _singly(node, item, entries, apply, now, by, note, total)
-    return total
+            closed = _singly(node, item, entries, apply, now, by, note, problem, total)
+        if closed or problem is not None or not entries:
+            return total
+
+
+def _takeable(
+    conn: Connection, node: Node, table: str, held: list[parking.HeldEvent]
+) -> tuple[list[Entry], tuple[Reason, str] | None]:
+    """The first of ``held`` that the target can take, as entries; and why
+    it cannot take the next one (None: it can take them all). An
+    undecodable event is taken: applying it parks it as corrupt."""
+    shape = node.shape(conn, table)
+    entries: list[Entry] = []
+    for position, key, payload in held:
+        event = decode_or_none(payload)
+        if event is not None:
+            if shape is None:
+                return entries, (Reason.MISSING_TABLE, f"table {table!r} does not exist")
+            columns = tuple(event.row) if event.row is not None else ()
+            problem = shape_problem(shape, tuple(event.key), columns)
+            if problem is not None:
+                return entries, problem
+        entries.append(Entry(position, table, key, payload, event))
+    return entries, None
 
 
 def _singly(
@@ -94,6 +114,7 @@ def _singly(
     now: Callable[[], dt.datetime],
     by: str,
     note: str,
+    problem: tuple[Reason, str] | None,
     total: Counts,
 ) -> bool:
     """Apply ``entries`` one per transaction into ``total``, parking those
@@ -105,13 +126,17 @@ def _singly(
             with node.begin() as conn:
                 node.dialect.exclude_writers(conn)
                 counts = apply(conn, [entry], True, item.id)
-                closed = parking.let_go(conn, item.id, entry.position, now(), by=by, note=note)
+                closed = parking.let_go(
+                    conn, item.id, entry.position, now(), by=by, note=note, reason=problem
+                )
             total.add(counts)
+        except parking.ItemClosed:
+            return True
         except RowRefusedError as e:
-            with node.begin() as conn:
-                node.dialect.exclude_writers(conn)
-                total.add(
-                    reject(
+            try:
+                with node.begin() as conn:
+                    node.dialect.exclude_writers(conn)
+                    counts = reject(
                         conn,
                         node.dialect,
                         entry,
@@ -120,12 +145,10 @@ def _singly(
                         shape_of=lambda table, conn=conn: node.shape(conn, table),
                         now=now(),
                     )
-                )
-                closed = parking.let_go(conn, item.id, entry.position, now(), by=by, note=note)
+                    closed = parking.let_go(
+                        conn, item.id, entry.position, now(), by=by, note=note, reason=problem
+                    )
+                total.add(counts)
+            except parking.ItemClosed:
+                return True
     return closed
-
-
-def _entry(table: str, position: int, payload: bytes) -> Entry:
-    event = decode_or_none(payload)
-    key = row_key(tuple(event.key.values())) if event is not None else parking.HELD_KEY
-    return Entry(position, table, key, payload, event)

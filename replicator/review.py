@@ -429,7 +429,7 @@ class ReviewQueue:
             item = _get(conn, node, item_id)
             if item.held:  # its first events (event_count says how many in all)
                 held = parking.held_events(conn, item.id, limit=HELD_SHOWN)
-                item.events = [payload for _, payload in held]
+                item.events = [event.payload for event in held]
             sides = _Sides.read(conn, node, item)
         return sides.shown(node, item, self.now())
 
@@ -533,15 +533,21 @@ class ReviewQueue:
         """Decide a held item (every event of its table, see
         :mod:`replicator.parking`): taking the incoming side applies its
         events now, in order, as a pass would once the table can take them;
-        taking the holding node's side, or discarding, drops them."""
+        discarding drops them. Taking the holding node's side is refused:
+        it would drop them too, and only ``discard`` says so."""
         _check_open(item, node.name)
         incoming = "local" if node.role == "server" else "server"
         ref = f"{node.name}:{item.id}"
+        what = f"item {ref} holds {item.event_count} events of table {item.table!r}, not one row"
         if decision == "merge":
             raise ArgumentError(
-                f"`merge`: item {ref} holds {item.event_count} events of table "
-                f"{item.table!r}, not one row; take {incoming} to apply them, or discard",
-                "merge",
+                f"`merge`: {what}; take {incoming} to apply them, or discard", "merge"
+            )
+        if decision not in (incoming, "discard"):
+            raise ArgumentError(
+                f"`take`: {what}, which {node.name} could not take; take {incoming} to apply "
+                "them (once it can), or discard to drop them; nothing changed",
+                "take",
             )
         by = by or default_user()
         held = parking.Held(item.id, item.table, item.reason)
@@ -562,15 +568,33 @@ class ReviewQueue:
                 )
             settle = self.settle(node) if self.settle is not None else None
             if not dry_run:
-                release_held(node, held, settle=settle, now=self.now, by=by)
+                done = release_held(node, held, settle=settle, now=self.now, by=by)
+                with node.connect() as conn:
+                    after = _get(conn, node, item.id)
+                if after.status == Status.OPEN:
+                    raise ReviewError(
+                        f"item {ref}: {done.read} of its events were applied in order; the "
+                        f"next cannot be taken yet ({after.detail}), so the item stays open "
+                        f"with the other {after.event_count}"
+                    )
+                if after.resolved_by != by:
+                    raise ReviewError(
+                        f"item {ref} was decided meanwhile ({after.resolution}; by "
+                        f"{after.resolved_by})"
+                    )
         else:
             with node.begin() as conn:
                 node.dialect.exclude_writers(conn)
                 last = parking.held_events(conn, item.id)
-                upto = last[-1][0] if last else -1
+                upto = last[-1].position if last else -1
                 note = f"discarded its {len(last)} held events; nothing written"
                 if not dry_run:
-                    parking.let_go(conn, item.id, upto, self.now(), by=by, note=note)
+                    try:
+                        parking.let_go(conn, item.id, upto, self.now(), by=by, note=note)
+                    except parking.ItemClosed:
+                        raise ReviewError(
+                            f"item {ref} was decided meanwhile; nothing changed"
+                        ) from None
         return Decided.of(node.name, item, decision, by, self.now())
 
     def resolve_matching(

@@ -193,6 +193,9 @@ review_events = sa.Table(
     # came: a flood of them grows the item by inserts, not by rewriting it.
     sa.Column("item_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
+    # The row's key as the outbox gave it (an undecodable event's is known
+    # only from there).
+    sa.Column("row_key", ROW_KEY, nullable=False),
     sa.Column("payload", BLOB, nullable=False),
 )
 

@@ -55,7 +55,7 @@ EXPECTED = {
         "resolution",
         "event_count",
     },
-    "replicator_review_events": {"item_id", "position", "payload"},
+    "replicator_review_events": {"item_id", "position", "row_key", "payload"},
     "replicator_sync_runs": {
         "id",
         "source",

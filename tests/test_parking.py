@@ -5,6 +5,9 @@ event that cannot be decoded. The server runs on every backend."""
 
 from __future__ import annotations
 
+import datetime as dt
+
+import msgspec
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -17,6 +20,7 @@ from .cluster import add_vocabulary, app, edit_vocabulary
 from .models import Label, Labels
 
 REFUSED = "the target refused the row: "
+START = dt.datetime(2026, 12, 5, 9, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture
@@ -68,7 +72,7 @@ def test_a_row_the_target_refuses_is_parked_and_the_rest_of_the_batch_applied(pa
 
 def held_events(m, item):
     with m.engine.connect() as conn:
-        return [decode_event(payload) for _, payload in parking.held_events(conn, item.id)]
+        return [decode_event(e.payload) for e in parking.held_events(conn, item.id)]
 
 
 def test_events_for_a_missing_table_are_held_in_one_item_and_later_ones_join_it(pair):
@@ -286,6 +290,8 @@ def test_a_person_applies_a_held_item_once_its_table_exists_or_discards_it(pair)
         queue.resolve(ref, take="local")
     with pytest.raises(ArgumentError, match="holds 30 events of table 'documents'"):
         queue.resolve(ref, merge={"content": "y"})
+    with pytest.raises(ArgumentError, match="take local to apply them .* or discard to drop"):
+        queue.resolve(ref, take="server")  # would drop them: only discard says so
     app.Document.__table__.create(server.engine)
     server.node.forget_shapes()
     decided = queue.resolve(ref, take="local", by="ana")
@@ -342,3 +348,96 @@ def test_events_for_a_missing_column_are_held_until_the_column_is_added(pair):
     assert vocabulary_keys(server) == ["v-1", "v-2"]
     assert server.rows("vocabulary_items") == local.rows("vocabulary_items")
     assert open_items(server) == []
+
+
+def test_an_undecodable_event_in_a_held_flood_is_parked_on_its_own_when_released(pair):
+    server, local = pair
+    with server.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE documents")
+    server.node.forget_shapes()
+    with local.sessions.begin() as session:
+        for i in range(3):
+            session.add(
+                app.Document(
+                    document_id=f"d-{i}", user_id="u-42", language="es", filename="f", content="x"
+                )
+            )
+    corrupt = b"\xc1 not msgpack"
+    with local.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE replicator_outbox SET payload = ? WHERE row_key = ?", (corrupt, '["d-1"]')
+        )
+    replicate(local.node, server.node)
+    [held] = open_items(server)
+
+    app.Document.__table__.create(server.engine)
+    server.node.forget_shapes()
+    released = replicate(local.node, server.node)
+
+    assert (released.applied, released.parked) == (2, 1)
+    assert [r[0] for r in server.rows("documents")] == ["d-0", "d-2"]
+    [item] = open_items(server)  # the corrupt event, on its own, for a person
+    assert (item.key, item.reason, item.events) == ('["d-1"]', "corrupt_payload", [corrupt])
+    with server.engine.connect() as conn:
+        closed = parking.get(conn, held.id)
+    assert (closed.status, closed.event_count) == ("resolved", 0)
+
+
+def test_a_release_stops_at_an_event_the_table_still_cannot_take(pair):
+    """Held events are applied up to the first the target still cannot take
+    (a column it lacks); that one stays first in the item, which says why,
+    and nothing after it is applied out of order."""
+    from replicator.events import encode_event
+
+    server, local = pair
+    with local.sessions.begin() as session:
+        for i in range(4):
+            session.add(
+                app.Document(
+                    document_id=f"d-{i}", user_id="u-42", language="es", filename="f", content="x"
+                )
+            )
+    with local.engine.connect() as conn:
+        logged = conn.exec_driver_sql(
+            "SELECT row_key, payload FROM replicator_outbox WHERE table_name = 'documents' "
+            "ORDER BY position"
+        ).all()
+    events = [(key, decode_event(payload)) for key, payload in logged]
+    wider = events[2][1]
+    events[2] = (events[2][0], msgspec.structs.replace(wider, row={**wider.row, "colour": "red"}))
+    with server.engine.begin() as conn:
+        held = [(key, encode_event(event)) for key, event in events]
+        parking.hold(conn, {"documents": (parking.Reason.MISSING_TABLE, "gone", held)}, {}, START)
+
+    first = replicate(local.node, server.node)
+    [item] = open_items(server)
+
+    # The pass's own four events of the table join the item, after the rest.
+    assert (first.applied, first.parked) == (2, 4)
+    assert [r[0] for r in server.rows("documents")] == ["d-0", "d-1"]
+    assert (item.reason, item.event_count) == ("missing_column", 6)
+    assert "no column 'colour'" in item.detail
+    assert [e.key["document_id"] for e in held_events(server, item)] == [
+        "d-2",
+        "d-3",
+        "d-0",
+        "d-1",
+        "d-2",
+        "d-3",
+    ]
+
+
+def test_a_held_item_decided_meanwhile_is_left_as_decided():
+    engine = sa.create_engine("sqlite://")
+    from replicator.tables import metadata
+
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        parking.hold(
+            conn, {"t": (parking.Reason.MISSING_TABLE, "gone", [('["a"]', b"x")])}, {}, START
+        )
+        [item] = parking.held_items(conn).values()
+        parking.let_go(conn, item.id, 0, START, by="ana", note="discarded")
+        with pytest.raises(parking.ItemClosed):
+            parking.let_go(conn, item.id, 0, START + dt.timedelta(1), by="replicator", note="x")
+        assert parking.get(conn, item.id).resolution == "discarded"

@@ -20,6 +20,9 @@ branch_labels = None
 depends_on = None
 
 BLOB = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+ROW_KEY = sa.String(512).with_variant(
+    mysql.VARCHAR(512, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+)
 
 
 def upgrade() -> None:
@@ -35,6 +38,7 @@ def upgrade() -> None:
         "replicator_review_events",
         sa.Column("item_id", sa.BigInteger, autoincrement=False, nullable=False),
         sa.Column("position", sa.BigInteger, autoincrement=False, nullable=False),
+        sa.Column("row_key", ROW_KEY, nullable=False),
         sa.Column("payload", BLOB, nullable=False),
         sa.PrimaryKeyConstraint("item_id", "position", name="pk_replicator_review_events"),
     )
