@@ -170,8 +170,8 @@ def test_a_bulk_decision_prints_a_count_and_a_sample():
     from replicator.cli import review
 
     printed: list[str] = []
-    decided = [SimpleNamespace(ref=f"server:{n}") for n in range(1, 201)]
-    result = SimpleNamespace(decided=decided, matched=200)
+    decided = [SimpleNamespace(ref=f"server:{n}") for n in range(1, 6)]  # a sample
+    result = SimpleNamespace(decided=decided, decided_count=200, matched=200)
     review._say_bulk(result, take="local", dry_run=False, say=printed.append)
     [line] = printed
     assert line.startswith("200 of 200 matching items decided (take local): server:1, server:2")
