@@ -18,6 +18,12 @@
   Afterwards every row must hold the phone's values and no item be open.
 * **One at a time**: ``ReviewQueue.resolve(ref, take="local")`` per item
   of ``singles``, in a child process: the path bulk decisions took before.
+* **Review list**: ``ReviewQueue.list(limit=50)`` (sweep on, as ``replicator
+  review list`` calls it) and ``ReviewQueue.summary()`` in a child process
+  over the ``--items`` parked items (before ``singles`` are parked and
+  anything is decided): the first page and the counts a person looks at
+  first. Seconds for both, against a limit of 1 second (ratio = seconds /
+  1.0; target <= 1).
 * **Raw rate**: the same number of rows written over the same table in the
   same run with the driver's fastest batched upsert, 1,000 rows per
   ``executemany`` of ``INSERT ... ON DUPLICATE KEY UPDATE`` (SQLite: ``ON
@@ -68,6 +74,8 @@ from replicator.versions import RowVersion
 
 BATCH = 1000
 TARGET_RATIO = 0.2
+PAGE = 50
+LIST_LIMIT = 1.0  # seconds for the first page and the summary
 DEFAULT_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
 NOW = dt.datetime(2026, 11, 24, 9, 30, tzinfo=dt.UTC)
 
@@ -168,6 +176,25 @@ def child_bulk(url: str, dry_run: bool, results: multiprocessing.Queue) -> None:
     seconds = time.perf_counter() - clock
     node.dispose()
     results.put((result.decided_count, seconds, peak_rss_mb()))
+
+
+def child_list(url: str, count: int, results: multiprocessing.Queue) -> None:
+    from replicator.node import Node
+    from replicator.review import ReviewQueue
+
+    node = Node("server", url=url, role="server")
+    queue = ReviewQueue([node], now=lambda: NOW)
+    clock = time.perf_counter()
+    listing = queue.list(limit=PAGE)
+    summary = queue.summary()
+    seconds = time.perf_counter() - clock
+    node.dispose()
+    if len(listing.items) != min(PAGE, count) or listing.total != count or summary.open != count:
+        raise SystemExit(
+            f"list: {len(listing.items)} items listed of {listing.total}, "
+            f"{summary.open} open in the summary, for {count} parked"
+        )
+    results.put((len(listing.items), seconds, peak_rss_mb()))
 
 
 def child_single(url: str, count: int, results: multiprocessing.Queue) -> None:
@@ -289,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
             f"# parking {count:,} + {args.singles:,} conflicts on {args.backend}", file=sys.stderr
         )
         park(url, "readings", count)
+        print(f"# review list, first page ({PAGE})", file=sys.stderr)
+        _, list_seconds, list_rss = in_child(child_list, url, count)
         park(url, "singles", args.singles)
         runs = []
         for name, dry_run in (("resolve_matching, dry run", True), ("resolve_matching", False)):
@@ -321,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {decided:,} | {seconds:.1f} | {rate:,.0f} | {rate / raw_rate:.3f} "
             f"| {rss:.0f} |"
         )
+    print(
+        f"| review list, first page ({PAGE}) of the {count:,} items, and summary "
+        f"(limit {LIST_LIMIT:g} s; ratio = seconds / {LIST_LIMIT:g}) | {count:,} "
+        f"| {list_seconds:.2f} | | {list_seconds / LIST_LIMIT:.3f} | {list_rss:.0f} |"
+    )
     return 0
 
 

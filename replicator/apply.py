@@ -1025,6 +1025,7 @@ def record_settlements(
             (table, key, _encode_json(v).decode(), _encode_json(k).decode())
             for (table, key), (v, k) in settled.items()
         ],
+        hoist=("table_name",),
     )
 
 

@@ -55,7 +55,7 @@ from replicator.checkpoints import SINK_PREFIX
 from replicator.conflicts import Side
 from replicator.dialects.base import TableShape, placeholders, quote
 from replicator.errors import ArgumentError, ReplicatorError, ReviewError, describe
-from replicator.events import ChangeEvent, new_id, row_key
+from replicator.events import ChangeEvent, decode_or_none, key_from_text, new_id, row_key
 from replicator.node import Node
 from replicator.parking import Item, Status
 from replicator.review import (
@@ -67,7 +67,6 @@ from replicator.review import (
     ReviewQueue,
     _check_row,
     _hints,
-    _key_values,
     _note,
     _Sides,
     _translated,
@@ -216,7 +215,7 @@ def _count(conn: Connection, conditions: list, skip_sink: bool) -> tuple[int, in
 
 def _batches(
     conn: Connection, conditions: list, skip_sink: bool, size: int
-) -> Iterator[list[Item]]:
+) -> Iterator[list[_Open]]:
     """The matching items in batches of at most ``size`` items of one table,
     table by table, by id: each batch is read after the previous one was
     decided (keyset pagination: whatever the queue's length, one batch is
@@ -232,16 +231,85 @@ def _batches(
         last = 0
         while True:
             select = (
-                sa.select(review_items)
+                sa.select(*_READ)
                 .where(*conditions, c.table_name == table, c.id > last)
                 .order_by(c.id)
                 .limit(size)
             )
-            items = [parking._item(row) for row in conn.execute(select)]
+            items = [_open(table, *row) for row in conn.execute(select)]
             if not items:
                 break
             yield items
             last = items[-1].id
+
+
+#: What a batch reads of its items: what deciding them needs (not the
+#: detail, the time parked, the status, which is open).
+_READ = tuple(
+    review_items.c[name]
+    for name in ("id", "row_key", "policy", "base", "local", "remote", "events")
+)
+
+
+class _Open(Item, kw_only=True):
+    """An open item as a batch reads it (see :data:`_READ`: ``reason`` and
+    ``detail`` are empty, ``detected_at`` unknown), its events decoded
+    once (None: one that cannot be)."""
+
+    decoded: list[ChangeEvent | None] = []
+    broken: bool = False  # one of its events cannot be decoded
+
+    @property
+    def undecodable(self) -> bool:
+        return self.broken
+
+    def versions(self) -> list[dict[str, int]]:
+        held = [self.local.version] if self.local is not None else []
+        return held + [event.version for event in self.decoded if event is not None]
+
+
+_UNKNOWN_TIME = dt.datetime.min
+
+
+def _open(
+    table: str,
+    item_id: int,
+    key: str,
+    policy: str,
+    base: bytes | None,
+    local: bytes | None,
+    remote: bytes | None,
+    events: bytes | None,
+) -> _Open:
+    payloads = [] if events is None else parking._decode_events(events)
+    decoded = [decode_or_none(payload) for payload in payloads]
+    return _Open(
+        id=item_id,
+        table=table,
+        key=key,
+        reason="",
+        detail="",
+        policy=policy,
+        status=Status.OPEN,
+        base=None if base is None else parking._decode_row(base),
+        local=None if local is None else parking._decode_side(local),
+        remote=None if remote is None else parking._decode_side(remote),
+        events=payloads,
+        detected_at=_UNKNOWN_TIME,
+        event_count=len(payloads),
+        decoded=decoded,
+        broken=None in decoded,
+    )
+
+
+def _key_of(item: _Open, shape: TableShape | None) -> dict[str, Any] | None:
+    """``review._key_values``, from the item's events decoded once."""
+    if shape is None:
+        return None
+    for event in item.decoded:
+        if event is not None:
+            return dict(event.key) if tuple(event.key) == shape.key else None
+    return key_from_text(item.key, shape.key)
 
 
 def _decide_held(run: _Run, node: Node, conditions: list) -> None:
@@ -302,7 +370,7 @@ class _Decision:
 
 #: An item to decide with its table's shape here, its key (None: the table
 #: is absent or keyed otherwise) and its row's key as text.
-_Target = tuple[Item, TableShape | None, dict[str, Any] | None, str]
+_Target = tuple[_Open, TableShape | None, dict[str, Any] | None, str]
 
 
 class _Run:
@@ -333,13 +401,13 @@ class _Run:
             total = None if self.total is None else max(self.total, self.done)
             self.progress(self.done, total)
 
-    def batch(self, conn: Connection, node: Node, items: list[Item]) -> None:
+    def batch(self, conn: Connection, node: Node, items: list[_Open]) -> None:
         """Decide a batch of a node's items in ``conn``'s transaction."""
         targets: list[_Target] = []
         for item in items:
             assert not item.held  # decided on their own first (see _decide_held)
             shape = node.shape(conn, item.table)
-            key = _key_values(item, shape)
+            key = _key_of(item, shape)
             text_key = row_key(tuple(key.values())) if key is not None else item.key
             targets.append((item, shape, key, text_key))
         while targets:
@@ -452,21 +520,42 @@ class _Run:
             self.by,
         )
         # Three parameters per item (CASE's two, IN's one): well below
-        # every database's limit on bound parameters.
-        chunk = max(1, node.dialect.in_chunk // 2)
+        # every database's limit on bound parameters (pymysql has none).
+        by_position = node.dialect.name == "mariadb"
+        one_by_one = node.dialect.name == "sqlite"
+        chunk = node.dialect.in_chunk if by_position else max(1, node.dialect.in_chunk // 2)
         for start in range(0, len(decisions), chunk):
             part = decisions[start : start + chunk]
             ids = [d.sides.item.id for d in part]
             notes = {d.sides.item.id: d.note for d in part}
-            closed = conn.exec_driver_sql(
-                _close_statement(conn, len(part)),
-                (
+            first, last = min(ids), max(ids)
+            parameters: Any
+            if one_by_one:
+                # SQLite runs a statement per item in C (executemany) faster
+                # than it searches a CASE; the changes are summed.
+                statement = _close_one(conn)
+                parameters = [(*fixed, notes[i], Status.OPEN.value, i) for i in ids]
+            elif by_position and last - first < 2 * len(ids):
+                # Items of a batch have close ids: each note picked by its
+                # id's position (ELT), not searched for among the chunk's
+                # (CASE), which MariaDB does one WHEN after the other.
+                statement = _close_by_position(conn, last - first + 1, len(part))
+                parameters = (
+                    *fixed,
+                    first - 1,
+                    *(notes.get(i) for i in range(first, last + 1)),
+                    Status.OPEN.value,
+                    *ids,
+                )
+            else:
+                statement = _close_statement(conn, len(part))
+                parameters = (
                     *fixed,
                     *(v for pair in notes.items() for v in pair),
                     Status.OPEN.value,
                     *ids,
-                ),
-            ).rowcount
+                )
+            closed = conn.exec_driver_sql(statement, parameters).rowcount
             if closed != len(part):  # decided concurrently by someone else
                 now = conn.execute(sa.select(c.id, c.resolution).where(c.id.in_(ids)))
                 gone = [f"{node.name}:{i}" for i, note in now if note != notes[i]]
@@ -521,6 +610,35 @@ def _close_statement(conn: Connection, count: int) -> str:
     )
 
 
+def _close_one(conn: Connection) -> str:
+    """``UPDATE`` of one open item's status, decision time, decider and
+    note: parameters status, time, decider, note, ``'open'``, the id."""
+    one = placeholders(conn, 1)
+    column = functools.partial(quote, conn)
+    return (
+        f"UPDATE {column(review_items.name)} SET {column('status')} = {one}, "
+        f"{column('resolved_at')} = {one}, {column('resolved_by')} = {one}, "
+        f"{column('resolution')} = {one} WHERE {column('status')} = {one} "
+        f"AND {column('id')} = {one}"
+    )
+
+
+def _close_by_position(conn: Connection, span: int, count: int) -> str:
+    """MariaDB's ``UPDATE`` of ``count`` open items whose ids span ``span``
+    numbers, as :func:`_close_statement`'s, each note picked by its item's
+    id (``ELT(id - offset, ...)``): parameters status, time, decider, the
+    offset (the first id less one), a note per id of the span (NULL where
+    no item has it), ``'open'``, the ids."""
+    one = placeholders(conn, 1)
+    column = functools.partial(quote, conn)
+    return (
+        f"UPDATE {column(review_items.name)} SET {column('status')} = {one}, "
+        f"{column('resolved_at')} = {one}, {column('resolved_by')} = {one}, "
+        f"{column('resolution')} = ELT({column('id')} - {one}, {placeholders(conn, span)}) "
+        f"WHERE {column('status')} = {one} AND {column('id')} IN ({placeholders(conn, count)})"
+    )
+
+
 def _current_rows(
     conn: Connection, node: Node, shape: TableShape, targets: list[_Target]
 ) -> dict[str, dict[str, Any]]:
@@ -538,6 +656,11 @@ def _current_rows(
     quoted = conn.dialect.identifier_preparer.quote(shape.name)
     found: dict[str, dict[str, Any]] = {}
     strays = False  # a row read that no item's key matched as typed
+    # Each row typed as ``shape.typed(row, _hints(item))`` types it: by
+    # kinds that depend only on the types of the item's hints, so worked
+    # out once per combination of them (see _hint_types).
+    kinds_by_hints: dict[tuple[type, ...], list[values.Kind]] = {}
+    typed = values.typed
     for start in range(0, len(targets), dialect.in_chunk):
         chunk = targets[start : start + dialect.in_chunk]
         condition, params = dialect.where_in(
@@ -546,13 +669,22 @@ def _current_rows(
             [dialect.written_key(k.values()) for _, _, k, _ in chunk if k is not None],
         )
         result = conn.exec_driver_sql(f"SELECT * FROM {quoted} WHERE {condition}", params)
-        for raw in result.mappings():
-            ident = tuple(values.typed(raw[c], kinds[c]) for c in shape.key)
+        names = tuple(result.keys())
+        at = [(names.index(c), kinds[c]) for c in shape.key]
+        for raw in result:
+            ident = tuple([typed(raw[i], kind) for i, kind in at])
             if ident not in by_key:
                 strays = True
                 continue
             item, text_key = by_key[ident]
-            found[text_key] = shape.typed(raw, _hints(item))
+            signature = _hint_types(item, shape.columns)
+            row_kinds = kinds_by_hints.get(signature)
+            if row_kinds is None:
+                held = shape.kinds_held(_hints(item))
+                row_kinds = kinds_by_hints[signature] = [held.get(n) for n in names]
+            found[text_key] = {
+                n: typed(v, k) for n, v, k in zip(names, raw, row_kinds, strict=True)
+            }
     if strays:
         # A key the database matched otherwise (a case-insensitive
         # collation, a value typed unlike the first item's): those items'
@@ -563,6 +695,31 @@ def _current_rows(
                 if row is not None:
                     found[text_key] = row
     return found
+
+
+def _hint_types(item: Item, columns: tuple[str, ...]) -> tuple[type, ...]:
+    """The type of each column's hint in ``_hints(item)`` (its first value
+    other than None in the base, the local's row, the remote's row; None
+    when none), which alone decides the column's kind there
+    (``values.kind_held``)."""
+    rows = [
+        row
+        for row in (
+            item.base,
+            item.local.row if item.local is not None else None,
+            item.remote.row if item.remote is not None else None,
+        )
+        if row
+    ]
+    found = []
+    for column in columns:
+        value = None
+        for row in rows:
+            value = row.get(column)
+            if value is not None:
+                break
+        found.append(type(value))
+    return tuple(found)
 
 
 def _write_rows(conn: Connection, node: Node, decisions: list[_Decision]) -> None:
