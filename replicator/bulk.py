@@ -129,6 +129,12 @@ def decide_matching(
     back; the versions, events and statuses, which the database does not
     refuse, are not written.
 
+    A held item (every event of a table, see :mod:`replicator.parking`) is
+    discarded in its node's transaction; taking its incoming side is checked
+    before anything is decided and applies its events after every node's
+    other decisions were committed (a flood commits batch by batch, as a
+    pass does); taking the holding side passes it over (it would drop them).
+
     Raises like :meth:`ReviewQueue.resolve_matching`: :class:`ReviewError`
     (a node cannot be read, an item cannot be decided this way, a row is
     refused, an item was decided meanwhile) or :class:`ConfigurationError`
@@ -144,13 +150,12 @@ def decide_matching(
     now = queue.now()
     run = _Run(queue, decision, by or default_user(), now, dry_run, progress, each)
     conditions = _conditions(where, now)
-    skip_sink = decision != "discard"
     counts: dict[str, tuple[int, int]] = {}
     unreachable = []
     for node in queue._nodes(where.node):
         try:
             with node.connect() as conn:
-                counts[node.name] = _count(conn, conditions, skip_sink)
+                counts[node.name] = _count(conn, conditions, _passed_over(decision, node))
         except ReplicatorError as e:
             unreachable.append(describe(e))
     if unreachable:
@@ -164,8 +169,7 @@ def decide_matching(
         key=lambda n: n.role == "server",
     )
     run.report()
-    for node in nodes:
-        _decide_held(run, node, conditions)
+    releases = {node.name: _releases(run, node, conditions) for node in nodes}
     with ExitStack() as stack:
         transactions: list[tuple[str, RootTransaction]] = []
         for node in nodes:
@@ -173,9 +177,14 @@ def decide_matching(
                 conn = stack.enter_context(node.connect())
                 transactions.append((node.name, conn.begin()))
                 node.dialect.exclude_writers(conn)
-                for items in _batches(conn, conditions, skip_sink, batch_size):
+                if decision == "discard":
+                    _drop_held(run, conn, node, conditions)
+                passed_over = _passed_over(decision, node)
+                for items in _batches(conn, conditions, passed_over, batch_size):
                     run.batch(conn, node, items)
         _commit(transactions, dry_run)
+    for node in nodes:
+        _release(run, node, releases[node.name])
     skipped = sum(skipped for _, skipped in counts.values())
     return Outcome(
         matched=max(matched, run.done + skipped),
@@ -206,24 +215,40 @@ def _from_sink() -> sa.ColumnElement[bool]:
     return review_items.c.policy.startswith(SINK_PREFIX)
 
 
-def _count(conn: Connection, conditions: list, skip_sink: bool) -> tuple[int, int]:
-    """How many matching items are to decide, and how many are skipped."""
-    sink = sa.func.count(sa.case((_from_sink(), 1))) if skip_sink else sa.literal(0)
-    total, skipped = conn.execute(sa.select(sa.func.count(), sink).where(*conditions)).one()
+def _passed_over(decision: str, node: Node) -> sa.ColumnElement[bool] | None:
+    """The matching items a decision passes over on ``node`` (None: none):
+    a vector sink's failures unless discarded (they are only discarded),
+    and held items when the holding node's side is taken (that would drop
+    their events; only discard does)."""
+    passed = [] if decision == "discard" else [_from_sink()]
+    if decision == ("server" if node.role == "server" else "local"):
+        passed.append(review_items.c.row_key == parking.HELD_KEY)
+    return sa.or_(*passed) if passed else None
+
+
+def _count(
+    conn: Connection, conditions: list, passed_over: sa.ColumnElement[bool] | None
+) -> tuple[int, int]:
+    """How many matching items are to decide, and how many are passed over."""
+    passed = sa.literal(0) if passed_over is None else sa.func.count(sa.case((passed_over, 1)))
+    total, skipped = conn.execute(sa.select(sa.func.count(), passed).where(*conditions)).one()
     return total - skipped, skipped
 
 
 def _batches(
-    conn: Connection, conditions: list, skip_sink: bool, size: int
+    conn: Connection,
+    conditions: list,
+    passed_over: sa.ColumnElement[bool] | None,
+    size: int,
 ) -> Iterator[list[_Open]]:
     """The matching items in batches of at most ``size`` items of one table,
     table by table, by id: each batch is read after the previous one was
     decided (keyset pagination: whatever the queue's length, one batch is
     in memory)."""
     c = review_items.c
-    conditions = [*conditions, c.row_key != parking.HELD_KEY]  # see _decide_held
-    if skip_sink:
-        conditions = [*conditions, ~_from_sink()]
+    conditions = [*conditions, c.row_key != parking.HELD_KEY]  # see _drop_held, _release
+    if passed_over is not None:
+        conditions = [*conditions, ~passed_over]
     tables = conn.execute(sa.select(c.table_name).where(*conditions).distinct()).scalars().all()
     for table in sorted(tables):
         # Equal status and table, then id: the order of the index on
@@ -312,18 +337,51 @@ def _key_of(item: _Open, shape: TableShape | None) -> dict[str, Any] | None:
     return key_from_text(item.key, shape.key)
 
 
-def _decide_held(run: _Run, node: Node, conditions: list) -> None:
-    """Decide the node's matching held items (every event of a table, see
-    :mod:`replicator.parking`) one by one, before the rest: taking the
-    incoming side applies their events in order, in transactions of their
-    own (a flood takes many), discarding drops them. So they are committed
-    even when deciding the rest fails later."""
+def _held(conn: Connection, conditions: list) -> list[Item]:
     c = review_items.c
+    select = sa.select(review_items).where(*conditions, c.row_key == parking.HELD_KEY)
+    return [parking._item(row) for row in conn.execute(select.order_by(c.id))]
+
+
+def _drop_held(run: _Run, conn: Connection, node: Node, conditions: list) -> None:
+    """Discard the node's matching held items (every event of a table, see
+    :mod:`replicator.parking`) in ``conn``'s transaction: their events are
+    dropped with the rest of the node's decisions, or not at all."""
+    for item in _held(conn, conditions):
+        events = parking.held_events(conn, item.id)
+        note = f"discarded its {len(events)} held events; nothing written"
+        upto = events[-1].position if events else -1
+        parking.let_go(conn, item.id, upto, run.now, by=run.by, note=note)
+        run._count(node, Decided.of(node.name, item, run.decision, run.by, run.now), written=False)
+    run.report()
+
+
+def _releases(run: _Run, node: Node, conditions: list) -> list[Item]:
+    """The node's matching held items that taking the incoming side applies,
+    each checked first (its table must take its first event), so that a
+    refusal changes nothing; [] for another decision."""
+    if run.decision != ("local" if node.role == "server" else "server"):
+        return []
     with _translated(f"reading {node.name}'s held items"), node.connect() as conn:
-        select = sa.select(review_items).where(*conditions, c.row_key == parking.HELD_KEY)
-        held = [parking._item(row) for row in conn.execute(select.order_by(c.id))]
+        held = _held(conn, conditions)
+    for item in held:  # raises ReviewError for one its table cannot take yet
+        run.queue._decide_held(node, item, run.decision, run.by, dry_run=True)
+    return held
+
+
+def _release(run: _Run, node: Node, held: list[Item]) -> None:
+    """Apply the held items' events (each release commits batch by batch, as
+    a pass would), after every node's other decisions were committed."""
     for item in held:
-        decided = run.queue._decide_held(node, item, run.decision, run.by, run.dry_run)
+        if run.dry_run:
+            decided = Decided.of(node.name, item, run.decision, run.by, run.now)
+        else:
+            try:
+                decided = run.queue._decide_held(node, item, run.decision, run.by, False)
+            except ReplicatorError as e:
+                raise ReviewError(
+                    f"{describe(e)}; the other decisions were committed before it"
+                ) from e
         run._count(node, decided, written=False)
         run.report()
 
@@ -405,7 +463,7 @@ class _Run:
         """Decide a batch of a node's items in ``conn``'s transaction."""
         targets: list[_Target] = []
         for item in items:
-            assert not item.held  # decided on their own first (see _decide_held)
+            assert not item.held  # decided on their own (see _drop_held, _release)
             shape = node.shape(conn, item.table)
             key = _key_of(item, shape)
             text_key = row_key(tuple(key.values())) if key is not None else item.key

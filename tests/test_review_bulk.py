@@ -447,6 +447,8 @@ def test_a_held_item_is_applied_in_bulk_once_it_can_be_or_discarded(pair):
 
     with pytest.raises(ReviewError, match=f"phone:{item.id} cannot be applied yet"):
         q.resolve_matching(Filter(), take="server")
+    kept = q.resolve_matching(Filter(), take="local")  # would drop them: passed over
+    assert (kept.decided_count, kept.skipped) == (0, 1)
     assert snapshot(server, phone) == before
     with phone.engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE labels ADD COLUMN colour VARCHAR(20)")
