@@ -275,6 +275,10 @@ class _Batch:
         self.key_kinds: dict[str, dict[str, Kind]] = {}
         # Tables whose key kinds no event told (see _event_keys).
         self.unsure_keys: set[str] = set()
+        # Read ahead for conflicted rows (see _prefetch): the target's rows
+        # (None: it has none), and the rows known to have no settlement.
+        self.prefetched: dict[tuple[str, str], dict | None] = {}
+        self.unsettled: set[tuple[str, str]] = set()
         # Open held items by table (see parking.hold), less the one being
         # released; and what this batch holds: table -> (reason, detail, payloads).
         self.held: dict[str, parking.Held] = {}
@@ -361,10 +365,34 @@ class _Batch:
                 # Already here (or older); or, on a local, concurrent with
                 # the local's own change, which the server will settle.
                 self.counts.skipped += 1
+        if conflicted:
+            self._prefetch(table, conflicted)
         for key, run in conflicted.items():
             self._decide_row(table, key, run)
         if logged:
             self._restore(table, logged)
+
+    def _prefetch(self, table: str, conflicted: dict[str, list[Entry]]) -> None:
+        """Read, for a table's conflicted rows, what settling them reads row
+        by row otherwise: the settlements that kept a side of them, and the
+        target's rows (typed by the last event's row, as :meth:`_settle`
+        types them; only for runs ending with a row). One statement per
+        chunk of keys: parking 20,000 conflicts took 40,000 single-row reads.
+        Nothing is written before the batch's :meth:`write`, so the rows
+        read here are the rows a read at settling would find."""
+        keys = [k for k in conflicted if (table, k) not in self.settled]
+        c = settlements.c
+        for start in range(0, len(keys), self.dialect.in_chunk):
+            chunk = keys[start : start + self.dialect.in_chunk]
+            select = sa.select(c.row_key, c.version, c.kept).where(
+                c.table_name == table, c.row_key.in_(chunk)
+            )
+            for key, version, kept in self.conn.execute(select):
+                self.settled[(table, key)] = (json.loads(version), json.loads(kept))
+        self.unsettled.update((table, k) for k in keys if (table, k) not in self.settled)
+        last = {k: run[-1] for k, run in conflicted.items() if run[-1].event.row is not None}
+        rows = self._current_rows(table, last)
+        self.prefetched.update(((table, k), rows.get(k)) for k in last)
 
     def _restore(self, table: str, logged: dict[str, Entry]) -> None:
         """Write rows that differ from the logged version the target claims
@@ -494,7 +522,7 @@ class _Batch:
     def _content_version(self, table: str, key: str, seen: RowVersion) -> dict:
         """The version of the change that made the row as it stands: the row's
         version, unless that is a settlement that kept one side's row."""
-        if (table, key) not in self.settled:
+        if (table, key) not in self.settled and (table, key) not in self.unsettled:
             c = settlements.c
             found = self.conn.execute(
                 sa.select(c.version, c.kept).where(c.table_name == table, c.row_key == key)
@@ -568,8 +596,14 @@ class _Batch:
         last = run[-1].event
         base, touched = _base([entry.event for entry in run])
         local_row = last.row
+        if seen.deleted:
+            row = None
+        elif local_row is not None and (table, key) in self.prefetched:
+            row = self.prefetched[(table, key)]
+        else:
+            row = self._current_row(table, last.key, local_row or base)
         server = Side(
-            row=None if seen.deleted else self._current_row(table, last.key, local_row or base),
+            row=row,
             version=seen.version,
             hlc=seen.hlc,
             origin=seen.origin,
