@@ -63,7 +63,6 @@ from replicator.review import (
     BulkResult,
     Decided,
     Filter,
-    Ref,
     ReviewQueue,
     _check_row,
     _hints,
@@ -637,18 +636,15 @@ class _Run:
             self.each(decided)
 
     def _decided(self, node: Node, d: _Decision) -> Decided:
-        item = d.sides.item
-        return Decided(
-            ref=str(Ref(node.name, item.id)),
-            node=node.name,
-            table=item.table,
-            key=item.key,
-            decision=self.decision,
+        return Decided.of(
+            node.name,
+            d.sides.item,
+            self.decision,
+            self.by,
+            self.now,
             row=d.row,
             version=d.version,
             event_id=d.event.event_id if d.event is not None else None,
-            by=self.by,
-            at=self.now,
         )
 
 
@@ -659,12 +655,22 @@ def _close_statement(conn: Connection, count: int) -> str:
     one = placeholders(conn, 1)
     column = functools.partial(quote, conn)
     return (
-        f"UPDATE {column(review_items.name)} SET {column('status')} = {one}, "
-        f"{column('resolved_at')} = {one}, {column('resolved_by')} = {one}, "
-        f"{column('resolution')} = CASE {column('id')} "
+        _closing(conn)
+        + f"{column('resolution')} = CASE {column('id')} "
         + " ".join([f"WHEN {one} THEN {one}"] * count)
         + f" END WHERE {column('status')} = {one} AND {column('id')} IN "
         f"({placeholders(conn, count)})"
+    )
+
+
+def _closing(conn: Connection) -> str:
+    """The start of every statement closing items: ``UPDATE ... SET`` the
+    status, decision time and decider (three parameters), then the note."""
+    one = placeholders(conn, 1)
+    column = functools.partial(quote, conn)
+    return (
+        f"UPDATE {column(review_items.name)} SET {column('status')} = {one}, "
+        f"{column('resolved_at')} = {one}, {column('resolved_by')} = {one}, "
     )
 
 
@@ -674,9 +680,7 @@ def _close_one(conn: Connection) -> str:
     one = placeholders(conn, 1)
     column = functools.partial(quote, conn)
     return (
-        f"UPDATE {column(review_items.name)} SET {column('status')} = {one}, "
-        f"{column('resolved_at')} = {one}, {column('resolved_by')} = {one}, "
-        f"{column('resolution')} = {one} WHERE {column('status')} = {one} "
+        _closing(conn) + f"{column('resolution')} = {one} WHERE {column('status')} = {one} "
         f"AND {column('id')} = {one}"
     )
 
@@ -690,9 +694,8 @@ def _close_by_position(conn: Connection, span: int, count: int) -> str:
     one = placeholders(conn, 1)
     column = functools.partial(quote, conn)
     return (
-        f"UPDATE {column(review_items.name)} SET {column('status')} = {one}, "
-        f"{column('resolved_at')} = {one}, {column('resolved_by')} = {one}, "
-        f"{column('resolution')} = ELT({column('id')} - {one}, {placeholders(conn, span)}) "
+        _closing(conn)
+        + f"{column('resolution')} = ELT({column('id')} - {one}, {placeholders(conn, span)}) "
         f"WHERE {column('status')} = {one} AND {column('id')} IN ({placeholders(conn, count)})"
     )
 
