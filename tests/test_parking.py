@@ -290,7 +290,7 @@ def test_a_person_applies_a_held_item_once_its_table_exists_or_discards_it(pair)
         queue.resolve(ref, take="local")
     with pytest.raises(ArgumentError, match="holds 30 events of table 'documents'"):
         queue.resolve(ref, merge={"content": "y"})
-    with pytest.raises(ArgumentError, match="take local to apply them .* or discard to drop"):
+    with pytest.raises(ArgumentError, match=r"take local to apply them .* or discard to drop"):
         queue.resolve(ref, take="server")  # would drop them: only discard says so
     app.Document.__table__.create(server.engine)
     server.node.forget_shapes()
