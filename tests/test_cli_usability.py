@@ -81,10 +81,12 @@ EVERY_COMMAND = [
             "review",
             "sink",
             "console",
+            "token",
         )
     ],
     *[("review", name) for name in ("list", "summary", "history", "show", "resolve", "discard")],
     *[("sink", name) for name in ("status", "rebuild", "query")],
+    ("token", "issue"),
 ]
 
 

@@ -255,3 +255,20 @@ def test_a_lazy_import_inside_the_library_says_why(module: str) -> None:
         f"{module} imports inside a function with no comment saying why "
         f"(a cycle is no reason: move the code to the layer above): {'; '.join(silent)}"
     )
+
+
+# The outer layers (STYLE.md, "Layers you can see in the tree"): each may use
+# the library; the library uses none of them.
+OUTER_LAYERS = ("replicator.cli", "replicator.console", "replicator.gateway")
+
+
+@pytest.mark.parametrize("layer", OUTER_LAYERS[1:])
+def test_the_library_never_imports_an_outer_layer(layer: str) -> None:
+    wrong = [
+        f"{i.module} line {i.line} imports {i.target}"
+        for i in all_imports()
+        if not any(_in(i.module, outer) for outer in OUTER_LAYERS)
+        and i.module != ENTRY_POINT
+        and _in(i.target, layer)
+    ]
+    assert wrong == [], f"the library imports {layer}: " + "; ".join(wrong)

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from replicator.cli import console, demo, recovery, review, sink, status, sync
+from replicator.cli import console, demo, recovery, review, sink, status, sync, token
 from replicator.cli.common import PlainCommand
 
 app = typer.Typer(
@@ -70,6 +70,7 @@ for command, line in COMMANDS.items():
     app.command(short_help=line, cls=PlainCommand)(command)
 app.add_typer(review.app, name="review", short_help="The manual-review queue: list, show, decide.")
 app.add_typer(sink.app, name="sink", short_help="Vector sinks: status, rebuild, query.")
+app.add_typer(token.app, name="token", short_help="Device tokens for the sync gateway.")
 
 
 def main() -> None:
