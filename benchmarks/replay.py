@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import platform
-import queue as queue_module
 import random
 import resource
 import sys
@@ -40,6 +39,7 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
+from child import in_child
 
 import replicator
 from replicator import outbox
@@ -182,24 +182,6 @@ def child_raw(log_path: str, url: str, queue: multiprocessing.Queue) -> None:
     seconds = time.perf_counter() - clock
     engine.dispose()
     queue.put((len(images), seconds, 0.0, {}))
-
-
-def in_child(target, *args) -> tuple:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=target, args=(*args, queue))
-    process.start()
-    while True:
-        try:
-            result = queue.get(timeout=1)
-            break
-        except queue_module.Empty:  # still working, unless it died
-            if not process.is_alive():
-                raise SystemExit(
-                    f"{target.__name__} failed (exit code {process.exitcode})"
-                ) from None
-    process.join()
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,7 +50,6 @@ import datetime as dt
 import multiprocessing
 import os
 import platform
-import queue as queue_module
 import resource
 import sys
 import tempfile
@@ -62,6 +61,7 @@ from pathlib import Path
 
 import bench_mariadb
 import sqlalchemy as sa
+from child import in_child
 
 import replicator
 from replicator import parking, versions
@@ -262,24 +262,6 @@ def check_decided(url: str, count: int) -> None:
             f"bulk: {still} items still open, {events} events for {count} items, "
             f"rows decided: {notes == [f'phone {i}' for i in range(count)]}"
         )
-
-
-def in_child(target, *args) -> tuple:
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    process = context.Process(target=target, args=(*args, results))
-    process.start()
-    while True:
-        try:
-            result = results.get(timeout=1)
-            break
-        except queue_module.Empty:  # still working, unless it died
-            if not process.is_alive():
-                raise SystemExit(
-                    f"{target.__name__} failed (exit code {process.exitcode})"
-                ) from None
-    process.join()
-    return result
 
 
 @contextmanager
