@@ -12,6 +12,7 @@ local through the server to every other local.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Literal
 import msgspec
 from sqlalchemy.engine import Engine
 
-from replicator import conflicts, locks, outbox, precision, retention
+from replicator import conflicts, locks, outbox, precision, remote, retention
 from replicator.bootstrap import BootstrapResult, is_empty
 from replicator.bootstrap import bootstrap as bootstrap_node
 from replicator.checkpoints import DEFAULT_CHANNEL
@@ -36,6 +37,7 @@ from replicator.errors import (
 )
 from replicator.locks import Lock
 from replicator.node import Node
+from replicator.remote import Gateway, PullPass, PushPass, is_gateway_url
 from replicator.retention import PruneResult
 from replicator.review import ReviewQueue
 from replicator.sink import ChromaSink, SinkResult, check
@@ -78,6 +80,21 @@ def _local_of(sync_pass: SyncPass) -> str:
     return _local_of_link(sync_pass.source, sync_pass.target)
 
 
+def _gateway(config: Config, name: str) -> Gateway:
+    """The server ``name`` of ``config``, reached through a sync gateway
+    with the token the config gives or names."""
+    settings = config.nodes[name]
+    token = settings.token
+    if not token:
+        token = os.environ.get(settings.token_env, "").strip()
+        if not token:
+            raise ConfigurationError(
+                f"{config.path or '<config>'}: nodes.{name}.token_env: the environment "
+                f"variable {settings.token_env} is not set (it should hold this device's token)"
+            )
+    return Gateway(name, settings.url, token, connect_timeout=settings.connect_timeout)
+
+
 def _check_policies(config: Config) -> None:
     """Import every custom policy now, so a bad one is a configuration
     error naming its key, not a failure in the middle of a pass."""
@@ -103,15 +120,21 @@ class Replicator:
     def __init__(self, config: Config, engines: Mapping[str, Engine] | None = None) -> None:
         engines = engines or {}
         self.config = config
-        self.nodes = {
-            name: Node.from_config(name, settings, engines.get(name))
-            for name, settings in config.nodes.items()
-        }
+        self.nodes: dict[str, Node] = {}
+        self.gateway: Gateway | None = None
+        for name, settings in config.nodes.items():
+            if is_gateway_url(settings.url):
+                self.gateway = _gateway(config, name)
+                self.nodes[name] = self.gateway  # type: ignore[assignment]
+            else:
+                self.nodes[name] = Node.from_config(name, settings, engines.get(name))
         _check_policies(config)
         self.sinks = self._sinks()
 
     @property
     def server(self) -> Node:
+        """The server node (a :class:`~replicator.remote.Gateway` when this
+        is a device that reaches it through the sync gateway)."""
         return self.nodes[self.config.server]
 
     @property
@@ -158,8 +181,11 @@ class Replicator:
     def passes(self, direction: Direction | None = None) -> Iterable[SyncPass]:
         unscoped = {t: s.unscoped for t, s in self.config.tables.items()}
         for source, target in self.links(direction):
+            kind = SyncPass
+            if self.gateway is not None:
+                kind = PullPass if source is self.server else PushPass
             for channel, tables, excluded, size in self.channels():
-                yield SyncPass(
+                yield kind(
                     source,
                     target,
                     channel=channel,
@@ -215,6 +241,8 @@ class Replicator:
                     result.passes.append(sync_pass.refused(away[ends[0]], unreachable=ends))
                     continue
                 local = _local_of(sync_pass)
+                if local not in lossy and self.gateway is not None:
+                    lossy[local] = None  # the gateway's server applies what it can store
                 if local not in lossy:
                     try:
                         precision.check(self.server, self.nodes[local])
@@ -261,6 +289,9 @@ class Replicator:
         if kind == "sink":
             sink = self.sink(name)
             return locks.in_directory(sink.path, f"replicator-sink-{name}.lock", name)
+        if self.gateway is not None:
+            # A device cannot lock on the server: its runners share its own database.
+            return self.node(name).lock(f"{kind}-{name}")
         return self.server.lock(f"{kind}-{name}")
 
     def _away(self, direction: Direction | None) -> dict[str, str]:
@@ -327,6 +358,13 @@ class Replicator:
         if node.role != "local":
             raise ConfigurationError(f"node {name} is the server; only a local is bootstrapped")
         try:
+            if self.gateway is not None:
+                return remote.bootstrap(
+                    self.gateway,
+                    node,
+                    channels=[channel for channel, *_ in self.channels()],
+                    progress=progress,
+                )
             return bootstrap_node(
                 self.server,
                 node,
@@ -347,7 +385,8 @@ class Replicator:
         (``now`` and ``clock`` go to it)."""
         policy, policies = self.config.replication.policy, self.policies
         return ReviewQueue(
-            self.nodes.values(),
+            # A device reviews its own queue; the server's is the server's.
+            [node for node in self.nodes.values() if node is not self.gateway],
             now=now,
             clock=clock,
             settle=lambda node: settlement(node, policy, policies),
@@ -362,9 +401,13 @@ class Replicator:
         has: then no pass from the server may run to it either, or its
         checkpoint would pass rows it never received."""
         try:
-            with self.server.connect() as conn:
-                if not outbox.head(conn):
-                    return None  # nothing to copy: the log is the whole story
+            if self.gateway is not None:
+                if not self.gateway.bounds().horizon:
+                    return None
+            else:
+                with self.server.connect() as conn:
+                    if not outbox.head(conn):
+                        return None  # nothing to copy: the log is the whole story
             if not is_empty(node):
                 return None
             return self.bootstrap(node.name)
@@ -386,6 +429,11 @@ class Replicator:
         outboxes = [(self.server, [(n, channels) for n in self.locals])] + [
             (node, [(self.server, channels)] if up else []) for node in self.locals
         ]
+        if self.gateway is not None:
+            # The server prunes its own log; what the server has applied of a
+            # device's is not asked for through the gateway yet: a device
+            # that sends its changes keeps them.
+            outboxes = [(node, []) for node in self.locals if not up]
         for node, readers in outboxes:  # a node's sinks read its own log
             followers = [s.channel for s in self.sinks.values() if s.node is node]
             if followers:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import Any
 
 import msgspec
 import sqlalchemy as sa
@@ -24,13 +25,14 @@ from sqlalchemy.engine import Connection
 from replicator import checkpoints, outbox, retention, values
 from replicator.checkpoints import DEFAULT_CHANNEL
 from replicator.clock import utcnow
+from replicator.dialects.base import TableShape
 from replicator.errors import ReplicatorError, SchemaError
 from replicator.events import row_key
 from replicator.node import Node
 from replicator.tables import app_table_names, row_versions
 from replicator.tables import checkpoints as checkpoints_table
 
-_VERSION_COLUMNS = ("table_name", "row_key", "version", "hlc", "origin", "deleted")
+VERSION_COLUMNS = ("table_name", "row_key", "version", "hlc", "origin", "deleted")
 # Rows fetched and written at a time.
 _CHUNK = 5000
 
@@ -202,29 +204,54 @@ def _copy(
     shape = node.shape(target, table)
     source_shape = server.shape(source, table)
     assert shape is not None and source_shape is not None  # both have the table
-    # Values as events carry them (a key's as the server's log says: SQLite
-    # keeps a UUID as CHAR(32)), then as the local's driver takes them.
-    held = source_shape.kinds_held(outbox.last_key(source, table))
-    typed = [held.get(c) for c in columns]
-    kinds = [shape.kind(c) for c in columns]
-    bare = sa.table(table, *(sa.column(c) for c in columns))
-    select = sa.select(bare).where(*(bare.c[c] == v for c, v in scope.items()))
-    at = [columns.index(c) for c in shape.key]
     copied: set[str] = set()
+    for rows in read_rows(source, source_shape, columns, scope):
+        copied.update(write_rows(target, node, shape, columns, rows))
+        advance(len(rows))
+    for found in read_versions(source, table, copied):
+        node.dialect.upsert_rows(target, row_versions, VERSION_COLUMNS, found)
+    return len(copied)
+
+
+def read_rows(
+    source: Connection, shape: TableShape, columns: list[str], scope: Mapping[str, object]
+) -> Iterator[list[list[Any]]]:
+    """The rows of the table of ``shape`` in ``scope`` (``columns`` of
+    each), in chunks, their values as events carry them (a key's as the
+    log says: SQLite keeps a UUID as CHAR(32))."""
+    held = shape.kinds_held(outbox.last_key(source, shape.name))
+    typed = [held.get(c) for c in columns]
+    bare = sa.table(shape.name, *(sa.column(c) for c in columns))
+    select = sa.select(bare).where(*(bare.c[c] == v for c, v in scope.items()))
+    # Read whole before the caller reads anything else on ``source``: a
+    # second query on it would cut a streaming result short (pymysql, DuckDB).
     result = source.execution_options(stream_results=True, yield_per=_CHUNK).execute(select)
     for rows in result.partitions(_CHUNK):
-        events = [list(map(values.typed, row, typed)) for row in rows]
-        written = [tuple(map(node.dialect.written, row, kinds)) for row in events]
-        node.dialect.upsert_rows(target, shape.table(), columns, written)
-        copied.update(row_key([row[i] for i in at]) for row in events)
-        advance(len(rows))
+        yield [list(map(values.typed, row, typed)) for row in rows]
+
+
+def write_rows(
+    target: Connection, node: Node, shape: TableShape, columns: list[str], rows: list[list[Any]]
+) -> list[str]:
+    """Write ``rows`` (values as events carry them) into ``node``'s table
+    of ``shape``; their row keys."""
+    kinds = [shape.kind(c) for c in columns]
+    written = [tuple(map(node.dialect.written, row, kinds)) for row in rows]
+    node.dialect.upsert_rows(target, shape.table(), columns, written)
+    at = [columns.index(c) for c in shape.key]
+    return [row_key([row[i] for i in at]) for row in rows]
+
+
+def read_versions(source: Connection, table: str, keys: set[str]) -> Iterator[list[tuple]]:
+    """The live versions of ``table``'s rows with these row keys, in
+    chunks, as :data:`VERSION_COLUMNS`."""
     c = row_versions.c
     versions = source.execution_options(stream_results=True, yield_per=_CHUNK).execute(
-        sa.select(c.table_name, c.row_key, c.version, c.hlc, c.origin, c.deleted).where(
+        sa.select(*(c[name] for name in VERSION_COLUMNS)).where(
             c.table_name == table, sa.not_(c.deleted)
         )
     )
     for found in versions.partitions(_CHUNK):
-        wanted = [tuple(r) for r in found if r.row_key in copied]
-        node.dialect.upsert_rows(target, row_versions, _VERSION_COLUMNS, wanted)
-    return len(copied)
+        wanted = [tuple(r) for r in found if r.row_key in keys]
+        if wanted:
+            yield wanted

@@ -24,6 +24,8 @@ from sqlalchemy.engine import make_url
 from replicator.errors import ArgumentError, ConfigurationError
 
 DEFAULT_PATH = Path("replicator.toml")
+#: A node URL with one of these schemes names a sync gateway, not a database.
+GATEWAY_SCHEMES = ("https://", "http://")
 
 POLICIES = ("latest_timestamp", "server_wins", "local_wins", "merge_fields", "manual_review")
 _CUSTOM_POLICY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -39,6 +41,26 @@ class NodeConfig(_Section):
     scope: dict[str, Any] = {}
     # Seconds to wait for a server to answer a connection attempt.
     connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    # A server reached through the sync gateway (url = "https://..."): the
+    # device's token, or the environment variable that holds it.
+    token: str = ""
+    token_env: str = ""
+
+
+class GatewayConfig(_Section):
+    """``[gateway]``: how ``replicator serve`` treats devices."""
+
+    # Tables devices may read but never write.
+    read_only: list[str] = []
+    # The largest request body taken (after decompression), in bytes.
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 31)] = 16 * 1024 * 1024
+    # Requests per second a device may make (its bucket holds `burst`).
+    requests_per_second: Annotated[float, msgspec.Meta(gt=0)] = 50.0
+    burst: Annotated[int, msgspec.Meta(ge=1)] = 200
+    # The longest a device's wait for new events is held open.
+    wait_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 25.0
+    # How often a gateway process reads the revocation list again.
+    revocation_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
 
 
 class ReplicationConfig(_Section):
@@ -87,6 +109,7 @@ class Config(_Section):
     tables: dict[str, TableConfig] = {}
     channels: dict[str, ChannelConfig] = {}
     sinks: dict[str, SinkConfig] = {}
+    gateway: GatewayConfig = GatewayConfig()
     path: str = ""
 
     @property
@@ -195,6 +218,9 @@ def _resolve(config: Config, base: Path) -> dict[str, NodeConfig]:
     nodes = {}
     for name, node in config.nodes.items():
         url = node.url
+        if url.startswith(GATEWAY_SCHEMES):
+            nodes[name] = node  # a sync gateway, checked in _check
+            continue
         try:
             parsed = make_url(url)
             parsed.get_dialect()  # an unknown database or driver fails here
@@ -251,6 +277,22 @@ def _check(config: Config, source: str) -> None:
         if settings.channel != "default" and settings.channel not in config.channels:
             known = ", ".join(sorted(config.channels)) or "none are defined"
             fail(f"tables.{table}.channel", f"unknown channel {settings.channel!r} ({known})")
+    for name, node in config.nodes.items():
+        gateway = node.url.startswith(GATEWAY_SCHEMES)
+        if gateway and node.role != "server":
+            fail(
+                f"nodes.{name}.url",
+                "a sync gateway's URL is the server's; a local needs a database URL",
+            )
+        if gateway and not (node.token or node.token_env):
+            fail(
+                f"nodes.{name}", "a server reached through a sync gateway needs token or token_env"
+            )
+        if not gateway and (node.token or node.token_env):
+            fail(
+                f"nodes.{name}.token",
+                "only a server reached through a sync gateway (https://...) takes a token",
+            )
     for sink, settings in config.sinks.items():
         if settings.node not in config.nodes:
             fail(f"sinks.{sink}.node", f"unknown node {settings.node!r}")

@@ -107,6 +107,11 @@ class ConnectivityError(ReplicatorError):
     """A node cannot be reached."""
 
 
+class AccessDeniedError(ReplicatorError):
+    """The sync gateway refused a device's token (missing, forged, expired
+    or revoked): nothing more will work until the device has a new one."""
+
+
 class ApplyError(ReplicatorError):
     """An event cannot be applied to a target node."""
 

@@ -182,6 +182,11 @@ def wire(values: dict[str, Any] | None) -> dict[str, Any] | None:
     return values if wired is None else wired
 
 
+def wire_values(values: list[Any]) -> list[Any]:
+    """A row's ``values`` (a list) with typed values wrapped, as :func:`wire`."""
+    return [v if type(v) in _PLAIN else _to_ext(v) for v in values]
+
+
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(ChangeEvent, ext_hook=from_ext)
 _JSON_ENCODER = msgspec.json.Encoder()

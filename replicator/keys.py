@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import datetime as dt
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 import sqlalchemy as sa
@@ -294,6 +295,31 @@ def refill(local: Node, server: Node, size: int = BLOCK) -> dict[str, tuple[int,
     The lease commits on the server before the block is stored on the local:
     a failure in between loses keys, never gives one twice.
     """
+
+    def lease_from_server(needed: dict[str, int]) -> dict[str, tuple[int, int]]:
+        if server not in _marked or needed:
+            _keep_own_blocks_out(server)
+        _marked.add(server)
+        found = {}
+        for table, above in needed.items():
+            block = leased_block(server, table, local.name, size, above)
+            if block is not None:
+                found[table] = block
+        return found
+
+    return refill_with(local, lease_from_server, size)
+
+
+def refill_with(
+    local: Node,
+    lease_blocks: Callable[[dict[str, int]], dict[str, tuple[int, int]]],
+    size: int = BLOCK,
+) -> dict[str, tuple[int, int]]:
+    """:func:`refill` with the server's side done by ``lease_blocks``
+    (table -> the largest key ``local``'s table holds, for the tables that
+    need a block; it returns the blocks it leased), called also when none
+    is needed: the server records its role then. Through the sync gateway
+    (:mod:`replicator.remote`) that is a request to the gateway."""
     with local.begin() as conn:
         if local not in _marked:
             mark(conn, "local")
@@ -304,32 +330,44 @@ def refill(local: Node, server: Node, size: int = BLOCK) -> dict[str, tuple[int,
             key = shape.integer_key if shape is not None else None
             if key is not None and left.get(table, 0) < size // 2:
                 need[table] = _largest_key(conn, local.dialect, table, key)
-    if server not in _marked or need:
-        _keep_own_blocks_out(server)
-    _marked.update((local, server))
-    leased: dict[str, tuple[int, int]] = {}
-    for table, above in need.items():
-        for attempt in range(3):
-            try:
-                with server.begin() as conn:
-                    block = lease(conn, server.dialect, table, local.name, size, above)
-            except DatabaseError:
-                if attempt == 2:
-                    raise
-                continue  # another lease moved the range first (or made it): again
-            with server.connect() as conn:
-                key = keep_out(conn, server.dialect, table, block[1])
-                # A row inserted on the server without capture while the
-                # counter was still below the block: the block is never used.
-                if key is not None and not _unused(conn, table, key, *block):
-                    continue
-            leased[table] = block
-            break
+    leased = lease_blocks(need)
+    _marked.add(local)
     if leased:
         with local.begin() as conn:
             for table, (first, last) in leased.items():
                 give(conn, table, first, last)
     return leased
+
+
+def leased_block(
+    server: Node, table: str, holder: str, size: int, above: int
+) -> tuple[int, int] | None:
+    """Lease ``holder`` a block of ``table`` on ``server`` (its own
+    transaction, tried three times while other leases race it); None when
+    the block turned out to hold a key a row already took."""
+    for attempt in range(3):
+        try:
+            with server.begin() as conn:
+                block = lease(conn, server.dialect, table, holder, size, above)
+        except DatabaseError:
+            if attempt == 2:
+                raise
+            continue  # another lease moved the range first (or made it): again
+        with server.connect() as conn:
+            key = keep_out(conn, server.dialect, table, block[1])
+            # A row inserted on the server without capture while the
+            # counter was still below the block: the block is never used.
+            if key is not None and not _unused(conn, table, key, *block):
+                continue
+        return block
+    return None
+
+
+def prepare_server(server: Node) -> None:
+    """Record ``server``'s role and keep its own numbering out of the blocks
+    (once per process, and before every lease)."""
+    _keep_own_blocks_out(server)
+    _marked.add(server)
 
 
 def _keep_own_blocks_out(server: Node) -> None:

@@ -66,6 +66,7 @@ class Reason(enum.StrEnum):
     KEY_MISMATCH = "key_mismatch"  # the target's primary key differs
     CORRUPT_PAYLOAD = "corrupt_payload"  # the event could not be decoded
     SINK_ERROR = "sink_error"  # a vector sink could not write the row (see sink.py)
+    FORBIDDEN = "forbidden"  # a device pushed what its token does not allow (devices.py)
 
 
 #: Why events are held rather than parked row by row (see the module's docstring).

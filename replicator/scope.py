@@ -10,11 +10,12 @@ as its ``unscoped`` setting says.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
 
+from replicator.dialects.base import TableShape
 from replicator.events import Operation, encode_event
 from replicator.node import Node
 from replicator.outbox import Entry
@@ -26,11 +27,23 @@ def in_scope(
     """The entries a scoped local may receive or send, rows that leave its
     scope turned into deletes."""
     if target.scope:
-        scope, shape_node = target.scope, target
-    elif source.scope:
-        scope, shape_node = source.scope, None
-    else:
-        return entries
+        return for_scope(entries, target.scope, unscoped, lambda table: target.shape(tconn, table))
+    if source.scope:
+        return for_scope(entries, source.scope, unscoped, None)
+    return entries
+
+
+def for_scope(
+    entries: list[Entry],
+    scope: Mapping[str, Any],
+    unscoped: Mapping[str, str],
+    shape_of: Callable[[str], TableShape | None] | None,
+) -> list[Entry]:
+    """The entries a local with ``scope`` may receive, rows that leave it
+    turned into deletes; ``shape_of`` looks up a table whose event does not
+    carry the scope's columns (a delete of a partly loaded row). Without
+    ``shape_of`` the entries come from the scoped local itself: they are
+    taken as they are, except for the ``unscoped`` tables it must not send."""
     kept = []
     for entry in entries:
         event = entry.event
@@ -38,14 +51,14 @@ def in_scope(
             kept.append(entry)
             continue
         has_scope = _has_columns(event, scope)
-        if shape_node is not None and not has_scope:
-            shape = shape_node.shape(tconn, event.table)
+        if shape_of is not None and not has_scope:
+            shape = shape_of(event.table)
             has_scope = shape is not None and all(c in shape.columns for c in scope)
         if not has_scope:
             if unscoped.get(event.table, "all") == "all":
                 kept.append(entry)
             continue
-        if shape_node is None:
+        if shape_of is None:
             kept.append(entry)  # capture refused writes outside the source's scope
             continue
         scoped = _scoped(entry, scope)

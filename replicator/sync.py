@@ -171,10 +171,7 @@ class SyncPass:
         try:
             self._lease_keys()
             self._release_held(counts)
-            with self.source.connect() as conn:
-                horizon = self.source.dialect.horizon(conn)
-                through = retention.pruned_through(conn)
-                log_id = retention.log_id(conn)
+            horizon, through, log_id = self._bounds()
             if horizon is None:
                 result.status = "deferred"
             while horizon is not None:
@@ -371,6 +368,16 @@ class SyncPass:
             tconn, self.target.dialect, self.source.name, self.channel, upto, started, log_id
         )
 
+    def _bounds(self) -> tuple[int | None, int, str | None]:
+        """The source's horizon (None: deferred, see :class:`PassResult`),
+        the position its retention has pruned through, and its log's id."""
+        with self.source.connect() as conn:
+            return (
+                self.source.dialect.horizon(conn),
+                retention.pruned_through(conn),
+                retention.log_id(conn),
+            )
+
     def _read(self, after: int, horizon: int) -> tuple[list[Entry], int]:
         with self.source.connect() as conn:
             return outbox.read_batch(
@@ -397,6 +404,10 @@ class SyncPass:
 
     # --- recording -------------------------------------------------------------
 
+    def _recorders(self) -> tuple[Node, ...]:
+        """Where a pass is recorded, first choice first."""
+        return (self.target, self.source)
+
     def _record(self, result: PassResult, started: dt.datetime, skip: Collection[str] = ()) -> None:
         row = {
             "source": result.source,
@@ -416,7 +427,7 @@ class SyncPass:
             "error": result.error,
         }
         # On the target; on the source when the target cannot be reached.
-        for node in (self.target, self.source):
+        for node in self._recorders():
             if node.name in skip:
                 continue  # known to be away: asking again costs a connect timeout
             try:

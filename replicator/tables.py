@@ -283,6 +283,18 @@ sequences = sa.Table(
     sa.Column("sequence_name", sa.String(255), nullable=False),
 )
 
+revoked_tokens = sa.Table(
+    "replicator_revoked_tokens",
+    metadata,
+    # On the server: device tokens the sync gateway refuses from now on
+    # (`replicator token revoke`), by the token's id (its `jti`). Every
+    # gateway process reads it, so a revocation holds behind any balancer.
+    sa.Column("token_id", sa.String(64), primary_key=True),
+    sa.Column("device", NODE, nullable=False),
+    sa.Column("revoked_at", sa.DateTime, nullable=False),
+    sa.Column("reason", sa.String(255), nullable=False),
+)
+
 REQUIRED_FOR_CAPTURE = (outbox.name, row_versions.name, key_blocks.name)
 
 

@@ -16,6 +16,7 @@ EXPECTED = {
     "replicator_key_blocks": {"table_name", "first_key", "last_key", "next_key"},
     "replicator_key_leases": {"table_name", "first_key", "last_key", "holder", "leased_at"},
     "replicator_sequences": {"table_name", "sequence_name"},
+    "replicator_revoked_tokens": {"token_id", "device", "revoked_at", "reason"},
     "replicator_key_ranges": {"table_name", "next_key"},
     "replicator_runners": {"name", "holder", "connection_id", "since"},
     "replicator_settlements": {"table_name", "row_key", "version", "kept"},
@@ -90,7 +91,7 @@ def test_migrate_twice_creates_the_tables_once(database_url):
         assert primary_key_of(engine, "replicator_row_versions") == ["table_name", "row_key"]
         with engine.connect() as conn:
             assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [
-                ("0007",)
+                ("0008",)
             ]
     finally:
         engine.dispose()

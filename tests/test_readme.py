@@ -159,6 +159,7 @@ def test_the_configuration_reference_documents_every_key_and_its_example_loads()
         config.TableConfig,
         config.ChannelConfig,
         config.SinkConfig,
+        config.GatewayConfig,
     ):
         for field in msgspec.structs.fields(struct):
             assert f"`{field.name}`" in section, f"{struct.__name__}.{field.name} is undocumented"

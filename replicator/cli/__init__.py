@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from replicator.cli import console, demo, recovery, review, sink, status, sync, token
+from replicator.cli import console, demo, recovery, review, serve, sink, status, sync, token
 from replicator.cli.common import PlainCommand
 
 app = typer.Typer(
@@ -65,6 +65,7 @@ COMMANDS = {
     recovery.verify: "Check that a local holds the server's rows.",
     recovery.log: "The change history of a node, a table or a row.",
     console.console: "Serve the review queue as a web app on loopback.",
+    serve.serve: "Serve the sync gateway devices replicate through.",
 }
 for command, line in COMMANDS.items():
     app.command(short_help=line, cls=PlainCommand)(command)

@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from replicator.cli.common import JsonOption, PlainCommand, fail, print_json, usage
+from replicator.cli.common import (
+    DEFAULT_CONFIG,
+    ConfigOption,
+    JsonOption,
+    PlainCommand,
+    fail,
+    open_replicator,
+    print_json,
+    usage,
+)
 
 app = typer.Typer(
     help="Device tokens for the sync gateway: issued here, checked by the gateway.",
@@ -73,6 +82,44 @@ def token_issue(
     except ReplicatorError as e:
         raise fail(e) from None
     if as_json:
-        print_json({"device": device, "scope": columns, "expires": expires, "token": token})
+        claims = tokens.verify(
+            token, os.environ.get(tokens.SECRET_ENV), now=dt.datetime.now(dt.UTC)
+        )
+        print_json(
+            {
+                "device": device,
+                "scope": columns,
+                "expires": expires,
+                "token_id": claims.token_id,
+                "token": token,
+            }
+        )
     else:
         print(token)
+
+
+@app.command("revoke", cls=PlainCommand, short_help="Refuse a token from now on.")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id (its jti).", metavar="TOKEN_ID")],
+    device: Annotated[
+        str, typer.Option("--device", help="The device it was issued to.", metavar="NAME")
+    ],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why, for the record.", metavar="TEXT")
+    ] = "revoked",
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Add a token to the server's revocation list: every gateway process
+    refuses it (HTTP 401) within its `gateway.revocation_seconds`. The
+    token's id is printed by `replicator token issue --json`."""
+    import datetime as dt
+
+    from replicator.devices import revoke
+    from replicator.errors import ReplicatorError
+
+    with open_replicator(config) as replicator:
+        try:
+            added = revoke(replicator.server, token_id, device, reason, dt.datetime.now(dt.UTC))
+        except ReplicatorError as e:
+            raise fail(e) from None
+    print(f"revoked {token_id}" if added else f"{token_id} was already revoked")

@@ -1,0 +1,519 @@
+"""A device's side of the sync gateway: the server reached over HTTP with a
+token instead of a database URL with a password.
+
+:class:`Gateway` is the server as a device sees it (a node's ``url`` of
+``https://...`` or ``http://...`` with a ``token``): it speaks
+:mod:`replicator.protocol` with `httpx`_, retrying what a flaky network
+cuts. The passes over it are the engine's own, with the server's end made
+of requests:
+
+* :class:`PushPass` (local -> server) reads the local's own events after the
+  server's checkpoint for it and pushes them a batch at a time; the server
+  applies each push in one transaction with its checkpoint
+  (:mod:`replicator.devices`), so a push retried after a cut or a killed
+  gateway applies nothing twice, and the next push starts where the
+  server says it stands.
+* :class:`PullPass` (server -> local) is a :class:`~replicator.sync.SyncPass`
+  whose reads are pulls: each batch is applied in one local transaction
+  with the local's checkpoint, as with a server reached directly.
+
+Only a 2xx answer counts: anything else is retried (a cut connection, a
+timeout, 429 after its ``Retry-After``, 502-504) up to ``attempts`` times,
+then the pass fails saying why and the next one starts over from the
+checkpoints. A 401 is not retried (:class:`~replicator.errors.AccessDeniedError`).
+
+.. _httpx: https://www.python-httpx.org/
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import random
+import struct
+import time
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+from replicator import bootstrap as local_bootstrap
+from replicator import checkpoints, keys
+from replicator.apply import Counts
+from replicator.bootstrap import VERSION_COLUMNS, BootstrapResult, is_empty
+from replicator.checkpoints import DEFAULT_CHANNEL
+from replicator.clock import utcnow
+from replicator.config import GATEWAY_SCHEMES
+from replicator.devices import OutOfStep, decode, encode
+from replicator.errors import (
+    AccessDeniedError,
+    ConfigurationError,
+    ConnectionLostError,
+    ConnectivityError,
+    ReplicatorError,
+    SchemaError,
+    describe,
+)
+from replicator.events import from_ext
+from replicator.node import Node
+from replicator.outbox import Entry
+from replicator.protocol import (
+    MEDIA_TYPE,
+    VERSION,
+    Bounds,
+    Checkpoint,
+    Frame,
+    Health,
+    Lease,
+    Leased,
+    Problem,
+    Pull,
+    Pulled,
+    Push,
+    Pushed,
+    Wait,
+    Where,
+)
+from replicator.sync import PassProgress, PassResult, SyncPass
+from replicator.tables import checkpoints as checkpoints_table
+from replicator.tables import row_versions
+
+T = TypeVar("T")
+
+#: A request body larger than this is sent gzip-compressed.
+COMPRESS_ABOVE = 64 * 1024
+_ENCODER = msgspec.msgpack.Encoder()
+_FRAMES = msgspec.msgpack.Decoder(Frame, ext_hook=from_ext)
+_LENGTH = struct.Struct(">I")
+
+
+def is_gateway_url(url: str) -> bool:
+    """Whether a node's ``url`` names a sync gateway, not a database."""
+    return url.startswith(GATEWAY_SCHEMES)
+
+
+class Gateway:
+    """The server node, reached through the sync gateway at ``url`` with
+    ``token``. It stands where a server :class:`~replicator.node.Node`
+    would in a device's :class:`~replicator.application.Replicator`; it
+    holds no database connection and no credentials but the token.
+
+    ``timeout`` bounds each request's connect and each read (a wait is
+    given its own), ``attempts`` how often a request is tried before the
+    pass fails; ``sleep`` and ``rand`` are replaced by tests.
+    """
+
+    role = "server"
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        attempts: int = 5,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not token:
+            raise ConfigurationError(f"node {name}: a gateway url needs a token")
+        self.name, self.url = name, url.rstrip("/")
+        self.scope: dict[str, Any] = {}
+        self.attempts, self.sleep, self.rand = attempts, sleep, rand
+        self.timeout = timeout
+        self._client = httpx.Client(
+            base_url=f"{self.url}/{VERSION}",
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": MEDIA_TYPE,
+                "Accept": MEDIA_TYPE,
+            },
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            transport=transport,
+        )
+
+    @property
+    def masked_url(self) -> str:
+        return self.url  # a gateway's URL holds no secret: the token is a header
+
+    # --- what a Node offers its callers ---------------------------------
+
+    @contextmanager
+    def connect(self) -> Iterator[None]:
+        """Check that the gateway answers (its health, once, no retries):
+        :class:`ConnectivityError` saying why when it does not."""
+        try:
+            response = self._client.get("/health")
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from e
+        if response.status_code != 200:
+            raise ConnectivityError(
+                f"node {self.name} (gateway {self.url}) is not ready: HTTP {response.status_code}"
+            )
+        yield None
+
+    def health(self) -> Health:
+        with self.connect():
+            pass
+        return msgspec.json.decode(self._client.get("/health").content, type=Health)
+
+    def forget_shapes(self) -> None:
+        pass  # the gateway looks at the server's tables itself
+
+    def dispose(self) -> None:
+        self._client.close()
+
+    # --- the protocol ---------------------------------------------------
+
+    def checkpoint(self, channel: str, log_id: str | None) -> int:
+        found = self._call("/checkpoint", Where(channel=channel, log_id=log_id), Checkpoint)
+        return found.position
+
+    def push(self, push: Push) -> Pushed:
+        return self._call("/push", push, Pushed)
+
+    def bounds(self, channel: str = DEFAULT_CHANNEL) -> Bounds:
+        return self._call("/bounds", Where(channel=channel), Bounds)
+
+    def pull(self, pull: Pull) -> Pulled:
+        return self._call("/pull", pull, Pulled)
+
+    def wait(self, after: int, seconds: float = 25.0) -> Bounds:
+        """The bounds once the server's log is past ``after``, or after
+        ``seconds`` as they are (a long poll: one request, no database
+        polled by the device)."""
+        return self._call(
+            "/wait", Wait(after=after, seconds=seconds), Bounds, timeout=seconds + self.timeout
+        )
+
+    def lease(self, table: str, above: int) -> tuple[int, int] | None:
+        leased = self._call("/keys", Lease(table=table, above=above), Leased)
+        if leased.first is None or leased.last is None:
+            return None
+        return leased.first, leased.last
+
+    def snapshot(self, channel: str = DEFAULT_CHANNEL) -> Iterator[Frame]:
+        """The frames of a bootstrap (see :class:`~replicator.protocol.Frame`),
+        as they arrive; :class:`ConnectionLostError` when the stream is cut."""
+        body = _ENCODER.encode(Where(channel=channel))
+        try:
+            with self._client.stream("POST", "/bootstrap", content=body) as response:
+                if response.status_code != 200:
+                    response.read()
+                    self._refused("/bootstrap", response)
+                buffer = b""
+                for chunk in response.iter_bytes():
+                    buffer += chunk
+                    while len(buffer) >= _LENGTH.size:
+                        (size,) = _LENGTH.unpack_from(buffer)
+                        if len(buffer) < _LENGTH.size + size:
+                            break
+                        frame = _FRAMES.decode(buffer[_LENGTH.size : _LENGTH.size + size])
+                        buffer = buffer[_LENGTH.size + size :]
+                        yield frame
+                        if frame.done:
+                            return
+        except httpx.TransportError as e:
+            raise ConnectionLostError(
+                f"the bootstrap stream from gateway {self.url} was cut: {describe(e)}"
+            ) from e
+        raise ConnectionLostError(f"the bootstrap stream from gateway {self.url} ended early")
+
+    def _call(self, path: str, message: Any, answer: type[T], timeout: float | None = None) -> T:
+        body = _ENCODER.encode(message)
+        headers = {}
+        if len(body) > COMPRESS_ABOVE:
+            body, headers = gzip.compress(body, compresslevel=1), {"Content-Encoding": "gzip"}
+        problem = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                self.sleep(self._backoff(attempt, problem))
+            try:
+                response = self._client.post(
+                    path,
+                    content=body,
+                    headers=headers,
+                    timeout=self._client.timeout if timeout is None else timeout,
+                )
+            except httpx.TransportError as e:
+                problem = describe(e)
+                continue
+            if response.status_code == 200:
+                try:
+                    return msgspec.msgpack.decode(response.content, type=answer)
+                except msgspec.DecodeError as e:  # cut short by a proxy: ask again
+                    problem = f"an unreadable answer: {e}"
+                    continue
+            if response.status_code in (429, 500, 502, 503, 504):
+                problem = f"HTTP {response.status_code}"
+                retry = response.headers.get("Retry-After", "")
+                if retry.isdigit():
+                    problem += f" (retry after {retry} s)"
+                    self.sleep(float(retry))
+                continue
+            if response.status_code == 409:
+                found = msgspec.msgpack.decode(response.content, type=Checkpoint)
+                raise OutOfStep(found.position)
+            self._refused(path, response)
+        raise ConnectivityError(
+            f"node {self.name} (gateway {self.url}) did not answer {path} "
+            f"after {self.attempts} attempts: {problem}"
+        )
+
+    def _backoff(self, attempt: int, problem: str) -> float:
+        """Seconds before try ``attempt`` (1, 2, ...): doubling from 0.1 s,
+        at most 5 s, with jitter so that devices cut together do not
+        come back together."""
+        return min(5.0, 0.1 * 2 ** (attempt - 1)) * (0.5 + self.rand())
+
+    def _refused(self, path: str, response: httpx.Response) -> None:
+        if response.status_code == 401:
+            raise AccessDeniedError(
+                f"gateway {self.url} refused this device's token (HTTP 401): it is missing, "
+                "expired, revoked or not signed by this server; ask for a new token"
+            )
+        try:
+            problem = msgspec.json.decode(response.content, type=Problem)
+            said = problem.error + (f": {problem.detail}" if problem.detail else "")
+        except msgspec.DecodeError:
+            said = response.text[:200]
+        raise ReplicatorError(
+            f"gateway {self.url} refused {path} (HTTP {response.status_code}): {said}"
+        )
+
+    def _unreachable(self, error: BaseException) -> ConnectivityError:
+        return ConnectivityError(
+            f"node {self.name} (gateway {self.url}) cannot be reached: {describe(error)}"
+        )
+
+
+def refill_keys(local: Node, gateway: Gateway, size: int = keys.BLOCK) -> None:
+    """Keep ``local`` a block of keys ahead for its integer-keyed tables,
+    leased through the gateway (see :func:`replicator.keys.refill`)."""
+
+    def lease_blocks(needed: dict[str, int]) -> dict[str, tuple[int, int]]:
+        found = {}
+        for table, above in needed.items():
+            block = gateway.lease(table, above)
+            if block is not None:
+                found[table] = block
+        return found
+
+    keys.refill_with(local, lease_blocks, size)
+
+
+class PullPass(SyncPass):
+    """A pass from the server, through ``source`` (a :class:`Gateway`), to
+    the local ``target``: a :class:`~replicator.sync.SyncPass` whose reads
+    are pulls (the gateway leaves out the local's own events and cuts the
+    rest to its token's scope)."""
+
+    source: Gateway  # type: ignore[assignment]
+
+    def _bounds(self) -> tuple[int | None, int, str | None]:
+        found = self.source.bounds(self.channel)
+        return found.horizon, found.pruned_through, found.log_id
+
+    def _read(self, after: int, horizon: int) -> tuple[list[Entry], int]:
+        pulled = self.source.pull(
+            Pull(
+                channel=self.channel,
+                after=after,
+                upto=horizon,
+                limit=self.batch_size,
+                tables=None if self.tables is None else sorted(self.tables),
+                exclude_tables=sorted(self.exclude_tables),
+            )
+        )
+        return decode(pulled.events), pulled.reached
+
+    def _lease_keys(self) -> None:
+        refill_keys(self.target, self.source, self.key_block)
+
+    def _recorders(self) -> tuple[Node, ...]:
+        return (self.target,)
+
+
+class PushPass(SyncPass):
+    """A pass from the local ``source`` to the server through ``target`` (a
+    :class:`Gateway`): the local's own events after the server's checkpoint
+    for it, pushed a batch at a time (see the module's doc)."""
+
+    target: Gateway  # type: ignore[assignment]
+
+    def run(
+        self,
+        stop: Callable[[], bool] | None = None,
+        *,
+        record_empty: bool = True,
+        progress: Callable[[PassProgress], None] | None = None,
+    ) -> PassResult:
+        """As :meth:`SyncPass.run`: never raises for a database or network
+        problem (the result says ``failed`` and why)."""
+        result = PassResult(source=self.source.name, target=self.target.name, channel=self.channel)
+        started, clock = self.now(), time.perf_counter()
+        try:
+            self._lease_keys()
+            horizon, through, log_id = self._bounds()
+            if horizon is None:
+                result.status = "deferred"
+            else:
+                self._push_all(result, horizon, through, log_id, stop, progress)
+        except ConfigurationError:
+            raise
+        except ReplicatorError as e:
+            result.status = "failed"
+            result.error = describe(e)
+        result.seconds = round(time.perf_counter() - clock, 6)
+        if record_empty or result.read or result.status != "ok":
+            self._record(result, started)
+        return result
+
+    def _push_all(
+        self,
+        result: PassResult,
+        horizon: int,
+        through: int,
+        log_id: str | None,
+        stop: Callable[[], bool] | None,
+        progress: Callable[[PassProgress], None] | None,
+    ) -> None:
+        after = self.target.checkpoint(self.channel, log_id)
+        while after < horizon:
+            batch, reached = self._read(after, horizon)
+            push = Push(
+                channel=self.channel,
+                after=after,
+                reached=reached,
+                log_id=log_id,
+                pruned_through=through,
+                events=encode(batch),
+            )
+            try:
+                pushed = self.target.push(push)
+            except OutOfStep as e:
+                if e.checkpoint >= after:
+                    raise ReplicatorError(
+                        f"the server stands at {e.checkpoint} for {self.source.name} "
+                        f"and refused a push from {after}"
+                    ) from e
+                after = e.checkpoint  # it lacks what lies between: send that first
+                continue
+            counts = Counts()
+            counts.add(pushed.counts)
+            result.add(counts)
+            after = pushed.checkpoint
+            if pushed.status == "failed":
+                result.status, result.error = "failed", pushed.error
+                return
+            if progress is not None:
+                progress(
+                    PassProgress(
+                        source=result.source,
+                        target=result.target,
+                        channel=result.channel,
+                        read=result.read,
+                        applied=result.applied,
+                        position=after,
+                        horizon=horizon,
+                    )
+                )
+            if stop is not None and stop():
+                return
+
+    def _lease_keys(self) -> None:
+        refill_keys(self.source, self.target, self.key_block)
+
+    def _recorders(self) -> tuple[Node, ...]:
+        return (self.source,)
+
+
+def bootstrap(
+    gateway: Gateway,
+    node: Node,
+    *,
+    channels: Collection[str] = (DEFAULT_CHANNEL,),
+    progress: Callable[[int, int | None], None] | None = None,
+    now: Callable[[], dt.datetime] = utcnow,
+) -> BootstrapResult:
+    """Bootstrap the empty local ``node`` through the gateway, as
+    :func:`replicator.bootstrap.bootstrap` does from a server reached
+    directly: the rows of its token's scope and their versions, streamed,
+    written in one local transaction with its checkpoints, so a stream
+    cut anywhere leaves the node as empty as it was. ``progress(rows,
+    None)`` after each chunk."""
+    clock = time.perf_counter()
+    if not is_empty(node):
+        raise ReplicatorError(
+            f"node {node.name} is not empty (it has rows, changes or checkpoints); "
+            "bootstrap only fills a new or emptied replica"
+        )
+    copied: dict[str, int] = {}
+    frames = gateway.snapshot()
+    try:
+        with node.begin() as target:
+            header = next(frames)
+            node.forget_shapes()  # the app may have created its tables since
+            missing = [t for t in header.tables if node.shape(target, t) is None]
+            if missing:
+                node.forget_shapes()
+                raise SchemaError(
+                    f"cannot bootstrap {node.name}: the server's tables "
+                    f"{', '.join(missing)} do not exist on {node.name} (or lack a primary "
+                    "key); create the app's tables there first and sync again. Nothing "
+                    "was copied and its checkpoint did not move"
+                )
+            done, columns, picks = 0, [], []
+            for frame in frames:
+                if frame.done:
+                    break
+                shape = node.shape(target, frame.table)
+                assert shape is not None
+                if frame.columns:
+                    columns = [c for c in frame.columns if c in shape.columns]
+                    picks = [frame.columns.index(c) for c in columns]
+                    copied[frame.table] = 0
+                elif frame.rows:
+                    rows = [[row[i] for i in picks] for row in frame.rows]
+                    local_bootstrap.write_rows(target, node, shape, columns, rows)
+                    copied[frame.table] += len(rows)
+                    done += len(rows)
+                    if progress is not None:
+                        progress(done, None)
+                elif frame.versions:
+                    node.dialect.upsert_rows(
+                        target, row_versions, VERSION_COLUMNS, [tuple(v) for v in frame.versions]
+                    )
+            position = header.position or 0
+            for channel in channels:
+                checkpoints.advance(
+                    target, node.dialect, gateway.name, channel, position, now(), header.log_id
+                )
+            # Its rows came without events in its log: its sinks start over.
+            c = checkpoints_table.c
+            target.execute(checkpoints_table.delete().where(c.source == node.name))
+    finally:
+        frames.close()  # type: ignore[attr-defined]
+    return BootstrapResult(
+        node=node.name,
+        server=gateway.name,
+        position=position,
+        rows=copied,
+        seconds=round(time.perf_counter() - clock, 6),
+    )
+
+
+__all__ = [
+    "COMPRESS_ABOVE",
+    "Gateway",
+    "PullPass",
+    "PushPass",
+    "bootstrap",
+    "is_gateway_url",
+    "refill_keys",
+]
