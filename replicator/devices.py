@@ -331,7 +331,7 @@ def pull(server: Node, device: Device, request: Pull, rules: Rules) -> Pulled:
             after=request.after,
             upto=request.upto,
             limit=request.limit,
-            exclude_origin=device.name,
+            exclude_origin=None if request.own else device.name,
             tables=request.tables,
             exclude_tables=request.exclude_tables,
         )

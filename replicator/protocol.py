@@ -137,6 +137,8 @@ class Pull(_Message):
     limit: int = 1000
     tables: list[str] | None = None
     exclude_tables: list[str] = []
+    #: Include the device's own events (a replay onto it restores them too).
+    own: bool = False
 
 
 class Pulled(_Message):

@@ -191,6 +191,19 @@ class Gateway:
             "/wait", Wait(after=after, seconds=seconds), Bounds, timeout=seconds + self.timeout
         )
 
+    def head(self) -> int:
+        """How far the server's log has committed (0 when it cannot tell
+        now): what a runner compares to know whether to pull."""
+        return self.bounds().horizon or 0
+
+    def read_log(self, after: int, upto: int, limit: int) -> tuple[list[Entry], int]:
+        """The server's log after ``after`` up to ``upto`` as this device may
+        see it, its own events included (a replay's read)."""
+        pulled = self.pull(
+            Pull(channel=DEFAULT_CHANNEL, after=after, upto=upto, limit=limit, own=True)
+        )
+        return decode(pulled.events), pulled.reached
+
     def lease(self, table: str, above: int) -> tuple[int, int] | None:
         leased = self._call("/keys", Lease(table=table, above=above), Leased)
         if leased.first is None or leased.last is None:

@@ -38,6 +38,8 @@ from replicator.checkpoints import DEFAULT_CHANNEL
 from replicator.clock import from_datetime, utcnow
 from replicator.errors import ConfigurationError, ReplicatorError
 from replicator.node import Node
+from replicator.outbox import Entry
+from replicator.remote import Gateway
 from replicator.scope import in_scope
 from replicator.tables import outbox as outbox_table
 
@@ -75,7 +77,7 @@ def first_position_since(conn: Connection, moment: dt.datetime) -> int:
 
 
 def replay(
-    log: Node,
+    log: Node | Gateway,
     node: Node,
     *,
     start: int,
@@ -108,10 +110,14 @@ def replay(
         raise ConfigurationError(f"batch_size must be at least 1, got {batch_size}")
     start = max(start, 1)  # the log's first position is 1
     clock = time.perf_counter()
-    with log.connect() as conn:
-        horizon = log.dialect.horizon(conn)
-        through = retention.pruned_through(conn)
-        log_id = retention.log_id(conn)
+    if isinstance(log, Gateway):
+        bounds = log.bounds()
+        horizon, through, log_id = bounds.horizon, bounds.pruned_through, bounds.log_id
+    else:
+        with log.connect() as conn:
+            horizon = log.dialect.horizon(conn)
+            through = retention.pruned_through(conn)
+            log_id = retention.log_id(conn)
     if horizon is None:
         raise ReplicatorError(
             f"node {log.name}: its writers held the outbox too long to tell what has "
@@ -126,11 +132,16 @@ def replay(
     result = ReplayResult(node=node.name, log=log.name, start=start, end=upto, dry_run=dry_run)
     counts = result  # the replay counts into its result
 
-    def apply(tconn: Connection, after: int) -> int:
+    def read(after: int) -> tuple[list[Entry], int]:
+        if isinstance(log, Gateway):  # cut to the device's scope by the server
+            return log.read_log(after, upto, batch_size)
         with log.connect() as conn:
-            entries, reached = outbox.read_batch(
+            return outbox.read_batch(
                 conn, after=after, upto=upto, limit=batch_size, exclude_origin=None
             )
+
+    def apply(tconn: Connection, after: int) -> int:
+        entries, reached = read(after)
         logs = checkpoints.followed(tconn, node.name)
         # A batch holds whole source transactions, so one large transaction
         # is one large batch: it is applied in slices of batch_size, all in

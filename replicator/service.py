@@ -55,6 +55,7 @@ from replicator.config import Config
 from replicator.errors import DatabaseError, ReplicatorError, SchemaError, describe
 from replicator.locks import Lock
 from replicator.node import Node
+from replicator.remote import Gateway
 from replicator.sync import PassResult, SyncPass
 
 log = logging.getLogger("replicator.service")
@@ -206,6 +207,7 @@ class Runner:
         self._refused: dict[str, str] = {}  # local -> why it cannot be bootstrapped yet
         self._imprecise: dict[str, str] = {}  # local -> the columns the server would round
         self._idle = self.timing.poll
+        self._server_head: int | None = None  # through a gateway: the listener's
         # Each node, link and sink backs off on its own: one device away
         # does not slow the others down.
         self._node_waits = {node.name: _Wait(self._backoff()) for node in self.nodes}
@@ -225,6 +227,7 @@ class Runner:
             f"runner started: {self.holder}, nodes {self._names()}",
             extra={"event": "started", "fields": {"holder": self.holder, "nodes": self._names()}},
         )
+        self._listen()
         try:
             while not self.stopping.is_set():
                 delay = self.step()
@@ -235,6 +238,46 @@ class Runner:
         finally:
             self.close()
             log.info("runner stopped", extra={"event": "stopped", "fields": {}})
+
+    def _head_of(self, node: Node) -> int:
+        """``node``'s head; the server's through a gateway as the listener
+        last heard it (asked only until it has)."""
+        if node is self.replicator.gateway and self._server_head is not None:
+            return self._server_head
+        return head_of(node)
+
+    def _listen(self) -> threading.Thread | None:
+        """On a device that reaches the server through a sync gateway: a
+        thread that holds a long poll open (``Gateway.wait``) and starts
+        the next round as soon as the server's log grows, so the device
+        learns of new events within a second without polling; None
+        elsewhere."""
+        gateway = self.replicator.gateway
+        if gateway is None:
+            return None
+
+        def listen() -> None:
+            seen = -1
+            backoff = self._backoff()
+            while not self.stopping.is_set():
+                try:
+                    found = gateway.wait(seen, seconds=self.timing.interval)
+                except ReplicatorError:
+                    self.stopping.wait(backoff.next())
+                    continue
+                except Exception:  # the client was closed under it: stopping
+                    if self.stopping.is_set():
+                        return
+                    raise
+                backoff.reset()
+                horizon = found.horizon or 0
+                if horizon > seen:
+                    self._server_head = seen = horizon
+                    self.notify()
+
+        thread = threading.Thread(target=listen, name="replicator-listen", daemon=True)
+        thread.start()
+        return thread
 
     def stop(self) -> None:
         """Ask the runner to stop after the current batch (thread-safe)."""
@@ -321,8 +364,7 @@ class Runner:
                 current.unreachable[node.name] = self.unreachable[node.name][0]
                 continue
             try:
-                with node.connect() as conn:
-                    heads[node.name] = outbox.head(conn)
+                heads[node.name] = self._head_of(node)
             except ReplicatorError as e:
                 wait.failed(now)
                 current.unreachable[node.name] = describe(e)
@@ -460,7 +502,7 @@ class Runner:
         keeps less precisely than its local), or None; asked again on each
         full round, remembered in between."""
         local = sync_pass.source if sync_pass.source.role == "local" else sync_pass.target
-        if full:
+        if full and self.replicator.gateway is None:
             try:
                 precision.check(self.replicator.server, local)
                 self._imprecise.pop(local.name, None)
@@ -509,8 +551,7 @@ class Runner:
         when it cannot be read (the pass then finds out why)."""
         if node.name not in heads:
             try:
-                with node.connect() as conn:
-                    heads[node.name] = outbox.head(conn)
+                heads[node.name] = self._head_of(node)
             except ReplicatorError:
                 return None
         return heads[node.name]
@@ -581,6 +622,15 @@ class Runner:
 
     def _names(self) -> str:
         return ", ".join(n.name for n in self.nodes)
+
+
+def head_of(node: Node | Gateway) -> int:
+    """How far ``node``'s log reaches: its outbox head, or through a sync
+    gateway what the server's log has committed."""
+    if isinstance(node, Gateway):
+        return node.head()
+    with node.connect() as conn:
+        return outbox.head(conn)
 
 
 def _key(sync_pass: SyncPass) -> tuple[str, str, str]:

@@ -98,6 +98,8 @@ def stats(replicator: Replicator, days: float = 7, now: dt.datetime | None = Non
         .order_by(c.started_at)
     )
     for name, node in replicator.nodes.items():
+        if node is replicator.gateway:
+            continue  # a device records its own passes
         try:
             with node.connect() as conn:
                 runs.extend(conn.execute(select).all())

@@ -17,6 +17,7 @@ from replicator import checkpoints, keys, outbox, parking, retention
 from replicator.application import Replicator
 from replicator.clock import to_datetime, utcnow
 from replicator.errors import ReplicatorError, describe, not_initialized
+from replicator.remote import Gateway
 from replicator.sync import SyncPass
 from replicator.tables import sync_runs
 
@@ -113,6 +114,11 @@ def status(replicator: Replicator, now: dt.datetime | None = None) -> Status:
 def _node(node: Any, logs: dict[str, str | None]) -> NodeStatus:
     found = NodeStatus(name=node.name, role=node.role, url=node.masked_url)
     try:
+        if isinstance(node, Gateway):
+            # The server's own queue and keys are not a device's to read.
+            bounds = node.bounds()
+            logs[node.name], found.head = bounds.log_id, bounds.horizon
+            return found
         with node.connect() as conn:
             logs[node.name] = retention.log_id(conn)
             found.head = outbox.head(conn)
@@ -169,11 +175,19 @@ def _link(
             found.reachable, found.error = False, f"{end.name}: {nodes[end.name].error}"
             return found
     try:
-        with target.connect() as conn:
-            found.checkpoint = checkpoints.position(
-                conn, source.name, sync_pass.channel, logs.get(source.name)
-            )
+        if isinstance(target, Gateway):
+            found.checkpoint = target.checkpoint(sync_pass.channel, logs.get(source.name))
+        else:
+            with target.connect() as conn:
+                found.checkpoint = checkpoints.position(
+                    conn, source.name, sync_pass.channel, logs.get(source.name)
+                )
+        # A device records its passes over a gateway itself.
+        recorder = source if isinstance(target, Gateway) else target
+        with recorder.connect() as conn:
             found.last_sync = _last_success(conn, sync_pass)
+        if isinstance(source, Gateway):
+            return found  # what the server has for the device only the server counts
         with source.connect() as conn:
             found.lag, oldest = outbox.pending(
                 conn, after=max(found.checkpoint or 0, 0), **sync_pass.reads()

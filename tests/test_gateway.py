@@ -15,9 +15,14 @@ and JSON columns, a server default and a per-user scope column.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
+import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +42,13 @@ from replicator.config import load, loads
 from replicator.gateway import tokens
 from replicator.gateway.app import from_config
 from replicator.node import Node
+from replicator.replay import replay
 from replicator.review import Filter
+from replicator.service import BackgroundSync, Timing
 
 from . import gateway_app as app
 from .proxy import Cut, Proxy
+from .test_cli import REPLICATOR
 from .test_console import served
 
 pytestmark = pytest.mark.backends("sqlite", "mariadb")
@@ -496,3 +504,256 @@ def test_a_waiting_device_learns_of_new_events_within_a_second(hub: Hub) -> None
         assert time.monotonic() - pushed_at < 1.0
         r.sync()
     assert business(laptop) == business(phone)
+
+
+def test_background_sync_through_the_gateway_hears_of_new_events_by_long_poll(hub: Hub) -> None:
+    phone = hub.device("phone", "u1")
+    laptop = hub.device("laptop", "u1")
+    laptop.synced()
+    # A long interval: what wakes the phone is the gateway's answer to its wait.
+    timing = Timing(interval=60, idle_poll=30, poll=0.05)
+    with BackgroundSync(
+        load(phone.config), engines={"phone": phone.engine}, timing=timing
+    ) as background:
+        code = laptop.add_notebook("u1", "from the laptop", ("hello",))
+        laptop.synced("up")
+        pushed = time.monotonic()
+        while (code, "u1", "from the laptop") not in business(phone):
+            assert time.monotonic() - pushed < 5, "the phone did not hear of the new event"
+            time.sleep(0.05)
+        arrived = time.monotonic() - pushed
+        mine = phone.add_notebook("u1", "from the phone", ("hi",))
+        background.notify()  # as an app does after it writes
+        while (mine, "u1", "from the phone") not in business(hub.server):
+            assert time.monotonic() - pushed < 10, "the phone's write did not reach the server"
+            time.sleep(0.05)
+    assert arrived < 2.0, arrived
+    laptop.synced()
+    assert (mine, "u1", "from the phone") in business(laptop)
+
+
+def run_cli(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
+    assert site.config is not None
+    return subprocess.run(
+        [REPLICATOR, *args, "--config", str(site.config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=site.config.parent,
+    )
+
+
+def test_a_device_works_through_the_gateway_with_its_cli_and_never_sees_a_credential(
+    hub: Hub, tmp_path: Path
+) -> None:
+    secrets = [hub.server.url, str(sa.make_url(hub.server.url).database)]
+    url = sa.make_url(hub.server.url)
+    gateway_url = hub.server.url
+    if url.get_backend_name() == "mariadb" or url.get_backend_name() == "mysql":
+        # A gateway whose database account has a password, to look for it.
+        # pymysql formats the statement: a literal % is written %%.
+        user, password = f"gw_{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
+        with hub.server.engine.begin() as conn:
+            conn.exec_driver_sql(f"CREATE USER '{user}'@'%%' IDENTIFIED BY '{password}'")
+            conn.exec_driver_sql(f"GRANT ALL ON `{url.database}`.* TO '{user}'@'%%'")
+        gateway_url = url.set(username=user, password=password).render_as_string(
+            hide_password=False
+        )
+        secrets += [password, gateway_url]
+    else:
+        user = None
+    try:
+        with served(from_config(loads(server_config(gateway_url)), SECRET)) as address:
+            hub.gateway = address
+            hub.server.add_notebook("u1", "from the web", ("a",))
+            phone = hub.device("phone", "u1")
+            outputs = [run_cli(phone, "sync")]
+            phone.add_notebook("u1", "mine", ("b",))
+            phone.add_notebook("u2", "not mine", ("c",))  # refused by the server
+            for args in (("sync",), ("status", "--json"), ("stats",), ("review", "list", "--json")):
+                outputs.append(run_cli(phone, *args))
+            for done in outputs:
+                assert done.returncode == 0, (done.args, done.stderr)
+            status = msgspec.json.decode(outputs[2].stdout)
+            up = next(link for link in status["links"] if link["source"] == "phone")
+            assert up["checkpoint"] == up["head"] and up["lag"] == 0, up
+            assert msgspec.json.decode(outputs[4].stdout)["total"] == 0  # the phone's own queue
+            assert {t[2] for t in business(phone)} == {"from the web", "mine", "not mine"}
+            assert {t[2] for t in business(hub.server)} == {"from the web", "mine"}
+            # A device with a bad token is told so, with exit 1, and no more.
+            phone.config.write_text(phone.config.read_text().replace('token = "', 'token = "x'))
+            refused = run_cli(phone, "sync")
+            assert refused.returncode == 1 and "HTTP 401" in refused.stderr, refused.stderr
+            outputs.append(refused)
+    finally:
+        if user is not None:
+            with hub.server.engine.begin() as conn:
+                conn.exec_driver_sql(f"DROP USER '{user}'@'%%'")
+    said = "".join(o.stdout + o.stderr for o in outputs)
+    files = [p for p in (tmp_path / "phone").rglob("*") if p.is_file()]
+    assert files, "no device files to look at"
+    for secret in secrets:
+        assert secret not in said, secret
+        for path in files:
+            assert secret.encode() not in path.read_bytes(), (secret, path)
+
+
+def test_a_wiped_device_is_restored_by_replay_through_the_gateway(hub: Hub) -> None:
+    hub.server.add_notebook("u1", "from the web", ("a",))
+    hub.server.add_notebook("u2", "someone else's", ("z",))
+    phone = hub.device("phone", "u1")
+    phone.synced()
+    phone.add_notebook("u1", "mine", ("b", "c"))
+    phone.synced()
+    kept = {t: phone.rows(t) for t in ("notebooks", "notes", "plans")}
+    with phone.engine.begin() as conn:  # the app's rows lost, the replicator's kept
+        for table in ("notes", "notebooks"):
+            conn.execute(app.Base.metadata.tables[table].delete())
+    with Replicator(load(phone.config), engines={"phone": phone.engine}) as r:
+        result = replay(r.server, r.node("phone"), start=0)
+    # u1's two rows from the web and the phone's own three; nothing of u2's.
+    assert result.read == 5 and result.inserted == 5 and result.parked == 0, result
+    assert {t: phone.rows(t) for t in kept} == kept  # its own rows too, and only u1's
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(url: str, tmp: Path, port: int | None = None) -> Iterator[subprocess.Popen]:
+    """``replicator serve`` in a process of its own, over the server
+    database ``url``, on ``port``; stopped (killed if need be) at the end."""
+    config = tmp / f"server-{uuid.uuid4().hex[:6]}.toml"
+    config.write_text(server_config(url))
+    port = port or free_port()
+    process = subprocess.Popen(
+        [REPLICATOR, "serve", "--config", str(config), "--port", str(port)],
+        env={**os.environ, tokens.SECRET_ENV: SECRET},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{process.url}/v1/health", timeout=1).status_code == 200:  # type: ignore[attr-defined]
+                break
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "replicator serve did not start"
+        time.sleep(0.05)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def database(database_url: str, tmp_path: Path) -> Iterator[Site]:
+    server = site("hub", database_url)
+    yield server
+    server.close()
+
+
+def test_a_gateway_killed_with_sigkill_mid_request_loses_and_duplicates_nothing(
+    database: Site, tmp_path: Path
+) -> None:
+    port = free_port()
+    hub = Hub(database, f"http://127.0.0.1:{port}", tmp_path)
+    interrupted = 0
+    try:
+        with serving(database.url, tmp_path, port):
+            phone = hub.device("phone", "u1")
+            phone.synced()
+        for delay in (0.05, 0.15, 0.3):
+            for i in range(200):
+                phone.add_notebook("u1", f"book {delay} {i}", ("a", "b"))
+            with serving(database.url, tmp_path, port) as gateway:
+                outcome: list[SyncResult] = []
+                syncing = threading.Thread(
+                    target=lambda found=outcome: found.append(phone.sync("up"))
+                )
+                syncing.start()
+                time.sleep(delay)
+                gateway.kill()  # SIGKILL: no cleanup, mid-push or mid-answer
+                gateway.wait()
+                syncing.join(60)
+            interrupted += not outcome[0].ok or outcome[0].passes[0].read < 600
+            with serving(database.url, tmp_path, port):
+                phone.synced()
+                phone.synced()
+    finally:
+        for device in hub.devices:
+            device.close()
+    assert interrupted, "no kill landed during a push"
+    sent = event_ids(phone, "phone")
+    assert len(sent) == 1800
+    assert sorted(event_ids(database, "phone")) == sorted(sent)
+    for table in ("notebooks", "notes"):
+        assert phone.rows(table) == database.rows(table), table
+    assert hub.review() == []
+
+
+def test_two_gateway_processes_serve_devices_that_converge(database: Site, tmp_path: Path) -> None:
+    hub = Hub(database, "", tmp_path)
+    try:
+        with serving(database.url, tmp_path) as a, serving(database.url, tmp_path) as b:
+            placed = {
+                "phone": (a, "u1"),
+                "laptop": (b, "u1"),
+                "tablet": (a, "u2"),
+                "desk": (b, "u2"),
+            }
+            devices = {}
+            for name, (gateway, owner) in placed.items():
+                hub.gateway = gateway.url
+                devices[name] = hub.device(name, owner)
+                devices[name].synced()
+            for round_ in range(3):
+                for name, device in devices.items():
+                    for i in range(10):
+                        device.add_notebook(placed[name][1], f"{name} {round_} {i}", (name,))
+                workers = [threading.Thread(target=d.sync) for d in devices.values()]
+                for worker in workers:
+                    worker.start()
+                for worker in workers:
+                    worker.join(60)
+            # A wait held by gateway b ends when a device writes through gateway a.
+            with Replicator(load(devices["laptop"].config)) as laptop:
+                laptop.sync()
+                head = laptop.gateway.head()
+                ended: list[float] = []
+                waiter = threading.Thread(
+                    target=lambda: ended.append(laptop.gateway.wait(head, seconds=20).horizon)
+                )
+                waiter.start()
+                time.sleep(0.2)
+                devices["phone"].add_notebook("u1", "last one", ())
+                written = time.monotonic()
+                devices["phone"].synced("up")
+                waiter.join(20)
+                assert ended and ended[0] > head and time.monotonic() - written < 1.5
+            for _ in range(2):
+                for device in devices.values():
+                    device.synced()
+    finally:
+        for device in hub.devices:
+            device.close()
+    assert business(devices["phone"]) == business(devices["laptop"])
+    assert business(devices["tablet"]) == business(devices["desk"])
+    assert len(business(devices["phone"])) == 2 * 30 + 1 and len(business(devices["desk"])) == 60
+    assert business(database) == business(devices["phone"]) | business(devices["desk"])
+    for table in ("notebooks", "notes"):
+        assert devices["phone"].rows(table) == devices["laptop"].rows(table)
+    assert hub.review() == []

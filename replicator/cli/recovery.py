@@ -88,6 +88,8 @@ def replay(
         settings = replicator.config
         target, log = replicator.node(node), replicator.server
         if moment is not None:
+            if replicator.gateway is not None:
+                usage("--since needs the server's database; through a sync gateway give --from")
             with log.connect() as conn:
                 start = first_position_since(conn, moment)
         unscoped = {t: s.unscoped for t, s in settings.tables.items()}
