@@ -124,12 +124,7 @@ def bootstrap(
             progress(done, done)
         # A log pruned to its end still stands at the pruned position.
         position = max(position, retention.pruned_through(source))
-        log_id = retention.log_id(source)
-        for channel in channels:
-            checkpoints.advance(target, node.dialect, server.name, channel, position, now(), log_id)
-        # Its rows came without events in its log: its sinks start over.
-        c = checkpoints_table.c
-        target.execute(checkpoints_table.delete().where(c.source == node.name))
+        stand_at(target, node, server.name, channels, position, retention.log_id(source), now())
     return BootstrapResult(
         node=node.name,
         server=server.name,
@@ -137,6 +132,25 @@ def bootstrap(
         rows=copied,
         seconds=round(time.perf_counter() - clock, 6),
     )
+
+
+def stand_at(
+    target: Connection,
+    node: Node,
+    server: str,
+    channels: Collection[str],
+    position: int,
+    log_id: str | None,
+    moment: dt.datetime,
+) -> None:
+    """Set the bootstrapped ``node``'s checkpoints for ``server``'s log
+    (``log_id``) at ``position`` on every channel, in ``target``'s
+    transaction, the one that wrote its rows."""
+    for channel in channels:
+        checkpoints.advance(target, node.dialect, server, channel, position, moment, log_id)
+    # Its rows came without events in its log: its sinks start over.
+    c = checkpoints_table.c
+    target.execute(checkpoints_table.delete().where(c.source == node.name))
 
 
 def carried_tables(server: Node, node: Node, unscoped: Mapping[str, str]) -> list[str]:

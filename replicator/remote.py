@@ -40,7 +40,7 @@ import httpx
 import msgspec
 
 from replicator import bootstrap as local_bootstrap
-from replicator import checkpoints, keys
+from replicator import keys
 from replicator.apply import Counts
 from replicator.bootstrap import VERSION_COLUMNS, BootstrapResult, is_empty
 from replicator.checkpoints import DEFAULT_CHANNEL
@@ -77,7 +77,6 @@ from replicator.protocol import (
     Where,
 )
 from replicator.sync import PassProgress, PassResult, SyncPass
-from replicator.tables import checkpoints as checkpoints_table
 from replicator.tables import row_versions
 
 T = TypeVar("T")
@@ -425,17 +424,7 @@ class PushPass(SyncPass):
                 result.status, result.error = "failed", pushed.error
                 return
             if progress is not None:
-                progress(
-                    PassProgress(
-                        source=result.source,
-                        target=result.target,
-                        channel=result.channel,
-                        read=result.read,
-                        applied=result.applied,
-                        position=after,
-                        horizon=horizon,
-                    )
-                )
+                progress(result.progress(after, horizon))
             if stop is not None and stop():
                 return
 
@@ -503,13 +492,9 @@ def bootstrap(
                         target, row_versions, VERSION_COLUMNS, [tuple(v) for v in frame.versions]
                     )
             position = header.position or 0
-            for channel in channels:
-                checkpoints.advance(
-                    target, node.dialect, gateway.name, channel, position, now(), header.log_id
-                )
-            # Its rows came without events in its log: its sinks start over.
-            c = checkpoints_table.c
-            target.execute(checkpoints_table.delete().where(c.source == node.name))
+            local_bootstrap.stand_at(
+                target, node, gateway.name, channels, position, header.log_id, now()
+            )
     finally:
         frames.close()  # type: ignore[attr-defined]
     return BootstrapResult(

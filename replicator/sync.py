@@ -67,6 +67,18 @@ class PassResult(Counts, kw_only=True):
     def ok(self) -> bool:
         return self.status != "failed"
 
+    def progress(self, position: int, horizon: int) -> PassProgress:
+        """How far this pass has got: at ``position`` of ``horizon``."""
+        return PassProgress(
+            source=self.source,
+            target=self.target,
+            channel=self.channel,
+            read=self.read,
+            applied=self.applied,
+            position=position,
+            horizon=horizon,
+        )
+
 
 class PassProgress(msgspec.Struct, frozen=True, kw_only=True):
     """How far a running pass over one link and channel has got, reported
@@ -211,17 +223,7 @@ class SyncPass:
                 counts.skipped += len(batch) - len(entries)
                 unhandled = []
                 if progress is not None:
-                    progress(
-                        PassProgress(
-                            source=result.source,
-                            target=result.target,
-                            channel=result.channel,
-                            read=result.read,
-                            applied=result.applied,
-                            position=reached,
-                            horizon=horizon,
-                        )
-                    )
+                    progress(result.progress(reached, horizon))
                 if stop is not None and stop():
                     break
         except ConfigurationError:

@@ -757,3 +757,26 @@ def test_two_gateway_processes_serve_devices_that_converge(database: Site, tmp_p
     for table in ("notebooks", "notes"):
         assert devices["phone"].rows(table) == devices["laptop"].rows(table)
     assert hub.review() == []
+
+
+def test_a_devices_vector_sink_follows_what_arrives_through_the_gateway(hub: Hub) -> None:
+    hub.server.add_notebook("u1", "from the web", ("apples and pears",))
+    hub.server.add_notebook("u2", "someone else's", ("not for the phone",))
+    phone = hub.device("phone", "u1")
+    phone.config.write_text(
+        phone.config.read_text()
+        + '[sinks.notes]\nkind = "chroma"\nnode = "phone"\npath = "chroma"\n'
+        'collection = "notes"\ntable = "notes"\nid_column = "id"\ntext_column = "body"\n'
+        'metadata_columns = ["owner"]\n'
+    )
+    phone.synced()  # bootstrapped: the sink starts from the rows
+    phone.add_notebook("u1", "mine", ("bananas",))
+    with hub.server.sessions.begin() as session:
+        book = session.scalars(sa.select(app.Notebook).where(app.Notebook.owner == "u1")).one()
+        book.notes.append(app.Note(owner="u1", body="cherries"))
+    result = phone.synced()
+    assert all(s.ok for s in result.sinks), result.sinks
+    with Replicator(load(phone.config), engines={"phone": phone.engine}) as r:
+        sink = r.sink("notes")
+        assert sink.count() == 3
+        assert sink.lag() == 0

@@ -223,12 +223,10 @@ class Gateway:
         (run in a worker thread) answered as msgpack."""
 
         async def handle(request: Request) -> Response:
-            device = await self._device(request)
-            if isinstance(device, Response):
-                return device
-            message = await self._body(request, kind)
-            if isinstance(message, Response):
-                return message
+            admitted = await self._admit(request, kind)
+            if isinstance(admitted, Response):
+                return admitted
+            device, message = admitted
             try:
                 return answer(await run_in_threadpool(work, device, message))
             except OutOfStep as e:
@@ -263,13 +261,21 @@ class Gateway:
             return Leased(table=lease.table)
         return Leased(table=lease.table, first=block[0], last=block[1])
 
-    async def wait(self, request: Request) -> Response:
+    async def _admit(self, request: Request, kind: type[T]) -> tuple[Device, T] | Response:
+        """The request's device and body, or the response refusing it."""
         device = await self._device(request)
         if isinstance(device, Response):
             return device
-        message = await self._body(request, Wait)
+        message = await self._body(request, kind)
         if isinstance(message, Response):
             return message
+        return device, message
+
+    async def wait(self, request: Request) -> Response:
+        admitted = await self._admit(request, Wait)
+        if isinstance(admitted, Response):
+            return admitted
+        _, message = admitted
         await self.watcher.past(message.after, min(message.seconds, self.settings.wait_seconds))
         try:
             return answer(await run_in_threadpool(devices.bounds, self.server))
@@ -277,12 +283,10 @@ class Gateway:
             return problem(503, "unavailable", "the server database cannot be reached")
 
     async def bootstrap(self, request: Request) -> Response:
-        device = await self._device(request)
-        if isinstance(device, Response):
-            return device
-        message = await self._body(request, Where)
-        if isinstance(message, Response):
-            return message
+        admitted = await self._admit(request, Where)
+        if isinstance(admitted, Response):
+            return admitted
+        device, _ = admitted
         frames = _Producer(lambda: devices.snapshot(self.server, device, self.rules))
         return StreamingResponse(frames.chunks(), media_type="application/octet-stream")
 
