@@ -6,7 +6,7 @@ decodes requests and encodes answers with them, a device's client
 (:mod:`replicator.remote`) the other way round. Bodies are msgpack
 (:data:`MEDIA_TYPE`); a large body may be sent gzip-compressed
 (``Content-Encoding: gzip``). Every request carries the device's token
-(``Authorization: Bearer ...``); who the device is, and what it may read
+(``Authorization: Bearer ...``), but for ``/v1/health``; who the device is, and what it may read
 and write, come from the token alone.
 
 Events travel as the outbox stores them (:data:`Wire`): position, table,
@@ -33,7 +33,9 @@ is missing, forged, expired or revoked; no detail), 409 (a push that does
 not start at the server's checkpoint; the answer is a :class:`Checkpoint`
 so the device reads on from there), 413 (the body is larger than the
 gateway takes), 429 (too many requests from this device; ``Retry-After``
-says when to try again) and 503 (the server database cannot be reached).
+says when to try again), 503 (the server database cannot be reached) and
+500 (anything else; the gateway's log says what). A bootstrap that fails
+once its stream has begun is cut short (no last frame).
 
 A bootstrap's stream is a sequence of frames, each a 4-byte big-endian
 length and that many bytes of a msgpack :class:`Frame`, ending with one

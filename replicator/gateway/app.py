@@ -230,7 +230,8 @@ class Gateway:
             try:
                 return answer(await run_in_threadpool(work, device, message))
             except OutOfStep as e:
-                return answer(Checkpoint(channel="", position=e.checkpoint), status=409)
+                channel = getattr(message, "channel", "")
+                return answer(Checkpoint(channel=channel, position=e.checkpoint), status=409)
             except ConnectivityError as e:
                 log.warning("%s for %s: %s", request.url.path, device.name, describe(e))
                 return problem(503, "unavailable", "the server database cannot be reached")
@@ -281,6 +282,9 @@ class Gateway:
             return answer(await run_in_threadpool(devices.bounds, self.server))
         except ConnectivityError:
             return problem(503, "unavailable", "the server database cannot be reached")
+        except ReplicatorError as e:
+            log.error("/v1/wait for %s failed: %s", admitted[0].name, describe(e))
+            return problem(500, "internal error", "the gateway's log says why")
 
     async def bootstrap(self, request: Request) -> Response:
         admitted = await self._admit(request, Where)
