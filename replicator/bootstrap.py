@@ -46,6 +46,7 @@ class BootstrapResult(msgspec.Struct, kw_only=True):
     position: int
     rows: dict[str, int]
     seconds: float = 0.0
+    resumed: int = 0  # through a gateway: how often a cut stream was resumed
 
     def to_json(self) -> bytes:
         return msgspec.json.encode(self)

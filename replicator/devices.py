@@ -359,17 +359,18 @@ def lease_keys(
     return keys.leased_block(server, table, device.name, rules.key_block, above)
 
 
-def snapshot(server: Node, device: Device, rules: Rules) -> Iterator[Frame]:
+def snapshot(server: Node, device: Device, rules: Rules, from_table: str = "") -> Iterator[Frame]:
     """A bootstrap for ``device``: the frames of :class:`Frame`, read in
     one consistent snapshot of the server, only rows of its scope; tables
-    without the scope's columns as ``rules.unscoped`` says."""
+    without the scope's columns as ``rules.unscoped`` says; from table
+    ``from_table`` on (tables go by name)."""
     scope = device.claimed
     with server.dialect.snapshot(server.get_engine()) as (source, position):
         position = max(position, retention.pruned_through(source))
         plan = []
-        for table in app_table_names(source):
+        for table in app_table_names(source):  # sorted by name
             shape = server.shape(source, table)
-            if shape is None:
+            if shape is None or table < from_table:
                 continue
             has_scope = all(c in shape.columns for c in scope)
             if scope and not has_scope and rules.unscoped.get(table, "all") == "none":

@@ -79,6 +79,9 @@ class Where(_Message):
 
     channel: str
     log_id: str | None = None
+    #: A bootstrap resumed after a cut: the tables before this one (by
+    #: name) came whole already; the snapshot starts with it.
+    from_table: str = ""
 
 
 class Checkpoint(_Message):

@@ -209,10 +209,11 @@ class Gateway:
             return None
         return leased.first, leased.last
 
-    def snapshot(self, channel: str = DEFAULT_CHANNEL) -> Iterator[Frame]:
+    def snapshot(self, channel: str = DEFAULT_CHANNEL, from_table: str = "") -> Iterator[Frame]:
         """The frames of a bootstrap (see :class:`~replicator.protocol.Frame`),
-        as they arrive; :class:`ConnectionLostError` when the stream is cut."""
-        body = _ENCODER.encode(Where(channel=channel))
+        from table ``from_table`` on (by name; "": all), as they arrive;
+        :class:`ConnectionLostError` when the stream is cut."""
+        body = _ENCODER.encode(Where(channel=channel, from_table=from_table))
         try:
             with self._client.stream("POST", "/bootstrap", content=body) as response:
                 if response.status_code != 200:
@@ -446,9 +447,19 @@ def bootstrap(
     """Bootstrap the empty local ``node`` through the gateway, as
     :func:`replicator.bootstrap.bootstrap` does from a server reached
     directly: the rows of its token's scope and their versions, streamed,
-    written in one local transaction with its checkpoints, so a stream
-    cut anywhere leaves the node as empty as it was. ``progress(rows,
-    None)`` after each chunk."""
+    written in one local transaction with its checkpoints, so a failure
+    anywhere leaves the node as empty as it was. ``progress(rows, None)``
+    after each chunk.
+
+    A stream cut by the network is resumed, up to the gateway's
+    ``attempts``: the tables received whole are kept, and the one under way
+    is asked for again from a new snapshot (its rows are upserted over
+    what came of it). The node's checkpoint is the *first* snapshot's
+    position, so the passes after it apply every change made between the
+    snapshots; what a later snapshot already holds they skip, by version,
+    like any event a replica already reflects. ``result.resumed`` counts
+    the resumptions.
+    """
     clock = time.perf_counter()
     if not is_empty(node):
         raise ReplicatorError(
@@ -456,54 +467,80 @@ def bootstrap(
             "bootstrap only fills a new or emptied replica"
         )
     copied: dict[str, int] = {}
-    frames = gateway.snapshot()
-    try:
-        with node.begin() as target:
-            header = next(frames)
-            node.forget_shapes()  # the app may have created its tables since
-            missing = [t for t in header.tables if node.shape(target, t) is None]
-            if missing:
-                node.forget_shapes()
-                raise SchemaError(
-                    f"cannot bootstrap {node.name}: the server's tables "
-                    f"{', '.join(missing)} do not exist on {node.name} (or lack a primary "
-                    "key); create the app's tables there first and sync again. Nothing "
-                    "was copied and its checkpoint did not move"
-                )
-            done, columns, picks = 0, [], []
-            for frame in frames:
-                if frame.done:
-                    break
-                shape = node.shape(target, frame.table)
-                assert shape is not None
-                if frame.columns:
-                    columns = [c for c in frame.columns if c in shape.columns]
-                    picks = [frame.columns.index(c) for c in columns]
-                    copied[frame.table] = 0
-                elif frame.rows:
-                    rows = [[row[i] for i in picks] for row in frame.rows]
-                    local_bootstrap.write_rows(target, node, shape, columns, rows)
-                    copied[frame.table] += len(rows)
-                    done += len(rows)
-                    if progress is not None:
-                        progress(done, None)
-                elif frame.versions:
-                    node.dialect.upsert_rows(
-                        target, row_versions, VERSION_COLUMNS, [tuple(v) for v in frame.versions]
+    position: int | None = None
+    log_id: str | None = None
+    resumed, done, under_way = 0, 0, ""
+    with node.begin() as target:
+        while True:
+            frames = gateway.snapshot(from_table=under_way)
+            try:
+                header = next(frames)
+                if position is None:
+                    _check_tables(node, target, header.tables)
+                    position, log_id = header.position or 0, header.log_id
+                elif header.log_id != log_id:
+                    raise ReplicatorError(
+                        f"the server's log was replaced while {node.name} was bootstrapped "
+                        "(its id changed); bootstrap again"
                     )
-            position = header.position or 0
-            local_bootstrap.stand_at(
-                target, node, gateway.name, channels, position, header.log_id, now()
-            )
-    finally:
-        frames.close()  # type: ignore[attr-defined]
+                columns: list[str] = []
+                picks: list[int] = []
+                for frame in frames:
+                    if frame.done:
+                        break
+                    shape = node.shape(target, frame.table)
+                    assert shape is not None
+                    if frame.columns:
+                        under_way = frame.table
+                        columns = [c for c in frame.columns if c in shape.columns]
+                        picks = [frame.columns.index(c) for c in columns]
+                        copied[frame.table] = 0
+                    elif frame.rows:
+                        rows = [[row[i] for i in picks] for row in frame.rows]
+                        local_bootstrap.write_rows(target, node, shape, columns, rows)
+                        copied[frame.table] += len(rows)
+                        done += len(rows)
+                        if progress is not None:
+                            progress(done, None)
+                    elif frame.versions:
+                        node.dialect.upsert_rows(
+                            target,
+                            row_versions,
+                            VERSION_COLUMNS,
+                            [tuple(v) for v in frame.versions],
+                        )
+                break
+            except ConnectionLostError:
+                resumed += 1
+                if resumed >= gateway.attempts:
+                    raise
+                gateway.sleep(gateway._backoff(resumed, "a cut bootstrap"))
+            finally:
+                frames.close()  # type: ignore[attr-defined]
+        local_bootstrap.stand_at(target, node, gateway.name, channels, position, log_id, now())
     return BootstrapResult(
         node=node.name,
         server=gateway.name,
         position=position,
         rows=copied,
         seconds=round(time.perf_counter() - clock, 6),
+        resumed=resumed,
     )
+
+
+def _check_tables(node: Node, target: Any, tables: list[str]) -> None:
+    """Raise :class:`SchemaError` naming the server's ``tables`` the local
+    lacks (nothing has been written yet)."""
+    node.forget_shapes()  # the app may have created its tables since
+    missing = [t for t in tables if node.shape(target, t) is None]
+    if missing:
+        node.forget_shapes()
+        raise SchemaError(
+            f"cannot bootstrap {node.name}: the server's tables "
+            f"{', '.join(missing)} do not exist on {node.name} (or lack a primary "
+            "key); create the app's tables there first and sync again. Nothing "
+            "was copied and its checkpoint did not move"
+        )
 
 
 __all__ = [

@@ -780,3 +780,43 @@ def test_a_devices_vector_sink_follows_what_arrives_through_the_gateway(hub: Hub
         sink = r.sink("notes")
         assert sink.count() == 3
         assert sink.lag() == 0
+
+
+def test_a_cut_bootstrap_resumes_and_misses_no_change_made_meanwhile(hub: Hub) -> None:
+    with hub.server.sessions.begin() as session:
+        session.add(app.Plan(name="pro", price=10))
+    hub.server.add_notebook("u1", "big", tuple(uuid.uuid4().hex * 2 for _ in range(3000)))
+    hub.server.add_notebook("u2", "not the phone's", ("z",))
+    host, port = hub.gateway.removeprefix("http://").split(":")
+    # Tables go by name: notebooks come whole, the cut falls inside notes.
+    proxy = Proxy((host, int(port)), [Cut(b"POST /v1/bootstrap", 40_000, "response")])
+    phone = hub.device("phone", "u1")
+    phone.config.write_text(phone.config.read_text().replace(hub.gateway, proxy.url))
+
+    def meanwhile(seconds: float) -> None:
+        """Between the cut and the resumption, the server changes rows of
+        the table that came whole, of the one under way, and of one to come."""
+        with hub.server.sessions.begin() as session:
+            book = session.scalars(sa.select(app.Notebook).where(app.Notebook.title == "big")).one()
+            book.title = "renamed"
+            session.delete(book.notes[0])
+            book.notes[1].body = "edited"
+            book.notes.append(app.Note(owner="u1", body="added"))
+            session.get(app.Plan, 1).price = 12
+            session.add(app.Notebook(owner="u1", title="new one"))
+
+    try:
+        with Replicator(load(phone.config), engines={"phone": phone.engine}) as r:
+            r.gateway.sleep = meanwhile
+            result = r.sync()
+    finally:
+        proxy.close()
+    assert proxy.done, "the cut never happened"
+    assert result.ok, [p.error for p in result.passes]
+    assert result.bootstrapped["phone"].resumed == 1
+    assert business(phone) == {t for t in business(hub.server) if t[1] == "u1"}
+    for table in ("notes", "plans"):
+        assert phone.rows(table) == {
+            r for r in hub.server.rows(table) if table == "plans" or r[2] == "u1"
+        }, table
+    assert ("renamed" in {t[2] for t in business(phone)}) and len(phone.rows("notes")) == 3000

@@ -290,8 +290,10 @@ class Gateway:
         admitted = await self._admit(request, Where)
         if isinstance(admitted, Response):
             return admitted
-        device, _ = admitted
-        frames = _Producer(lambda: devices.snapshot(self.server, device, self.rules))
+        device, where = admitted
+        frames = _Producer(
+            lambda: devices.snapshot(self.server, device, self.rules, where.from_table)
+        )
         return StreamingResponse(frames.chunks(), media_type="application/octet-stream")
 
     async def health(self, request: Request) -> Response:
