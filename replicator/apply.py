@@ -1063,22 +1063,6 @@ def record_settlements(
     )
 
 
-def current_rows(
-    conn: Connection,
-    dialect: Dialect,
-    shape: TableShape,
-    entries: Mapping[str, Entry],
-    now: dt.datetime,
-) -> dict[str, dict]:
-    """The target's rows (of table ``shape``) for these entries' keys (row
-    key -> entry, each decoded), by row key, typed like each entry's values;
-    rows it does not have are left out."""
-    table = shape.name
-    batch = _Batch(conn, dialect, lambda _: shape, None, now)
-    batch.shapes[table] = shape
-    return batch._current_rows(table, dict(entries))
-
-
 def read_row(
     conn: Connection,
     dialect: Dialect,

@@ -32,38 +32,19 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.engine import Connection
-
-from replicator import bootstrap, keys, outbox, retention
-from replicator.apply import Counts, current_rows, reject
+from replicator import bootstrap, guard, keys, outbox, retention
+from replicator.apply import Counts, reject
 from replicator.clock import utcnow
 from replicator.errors import ReplicatorError
-from replicator.events import Operation, decode_or_none, row_key, wire_values
+from replicator.events import decode_or_none, row_key, wire_values
+from replicator.guard import Claimed
 from replicator.node import Node
 from replicator.outbox import Entry
 from replicator.parking import Reason
 from replicator.protocol import Bounds, Frame, Pull, Pulled, Push, Pushed, Wire
 from replicator.scope import for_scope
 from replicator.sync import SyncPass, _naive
-from replicator.tables import app_table_names, revoked_tokens
-
-
-class Claimed(str):
-    """A scope value from a token (always text), equal to a column's value
-    of any type that reads the same: ``Claimed("42") == 42``. A token says
-    ``user_id=42`` whether the column is an integer or a string."""
-
-    __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        if other is None:
-            return False
-        return str.__eq__(self, other if isinstance(other, str) else str(other))
-
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
-
-    __hash__ = str.__hash__
+from replicator.tables import app_table_names, is_replicator_table, revoked_tokens
 
 
 @dataclass(frozen=True)
@@ -146,7 +127,7 @@ class PushedPass(SyncPass):
         )
         self.device, self.push, self.rules = device, push, rules
         self.entries = decode(push.events)
-        self.forbidden = 0
+        self.forbidden: set[int] = set()  # positions refused
         self.out_of_step: int | None = None
 
     def checkpoint(self) -> int:
@@ -177,7 +158,15 @@ class PushedPass(SyncPass):
     # --- what the device may write ---------------------------------------
 
     def _apply(self, tconn: Any, entries: list[Entry], careful: bool = False) -> Counts:
-        why = forbidden(tconn, self.target, self.device, self.rules, entries, self.now())
+        why = guard.forbidden(
+            tconn,
+            self.target,
+            self.device.name,
+            self.device.claimed,
+            entries,
+            read_only=self.rules.read_only,
+            unscoped=self.rules.unscoped,
+        )
         if not why:
             return super()._apply(tconn, entries, careful)
         counts = Counts()
@@ -194,82 +183,13 @@ class PushedPass(SyncPass):
                         now=self.now(),
                     )
                 )
-                self.forbidden += 1
+                # A set: a batch the target refused is applied again one
+                # event at a time, and its entries checked again.
+                self.forbidden.add(entry.position)
         allowed = [e for e in entries if e.position not in why]
         if allowed:
             counts.add(super()._apply(tconn, allowed, careful))
         return counts
-
-
-def forbidden(
-    conn: Connection,
-    server: Node,
-    device: Device,
-    rules: Rules,
-    entries: list[Entry],
-    now: dt.datetime,
-) -> dict[int, str]:
-    """Why each of these pushed entries is forbidden to ``device``, by
-    position; entries it may write are absent. Undecodable ones are left to
-    the pass (it parks them as corrupt)."""
-    why: dict[int, str] = {}
-    scope = device.claimed
-    scoped: dict[str, dict[str, list[Entry]]] = {}
-    for entry in entries:
-        event = entry.event
-        if event is None:
-            continue
-        if event.origin != device.name:
-            why[entry.position] = f"the event was made by {event.origin!r}, not by this device"
-        elif event.table != entry.table:
-            why[entry.position] = "the event's table is not the one it was sent for"
-        elif event.table in rules.read_only:
-            why[entry.position] = f"table {event.table} is read-only for devices"
-        else:
-            shape = server.shape(conn, event.table)
-            if shape is None:
-                why[entry.position] = f"the server has no table {event.table}"
-            elif scope and not all(c in shape.columns for c in scope):
-                if rules.unscoped.get(event.table, "all") == "none":
-                    why[entry.position] = f"table {event.table} is not carried to scoped devices"
-            elif scope:
-                outside = _outside(event, scope)
-                if outside:
-                    why[entry.position] = outside
-                else:
-                    scoped.setdefault(event.table, {}).setdefault(entry.row_key, []).append(entry)
-    # What the device says a row was is not enough: the row as the server
-    # holds it must be in the scope too, or a forged "before" would let a
-    # device take over (or delete) another user's row.
-    for table, by_key in scoped.items():
-        shape = server.shape(conn, table)
-        assert shape is not None
-        first = {key: found[0] for key, found in by_key.items()}
-        for key, row in current_rows(conn, server.dialect, shape, first, now).items():
-            if not all(row.get(c) == v for c, v in scope.items()):
-                for entry in by_key[key]:
-                    why[entry.position] = "the server's row is outside the device's scope"
-    if why:
-        # The later events of a row refused above build on what was
-        # refused: they are refused too.
-        refused = {(e.table, e.row_key) for e in entries if e.position in why}
-        for entry in entries:
-            if (entry.table, entry.row_key) in refused and entry.position not in why:
-                why[entry.position] = "an earlier event of the row was forbidden"
-    return why
-
-
-def _outside(event: Any, scope: Mapping[str, Claimed]) -> str | None:
-    """Why an event's own values put it outside ``scope`` (None: they do not)."""
-    if event.op is not Operation.DELETE:
-        row = event.row or {}
-        for column, value in scope.items():
-            if column not in row or value != row[column]:
-                return f"its row has {column} = {row.get(column)!r}, outside the device's scope"
-    for column, value in scope.items():
-        if column in event.changed and value != event.changed[column]:
-            return f"its row had {column} = {event.changed[column]!r}, outside the device's scope"
-    return None
 
 
 def accept_push(
@@ -294,7 +214,7 @@ def accept_push(
         channel=push.channel,
         checkpoint=sync_pass.checkpoint(),
         counts=counts,
-        forbidden=sync_pass.forbidden,
+        forbidden=len(sync_pass.forbidden),
         status=result.status,
         error=result.error,
     )
@@ -350,11 +270,15 @@ def lease_keys(
 ) -> tuple[int, int] | None:
     """A block of ``rules.key_block`` keys of ``table`` for ``device`` (see
     :mod:`replicator.keys`); None when the server has no such integer-keyed
-    table."""
-    with server.connect() as conn:
-        shape = server.shape(conn, table)
-    if shape is None or shape.integer_key is None:
+    app table or devices may not write it. ``above`` (the largest key the
+    device holds) is believed only up to :func:`replicator.keys.ceiling`."""
+    if is_replicator_table(table) or table in rules.read_only:
         return None
+    with server.connect() as conn:
+        shape = server.shape(conn, table) if table in app_table_names(conn) else None
+        if shape is None or shape.integer_key is None:
+            return None
+        above = min(above, keys.ceiling(conn, server.dialect, table, device.name))
     keys.prepare_server(server)
     return keys.leased_block(server, table, device.name, rules.key_block, above)
 
@@ -386,10 +310,17 @@ def snapshot(server: Node, device: Device, rules: Rules, from_table: str = "") -
             columns = list(shape.columns)
             yield Frame(table=table, columns=columns)
             at = [columns.index(c) for c in shape.key]
+            # The database narrows the rows by the scope where it compares
+            # as Python does at least (text, integers; a MariaDB collation
+            # folds case, so it may give more); Python decides, as for pulls.
+            narrowed = {c: v for c, v in scope.items() if has_scope and shape.kind(c) in (str, int)}
+            held = [(columns.index(c), v) for c, v in scope.items()] if has_scope else []
             copied: set[str] = set()
-            for rows in bootstrap.read_rows(source, shape, columns, scope if has_scope else {}):
+            for found in bootstrap.read_rows(source, shape, columns, narrowed):
+                rows = [row for row in found if all(v == row[i] for i, v in held)]
                 copied.update(row_key([row[i] for i in at]) for row in rows)
-                yield Frame(table=table, rows=[wire_values(row) for row in rows])
+                if rows:
+                    yield Frame(table=table, rows=[wire_values(row) for row in rows])
             for versions in bootstrap.read_versions(source, table, copied):
                 yield Frame(table=table, versions=[wire_values(list(v)) for v in versions])
     yield Frame(done=True)
@@ -420,7 +351,6 @@ def revoke(server: Node, token_id: str, device: str, reason: str, now: dt.dateti
 
 
 __all__ = [
-    "Claimed",
     "Device",
     "OutOfStep",
     "PushedPass",
@@ -430,7 +360,6 @@ __all__ = [
     "checkpoint",
     "decode",
     "encode",
-    "forbidden",
     "head",
     "lease_keys",
     "pull",

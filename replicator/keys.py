@@ -282,6 +282,18 @@ def _largest_key(conn: Connection, dialect: Dialect, table: str, key: str | None
     return int(found or 0)
 
 
+def ceiling(conn: Connection, dialect: Dialect, table: str, holder: str) -> int:
+    """The largest key of ``table`` that ``holder`` can rightly hold: the
+    largest the server's table holds, or the end of the last block leased
+    to it. A holder that claims more is not believed (a lease above it
+    would move everyone's numbering)."""
+    c = key_leases.c
+    leased = conn.execute(
+        sa.select(sa.func.max(c.last_key)).where(c.table_name == table, c.holder == holder)
+    ).scalar()
+    return max(_largest_key(conn, dialect, table), int(leased or 0))
+
+
 def _quote(conn: Connection, name: str) -> str:
     return conn.dialect.identifier_preparer.quote(name)
 

@@ -85,9 +85,18 @@ def _scoped(entry: Entry, scope: Mapping[str, Any]) -> Entry | None:
         before = all(old.get(c, v) == v for c, v in scope.items())
         return entry if before else None
     before = all(event.changed.get(c, event.row.get(c)) == v for c, v in scope.items())
+    if after and before:
+        return entry  # stays in scope
     if after:
-        return entry  # stays in scope, or enters it (the upsert inserts it)
-    if before:  # the row left the scope: gone from this local
-        gone = msgspec.structs.replace(event, op=Operation.DELETE, row=None, changed=event.row)
+        # It enters the scope: an insert to this local, without the values
+        # it had outside it.
+        came = msgspec.structs.replace(event, op=Operation.INSERT, changed={})
+        return entry._replace(event=came, payload=encode_event(came))
+    if before:
+        # It left the scope: gone from this local, which learns nothing of
+        # its new values (the row as it was, it had).
+        gone = msgspec.structs.replace(
+            event, op=Operation.DELETE, row=None, changed={**event.row, **event.changed}
+        )
         return entry._replace(event=gone, payload=encode_event(gone))
     return None

@@ -39,6 +39,7 @@ from replicator import devices, outbox
 from replicator.application import Replicator, SyncResult
 from replicator.capture import Capture
 from replicator.config import load, loads
+from replicator.errors import CaptureError
 from replicator.gateway import tokens
 from replicator.gateway.app import from_config
 from replicator.node import Node
@@ -147,8 +148,10 @@ def server_config(url: str, **gateway: Any) -> str:
     return f'[nodes.hub]\nurl = "{url}"\nrole = "server"\n[gateway]\n{lines}'
 
 
-@pytest.fixture
-def hub(database_url: str, tmp_path: Path) -> Iterator[Hub]:
+@contextmanager
+def serving_hub(database_url: str, tmp_path: Path) -> Iterator[Hub]:
+    """A server database, a gateway in front of it served on loopback, and
+    the devices a test adds (closed at the end)."""
     server = site("hub", database_url)
     gateway = from_config(loads(server_config(database_url)), SECRET)
     with served(gateway) as url:
@@ -157,6 +160,12 @@ def hub(database_url: str, tmp_path: Path) -> Iterator[Hub]:
         for device in found.devices:
             device.close()
     server.close()
+
+
+@pytest.fixture
+def hub(database_url: str, tmp_path: Path) -> Iterator[Hub]:
+    with serving_hub(database_url, tmp_path) as found:
+        yield found
 
 
 def business(s: Site, table: str = "notebooks") -> set[tuple[Any, ...]]:
@@ -224,13 +233,14 @@ def test_a_device_cannot_write_outside_its_tokens_scope_whatever_its_config_says
     phone.add_notebook("u2", "planted in u2's account", ("spam",))
     with phone.sessions.begin() as session:
         session.get(app.Plan, 1).price = 0  # a read-only table
-        session.add(app.Plan(name="free", price=0))
+    with pytest.raises(CaptureError, match="'plans'"), phone.sessions.begin() as session:
+        session.add(app.Plan(name="free", price=0))  # no keys are leased for it either
     result = phone.synced("up")
 
     (up,) = result.passes
-    assert up.parked == 4 and up.applied == 2, up  # the u2 notebook and note, 2 plans
+    assert up.parked == 3 and up.applied == 2, up  # the u2 notebook and note, the plan
     forbidden = hub.review("forbidden")
-    assert len(forbidden) == 4
+    assert len(forbidden) == 3
     assert all("may not write" in item.detail for item in forbidden)
     # Nothing of it was written; the device's own rows went through.
     assert hub.server.rows("plans") == before["plans"]

@@ -83,7 +83,7 @@ def test_a_revoked_token_is_refused_and_others_of_the_device_are_not():
     [
         (None, "phone", {}, None, "REPLICATOR_GATEWAY_SECRET is not set"),
         ("short", "phone", {}, None, "too short"),
-        (SECRET, "", {}, None, "a device needs a name"),
+        (SECRET, "", {}, None, "a device.s name is its node name"),
         (SECRET, "phone", {"": "u"}, None, "give COLUMN=VALUE"),
         (SECRET, "phone", {}, dt.timedelta(0), "must expire after"),
     ],

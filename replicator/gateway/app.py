@@ -45,6 +45,7 @@ from replicator.clock import utcnow
 from replicator.config import Config, GatewayConfig, load
 from replicator.devices import Device, OutOfStep, Rules
 from replicator.errors import ConnectivityError, ReplicatorError, describe
+from replicator.events import NODE_NAME
 from replicator.gateway import tokens
 from replicator.gateway.limits import Malformed, RateLimit, TooLarge, read_body
 from replicator.node import Node
@@ -188,6 +189,10 @@ class Gateway:
             claims = tokens.verify(token.strip(), self.secret, now=self.now(), revoked=revoked)
         except tokens.TokenError as e:
             log.info("refused a token from %s: %s", _client(request), e)
+            return problem(401, "unauthorized", **{"WWW-Authenticate": "Bearer"})
+        if not NODE_NAME.match(claims.device) or claims.device == self.server.name:
+            # Signed, yet naming no device a node could be (or the server).
+            log.warning("refused a token for device %r", claims.device)
             return problem(401, "unauthorized", **{"WWW-Authenticate": "Bearer"})
         wait = self.rate.take(claims.device)
         if wait:

@@ -24,6 +24,7 @@ import jwt
 import msgspec
 
 from replicator.errors import ConfigurationError, ReplicatorError
+from replicator.events import NODE_NAME
 
 #: Where the gateway and ``replicator token issue`` find the signing secret.
 SECRET_ENV = "REPLICATOR_GATEWAY_SECRET"
@@ -77,8 +78,11 @@ def issue(
     ``expires`` (None: until revoked). Raises :class:`ConfigurationError`
     for a bad secret, device name, scope or lifetime."""
     key = check_secret(secret)
-    if not device or not device.strip() or len(device) > 64:
-        raise ConfigurationError(f"a device needs a name of 1 to 64 characters, not {device!r}")
+    if not NODE_NAME.match(device):
+        raise ConfigurationError(
+            f"a device's name is its node name: letters, digits and _.:- (at most 64), "
+            f"not {device!r}"
+        )
     for column, value in scope.items():
         if not column or not isinstance(value, str):
             raise ConfigurationError(f"scope {column!r} = {value!r}: give COLUMN=VALUE")
