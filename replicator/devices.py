@@ -242,15 +242,20 @@ def head(server: Node) -> int:
         return outbox.head(conn)
 
 
+#: The most events a pull reads (a device asking for more gets this many).
+PULL_LIMIT = 10_000
+
+
 def pull(server: Node, device: Device, request: Pull, rules: Rules) -> Pulled:
-    """The server's events for ``device`` (none of its own) after
-    ``request.after``, cut to its scope."""
+    """The server's events for ``device`` (none of its own, unless
+    ``request.own``) after ``request.after``, cut to its scope; at most
+    :data:`PULL_LIMIT`."""
     with server.connect() as conn:
         entries, reached = outbox.read_batch(
             conn,
             after=request.after,
             upto=request.upto,
-            limit=request.limit,
+            limit=max(1, min(request.limit, PULL_LIMIT)),
             exclude_origin=None if request.own else device.name,
             tables=request.tables,
             exclude_tables=request.exclude_tables,

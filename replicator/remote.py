@@ -88,6 +88,10 @@ _FRAMES = msgspec.msgpack.Decoder(Frame, ext_hook=from_ext)
 _LENGTH = struct.Struct(">I")
 
 
+class TooLargeError(ReplicatorError):
+    """The gateway refused a request as larger than it takes (HTTP 413)."""
+
+
 def is_gateway_url(url: str) -> bool:
     """Whether a node's ``url`` names a sync gateway, not a database."""
     return url.startswith(GATEWAY_SCHEMES)
@@ -285,6 +289,11 @@ class Gateway:
         return min(5.0, 0.1 * 2 ** (attempt - 1)) * (0.5 + self.rand())
 
     def _refused(self, path: str, response: httpx.Response) -> None:
+        if response.status_code == 413:
+            raise TooLargeError(
+                f"gateway {self.url} refused {path} (HTTP 413): the request is larger than "
+                "it takes (its gateway.max_body_bytes)"
+            )
         if response.status_code == 401:
             raise AccessDeniedError(
                 f"gateway {self.url} refused this device's token (HTTP 401): it is missing, "
@@ -399,16 +408,8 @@ class PushPass(SyncPass):
         after = self.target.checkpoint(self.channel, log_id)
         while after < horizon:
             batch, reached = self._read(after, horizon)
-            push = Push(
-                channel=self.channel,
-                after=after,
-                reached=reached,
-                log_id=log_id,
-                pruned_through=through,
-                events=encode(batch),
-            )
             try:
-                pushed = self.target.push(push)
+                pushed = self._push(batch, after, reached, log_id, through)
             except OutOfStep as e:
                 if e.checkpoint >= after:
                     raise ReplicatorError(
@@ -428,6 +429,29 @@ class PushPass(SyncPass):
                 progress(result.progress(after, horizon))
             if stop is not None and stop():
                 return
+
+    def _push(
+        self, batch: list[Entry], after: int, reached: int, log_id: str | None, through: int
+    ) -> Pushed:
+        """Push ``batch``; a batch larger than the gateway takes is pushed in
+        halves (a source transaction too, then: the server applies it in
+        parts rather than never). A single event too large fails the pass."""
+        while True:
+            push = Push(
+                channel=self.channel,
+                after=after,
+                reached=reached,
+                log_id=log_id,
+                pruned_through=through,
+                events=encode(batch),
+            )
+            try:
+                return self.target.push(push)
+            except TooLargeError:
+                if len(batch) <= 1:
+                    raise
+                batch = batch[: len(batch) // 2]
+                reached = batch[-1].position
 
     def _lease_keys(self) -> None:
         refill_keys(self.source, self.target, self.key_block)

@@ -830,3 +830,21 @@ def test_a_cut_bootstrap_resumes_and_misses_no_change_made_meanwhile(hub: Hub) -
             r for r in hub.server.rows(table) if table == "plans" or r[2] == "u1"
         }, table
     assert ("renamed" in {t[2] for t in business(phone)}) and len(phone.rows("notes")) == 3000
+
+
+def test_a_transaction_larger_than_the_gateway_takes_is_pushed_in_parts(hub: Hub) -> None:
+    config = loads(server_config(hub.server.url, max_body_bytes=8192))
+    with served(from_config(config, SECRET)) as small:
+        hub.gateway = small
+        phone = hub.device("phone", "u1")
+        phone.synced()
+        with phone.sessions.begin() as session:  # one transaction, about 30 KB of events
+            for i in range(60):
+                session.add(app.Notebook(owner="u1", title=f"book {i}", meta={"i": i}))
+        (up,) = phone.synced("up").passes
+        assert up.applied == 60, up
+        phone.add_notebook("u1", "huge", ("x" * 10_000,))  # one event past the limit
+        (refused,) = phone.sync("up").passes
+    assert not refused.ok and "HTTP 413" in refused.error, refused
+    # Its transaction went as far as the event too large: the notebook, not its note.
+    assert len(business(hub.server)) == 61 and not business(hub.server, "notes")

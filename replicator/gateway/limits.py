@@ -46,6 +46,10 @@ async def read_body(request: Request, limit: int) -> bytes:
     return plain
 
 
+#: Devices a rate limit remembers before it forgets those that are idle.
+_KEEP = 10_000
+
+
 @dataclass
 class _Bucket:
     tokens: float
@@ -67,6 +71,10 @@ class RateLimit:
         """Count a request of ``device``: 0 when it may go ahead, else the
         seconds until it may (the request is not counted then)."""
         now = self.clock()
+        if len(self._buckets) > _KEEP:
+            # Forget the devices whose buckets have refilled: they are as new.
+            full = self.burst / self.per_second
+            self._buckets = {d: b for d, b in self._buckets.items() if now - b.at < full}
         bucket = self._buckets.get(device)
         if bucket is None:
             bucket = self._buckets[device] = _Bucket(float(self.burst), now)
