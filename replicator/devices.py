@@ -28,6 +28,8 @@ end taken from a request:
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,6 +194,12 @@ class PushedPass(SyncPass):
         return counts
 
 
+log = logging.getLogger("replicator.devices")
+
+#: How often the server tries a push's pass before it answers that it failed.
+PUSH_ATTEMPTS = 3
+
+
 def accept_push(
     server: Node,
     device: Device,
@@ -200,15 +208,28 @@ def accept_push(
     now: Callable[[], dt.datetime] = utcnow,
 ) -> Pushed:
     """Apply a device's push (see the module's doc); raises
-    :class:`OutOfStep` when it starts past the server's checkpoint."""
-    sync_pass = PushedPass(server, device, push, rules, now)
-    at = sync_pass.checkpoint()
-    if at < push.after:
-        raise OutOfStep(at)
-    result = sync_pass.run(record_empty=False)
-    if sync_pass.out_of_step is not None:  # another push moved it back (a restore)
-        raise OutOfStep(sync_pass.out_of_step)
-    counts = Counts()
+    :class:`OutOfStep` when it starts past the server's checkpoint.
+
+    A pass that fails is tried again, up to :data:`PUSH_ATTEMPTS` times in
+    all: its transactions rolled back, and what it applied before is behind
+    the checkpoint, so nothing is applied twice. What fails it is mostly
+    passing (a deadlock with another device's key lease, which moves the
+    table's AUTO_INCREMENT with DDL), and the device would otherwise wait
+    for its next round."""
+    for attempt in range(PUSH_ATTEMPTS):
+        if attempt:
+            time.sleep(0.05 * attempt)
+        sync_pass = PushedPass(server, device, push, rules, now)
+        at = sync_pass.checkpoint()
+        if at < push.after:
+            raise OutOfStep(at)
+        result = sync_pass.run(record_empty=False)
+        if sync_pass.out_of_step is not None:  # another push moved it back (a restore)
+            raise OutOfStep(sync_pass.out_of_step)
+        if result.ok:
+            break
+        log.warning("a push of %s failed (try %d): %s", device.name, attempt + 1, result.error)
+    counts = Counts()  # the last try's (the checkpoint covers what earlier ones applied)
     counts.add(result)
     return Pushed(
         channel=push.channel,

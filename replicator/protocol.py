@@ -22,7 +22,7 @@ endpoint                    body             answer
 ``POST /v1/push``           :class:`Push`    :class:`Pushed`
 ``POST /v1/bounds``         :class:`Where`   :class:`Bounds`
 ``POST /v1/pull``           :class:`Pull`    :class:`Pulled`
-``POST /v1/wait``           :class:`Wait`    :class:`Bounds` (long poll)
+``POST /v1/wait``           :class:`Wait`    :class:`Head` (long poll)
 ``POST /v1/keys``           :class:`Lease`   :class:`Leased`
 ``POST /v1/bootstrap``      :class:`Where`   a stream of :class:`Frame`
 ==========================  ===============  ===========================
@@ -156,10 +156,18 @@ class Pulled(_Message):
 
 class Wait(_Message):
     """Answer once the server's log is past ``after``, or after
-    ``seconds`` (at most the gateway's limit) with the bounds as they are."""
+    ``seconds`` (at most the gateway's limit) with its head as it is."""
 
     after: int
     seconds: float = 25.0
+
+
+class Head(_Message):
+    """The largest position in the server's log as the gateway last read
+    it (a few times a second while devices wait): a sign to pull, not a
+    horizon to read up to (:class:`Bounds` says that)."""
+
+    position: int
 
 
 class Lease(_Message):
@@ -200,6 +208,7 @@ __all__ = [
     "Bounds",
     "Checkpoint",
     "Frame",
+    "Head",
     "Health",
     "Lease",
     "Leased",

@@ -65,6 +65,7 @@ from replicator.protocol import (
     Bounds,
     Checkpoint,
     Frame,
+    Head,
     Health,
     Lease,
     Leased,
@@ -186,13 +187,14 @@ class Gateway:
     def pull(self, pull: Pull) -> Pulled:
         return self._call("/pull", pull, Pulled)
 
-    def wait(self, after: int, seconds: float = 25.0) -> Bounds:
-        """The bounds once the server's log is past ``after``, or after
-        ``seconds`` as they are (a long poll: one request, no database
-        polled by the device)."""
-        return self._call(
-            "/wait", Wait(after=after, seconds=seconds), Bounds, timeout=seconds + self.timeout
+    def wait(self, after: int, seconds: float = 25.0) -> int:
+        """The server log's head once it is past ``after``, or after
+        ``seconds`` as it is (a long poll: one request, no database polled
+        by the device)."""
+        found = self._call(
+            "/wait", Wait(after=after, seconds=seconds), Head, timeout=seconds + self.timeout
         )
+        return found.position
 
     def head(self) -> int:
         """How far the server's log has committed (0 when it cannot tell

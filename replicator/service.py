@@ -270,9 +270,8 @@ class Runner:
                         return
                     raise
                 backoff.reset()
-                horizon = found.horizon or 0
-                if horizon > seen:
-                    self._server_head = seen = horizon
+                if found > seen:
+                    self._server_head = seen = found
                     self.notify()
 
         thread = threading.Thread(target=listen, name="replicator-listen", daemon=True)

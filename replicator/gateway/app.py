@@ -55,6 +55,7 @@ from replicator.protocol import (
     Bounds,
     Checkpoint,
     Frame,
+    Head,
     Health,
     Lease,
     Leased,
@@ -283,13 +284,10 @@ class Gateway:
             return admitted
         _, message = admitted
         await self.watcher.past(message.after, min(message.seconds, self.settings.wait_seconds))
-        try:
-            return answer(await run_in_threadpool(devices.bounds, self.server))
-        except ConnectivityError:
+        if self.watcher.head is None:  # it never could read the log
             return problem(503, "unavailable", "the server database cannot be reached")
-        except ReplicatorError as e:
-            log.error("/v1/wait for %s failed: %s", admitted[0].name, describe(e))
-            return problem(500, "internal error", "the gateway's log says why")
+        # From the watcher: thousands of waits ending cost no query each.
+        return answer(Head(position=self.watcher.head))
 
     async def bootstrap(self, request: Request) -> Response:
         admitted = await self._admit(request, Where)

@@ -36,6 +36,7 @@ from replicator.protocol import (
     Bounds,
     Checkpoint,
     Frame,
+    Head,
     Health,
     Lease,
     Leased,
@@ -140,9 +141,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "post",
         f"/{VERSION}/wait",
         Wait,
-        Bounds,
+        Head,
         "Wait until the server's log grows (a long poll)",
-        "The bounds once the log is past `after`, or once `seconds` have passed "
+        "The log's head once it is past `after`, or once `seconds` have passed "
         f"(at most gateway.wait_seconds, {GatewayConfig().wait_seconds:g} by default).",
         _CALLED,
     ),
