@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -590,6 +591,24 @@ def test_a_device_works_through_the_gateway_with_its_cli_and_never_sees_a_creden
             assert msgspec.json.decode(outputs[4].stdout)["total"] == 0  # the phone's own queue
             assert {t[2] for t in business(phone)} == {"from the web", "mine", "not mine"}
             assert {t[2] for t in business(hub.server)} == {"from the web", "mine"}
+            # `replicator run` replicates through it too, and logs no credential.
+            late = phone.add_notebook("u1", "while running", ())
+            running = subprocess.Popen(
+                [REPLICATOR, "run", "--config", str(phone.config)],
+                cwd=phone.config.parent,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            deadline = time.monotonic() + 30
+            while (late, "u1", "while running") not in business(hub.server):
+                assert running.poll() is None and time.monotonic() < deadline, "run did not sync"
+                time.sleep(0.05)
+            running.send_signal(signal.SIGTERM)
+            out, err = running.communicate(timeout=30)
+            assert running.returncode == 0, err
+            assert "syncing link phone" in err, err
+            outputs.append(subprocess.CompletedProcess(running.args, 0, out, err))
             # A device with a bad token is told so, with exit 1, and no more.
             phone.config.write_text(phone.config.read_text().replace('token = "', 'token = "x'))
             refused = run_cli(phone, "sync")
