@@ -402,7 +402,8 @@ class Replicator:
         checkpoint would pass rows it never received."""
         try:
             if self.gateway is not None:
-                if not self.gateway.bounds().horizon:
+                # The local first: asking the gateway costs a request.
+                if not is_empty(node) or not self.gateway.bounds().horizon:
                     return None
             else:
                 with self.server.connect() as conn:

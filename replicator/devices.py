@@ -39,7 +39,7 @@ from replicator.apply import Counts, reject
 from replicator.clock import utcnow
 from replicator.errors import ReplicatorError
 from replicator.events import decode_or_none, row_key, wire_values
-from replicator.guard import Claimed
+from replicator.guard import Claimed, narrowed
 from replicator.node import Node
 from replicator.outbox import Entry
 from replicator.parking import Reason
@@ -282,12 +282,18 @@ def pull(server: Node, device: Device, request: Pull, rules: Rules) -> Pulled:
             exclude_tables=request.exclude_tables,
         )
         if device.scope:
-            entries = for_scope(
-                entries,
-                device.claimed,
-                rules.unscoped,
-                lambda table: server.shape(conn, table),
-            )
+            scope, kept = device.claimed, []
+            for entry in entries:
+                # Each table by the part of the scope it has (see guard.narrowed).
+                shape = server.shape(conn, entry.table)
+                table_scope = narrowed(scope, shape.columns) if shape is not None else {}
+                kept += for_scope(
+                    [entry],
+                    table_scope or scope,
+                    rules.unscoped,
+                    lambda table: server.shape(conn, table),
+                )
+            entries = kept
     return Pulled(events=encode(entries), reached=reached)
 
 
@@ -322,16 +328,16 @@ def snapshot(server: Node, device: Device, rules: Rules, from_table: str = "") -
             shape = server.shape(source, table)
             if shape is None or table < from_table:
                 continue
-            has_scope = all(c in shape.columns for c in scope)
-            if scope and not has_scope and rules.unscoped.get(table, "all") == "none":
+            table_scope = narrowed(scope, shape.columns)
+            if scope and not table_scope and rules.unscoped.get(table, "all") == "none":
                 continue
-            plan.append((shape, has_scope))
+            plan.append((shape, table_scope))
         yield Frame(
             position=position,
             log_id=retention.log_id(source),
             tables=[shape.name for shape, _ in plan],
         )
-        for shape, has_scope in plan:
+        for shape, table_scope in plan:
             table = shape.name
             columns = list(shape.columns)
             yield Frame(table=table, columns=columns)
@@ -339,10 +345,10 @@ def snapshot(server: Node, device: Device, rules: Rules, from_table: str = "") -
             # The database narrows the rows by the scope where it compares
             # as Python does at least (text, integers; a MariaDB collation
             # folds case, so it may give more); Python decides, as for pulls.
-            narrowed = {c: v for c, v in scope.items() if has_scope and shape.kind(c) in (str, int)}
-            held = [(columns.index(c), v) for c, v in scope.items()] if has_scope else []
+            in_sql = {c: v for c, v in table_scope.items() if shape.kind(c) in (str, int)}
+            held = [(columns.index(c), v) for c, v in table_scope.items()]
             copied: set[str] = set()
-            for found in bootstrap.read_rows(source, shape, columns, narrowed):
+            for found in bootstrap.read_rows(source, shape, columns, in_sql):
                 rows = [row for row in found if all(v == row[i] for i, v in held)]
                 copied.update(row_key([row[i] for i in at]) for row in rows)
                 if rows:

@@ -81,6 +81,13 @@ def _uuid_hex(text: str) -> str | None:
         return None
 
 
+def narrowed(scope: Mapping[str, Claimed], columns: Collection[str]) -> dict[str, Claimed]:
+    """The part of ``scope`` a table with ``columns`` has. A table with some
+    of a scope's columns (``tenant`` of ``tenant`` and ``user``) is cut by
+    those: it is not a table without the scope, carried whole."""
+    return {column: value for column, value in scope.items() if column in columns}
+
+
 def in_scope(row: Mapping[str, Any], scope: Mapping[str, Claimed]) -> bool:
     """Whether ``row`` (as events carry it, or as the database returns it)
     has every column of ``scope`` at its value."""
@@ -106,21 +113,26 @@ def forbidden(
     server's rows in ``conn``."""
     unscoped = unscoped or {}
     why: dict[int, str] = {}
-    app_tables = set(app_table_names(conn))
     looked_up: dict[str, list[Entry]] = {}  # table -> entries to check against the server
     for entry in entries:
         event = entry.event
         if event is None:
             continue
         table = event.table
-        shape = server.shape(conn, table) if table in app_tables else None
+        shape = _shape(conn, server, table)
         problem = _malformed(entry, device, shape, read_only)
+        if problem is not None and shape is not None and problem.startswith(_NO_COLUMN):
+            # The table may have changed since it was looked at: look again.
+            server.forget_shapes()
+            shape = _shape(conn, server, table)
+            problem = _malformed(entry, device, shape, read_only)
         if problem is None and scope and shape is not None:
-            if not all(c in shape.columns for c in scope):
+            table_scope = narrowed(scope, shape.columns)
+            if not table_scope:
                 if unscoped.get(table, "all") == "none":
                     problem = f"table {table} is not carried to scoped devices"
             else:
-                problem = _outside(event, scope)
+                problem = _outside(event, table_scope)
         if problem is not None:
             why[entry.position] = problem
         elif scope:
@@ -128,7 +140,7 @@ def forbidden(
     for table, found in looked_up.items():
         shape = server.shape(conn, table)
         assert shape is not None
-        why.update(_against_server(conn, server, shape, scope, found, app_tables))
+        why.update(_against_server(conn, server, shape, scope, found))
     why.update(_beyond_known(conn, server, device, [e for e in entries if e.position not in why]))
     if why:
         # The later events of a row refused above build on what was
@@ -138,6 +150,15 @@ def forbidden(
             if (entry.table, entry.row_key) in refused and entry.position not in why:
                 why[entry.position] = "an earlier event of the row was forbidden"
     return why
+
+
+#: How :func:`_malformed` starts to say an event names a column the table lacks.
+_NO_COLUMN = "the table has no column"
+
+
+def _shape(conn: Connection, server: Node, table: str) -> TableShape | None:
+    """The server's app table ``table`` (None: none, or the replicator's)."""
+    return None if is_replicator_table(table) else server.shape(conn, table)
 
 
 def _malformed(
@@ -177,7 +198,7 @@ def _malformed(
         if any(event.row.get(c) != v for c, v in event.key.items()):
             return "its row's key is not its key"
     if unknown:
-        return f"the table has no column {', '.join(sorted(unknown))}"
+        return f"{_NO_COLUMN} {', '.join(sorted(unknown))}"
     return None
 
 
@@ -230,13 +251,12 @@ def _against_server(
     shape: TableShape,
     scope: Mapping[str, Claimed],
     entries: list[Entry],
-    app_tables: set[str],
 ) -> dict[int, str]:
     """The entries of ``shape``'s table refused by the rows the server
     holds for their keys: a row outside the scope (the table's, when it has
     the scope's columns), or rows outside it that refer to a row deleted."""
     why: dict[int, str] = {}
-    scoped = all(c in shape.columns for c in scope)
+    table_scope = narrowed(scope, shape.columns)
     by_key: dict[tuple, list[Entry]] = {}
     for entry in entries:
         assert entry.event is not None
@@ -246,13 +266,13 @@ def _against_server(
         # A row the database matched that no key matches even loosely (a
         # collation folding more than case and spaces): refuse them all.
         hit = matched if matched is not None else entries
-        if scoped and not in_scope(raw, scope):
+        if table_scope and not in_scope(raw, table_scope):
             for entry in hit:
                 why[entry.position] = "the server's row is outside the device's scope"
             continue
         for entry in hit:
             if entry.event.op is Operation.DELETE and entry.position not in why:
-                referring = _referred_by_others(conn, server, shape, raw, scope, app_tables)
+                referring = _referred_by_others(conn, server, shape, raw, scope)
                 if referring is not None:
                     why[entry.position] = referring
     return why
@@ -300,24 +320,27 @@ def _referred_by_others(
     shape: TableShape,
     raw: Mapping[str, Any],
     scope: Mapping[str, Claimed],
-    app_tables: set[str],
 ) -> str | None:
     """Why deleting the server's row ``raw`` of ``shape``'s table would take
     rows that are not the device's (None: it would not)."""
-    for name in sorted(app_tables):
+    for name in app_table_names(conn):
         child = server.shape(conn, name)
         if child is None:
             continue
         for columns, parent, parent_columns in child.parents:
             if parent != shape.name or any(raw.get(c) is None for c in parent_columns):
                 continue
-            scoped = all(c in child.columns for c in scope)
-            bare = sa.table(name, *(sa.column(c) for c in (*columns, *scope)))
-            select = sa.select(*(bare.c[c] for c in scope)) if scoped else sa.select(sa.literal(1))
+            child_scope = narrowed(scope, child.columns)
+            bare = sa.table(name, *(sa.column(c) for c in (*columns, *child_scope)))
+            select = (
+                sa.select(*(bare.c[c] for c in child_scope))
+                if child_scope
+                else sa.select(sa.literal(1))
+            )
             select = select.select_from(bare).where(
                 *(bare.c[c] == raw[p] for c, p in zip(columns, parent_columns, strict=True))
             )
             for row in conn.execute(select.limit(_REFERRING_LIMIT)).mappings():
-                if not scoped or not in_scope(row, scope):
+                if not child_scope or not in_scope(row, child_scope):
                     return f"rows of {name} that are not the device's refer to this row"
     return None

@@ -128,6 +128,7 @@ class Gateway:
             raise ConfigurationError(f"node {name}: a gateway url needs a token")
         self.name, self.url = name, url.rstrip("/")
         self.scope: dict[str, Any] = {}
+        self.unleased: set[str] = set()  # tables the gateway gives this device no keys of
         self.attempts, self.sleep, self.rand = attempts, sleep, rand
         self.timeout = timeout
         self._client = httpx.Client(
@@ -323,8 +324,14 @@ def refill_keys(local: Node, gateway: Gateway, size: int = keys.BLOCK) -> None:
     def lease_blocks(needed: dict[str, int]) -> dict[str, tuple[int, int]]:
         found = {}
         for table, above in needed.items():
+            if table in gateway.unleased:
+                continue
             block = gateway.lease(table, above)
-            if block is not None:
+            if block is None:
+                # Read-only for devices, or not the server's: not asked again
+                # by this process (a request per pass otherwise).
+                gateway.unleased.add(table)
+            else:
                 found[table] = block
         return found
 

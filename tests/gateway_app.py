@@ -55,3 +55,13 @@ class Plan(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(sa.String(50), unique=True)
     price: Mapped[int] = mapped_column(sa.Integer)
+
+
+class TeamNote(Base):
+    """A table with only part of a two-column scope (``team`` of ``owner``
+    and ``team``): cut by that part."""
+
+    __tablename__ = "team_notes"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    team: Mapped[str] = mapped_column(sa.String(36), index=True)
+    body: Mapped[str] = mapped_column(sa.Text)

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from replicator.config import loads
 from replicator.devices import decode
 from replicator.events import ChangeEvent, Operation, encode_event, new_id, row_key
+from replicator.gateway import tokens
 from replicator.gateway.app import from_config
 
 from . import gateway_app as app
@@ -350,3 +351,31 @@ def test_a_version_counting_changes_the_server_never_saw_is_refused(hub: Hub) ->
         session.get(app.Notebook, row[0]).title = "the laptop's edit"
     laptop.synced()
     assert (code, "u1", "the laptop's edit") in business(hub.server)
+
+
+def test_a_table_with_part_of_the_scope_is_cut_by_that_part(hub: Hub) -> None:
+    with hub.server.sessions.begin() as session:
+        session.add_all(
+            [app.TeamNote(team="t1", body="ours"), app.TeamNote(team="t2", body="theirs")]
+        )
+    token = tokens.issue(
+        SECRET, "phone", {"owner": "u1", "team": "t1"}, now=dt.datetime.now(dt.UTC)
+    )
+    phone = hub.device("phone", None, token=token)
+    phone.synced()  # bootstrapped
+    with hub.server.sessions.begin() as session:
+        session.add_all(
+            [
+                app.TeamNote(team="t1", body="ours, later"),
+                app.TeamNote(team="t2", body="theirs, later"),
+            ]
+        )
+    phone.synced()  # pulled
+    assert {r[1:] for r in phone.rows("team_notes")} == {("t1", "ours"), ("t1", "ours, later")}
+    with phone.sessions.begin() as session:
+        session.add(app.TeamNote(team="t2", body="planted"))
+        session.add(app.TeamNote(team="t1", body="mine"))
+    (up,) = phone.synced("up").passes
+    assert up.parked == 1 and up.applied == 1, up
+    bodies = {r[2] for r in hub.server.rows("team_notes")}
+    assert "planted" not in bodies and "mine" in bodies
