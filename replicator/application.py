@@ -241,8 +241,6 @@ class Replicator:
                     result.passes.append(sync_pass.refused(away[ends[0]], unreachable=ends))
                     continue
                 local = _local_of(sync_pass)
-                if local not in lossy and self.gateway is not None:
-                    lossy[local] = None  # the gateway's server applies what it can store
                 if local not in lossy:
                     try:
                         precision.check(self.server, self.nodes[local])

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from replicator import bootstrap, guard, keys, outbox, retention
+from replicator import bootstrap, guard, keys, outbox, precision, retention
 from replicator.apply import Counts, reject
 from replicator.clock import utcnow
 from replicator.errors import ReplicatorError
@@ -43,7 +43,7 @@ from replicator.guard import Claimed, narrowed
 from replicator.node import Node
 from replicator.outbox import Entry
 from replicator.parking import Reason
-from replicator.protocol import Bounds, Frame, Pull, Pulled, Push, Pushed, Wire
+from replicator.protocol import Bounds, Frame, Pull, Pulled, Push, Pushed, Tables, Wire
 from replicator.scope import for_scope
 from replicator.sync import SyncPass, _naive
 from replicator.tables import app_table_names, is_replicator_table, revoked_tokens
@@ -255,6 +255,14 @@ def bounds(server: Node) -> Bounds:
             pruned_through=retention.pruned_through(conn),
             log_id=retention.log_id(conn),
         )
+
+
+def tables(server: Node) -> Tables:
+    """The server's app tables' declared column types, for a device to
+    check that the server keeps its values as precisely as it does."""
+    with server.connect() as conn:
+        names = app_table_names(conn)
+        return Tables(database=server.dialect.name, types=precision.declared(server, conn, names))
 
 
 def head(server: Node) -> int:

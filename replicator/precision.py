@@ -208,7 +208,25 @@ def declared(node: Node, conn: Connection, tables: list[str]) -> dict[str, dict[
 def losses(server: Node, local: Node) -> list[Loss]:
     """The columns ``server`` keeps less precisely than ``local``: those
     :func:`compare` finds in the app tables both nodes have now. Connects
-    to both; a node that cannot be reached raises ConnectivityError."""
+    to both; a node that cannot be reached raises ConnectivityError. A
+    server reached through a sync gateway says its types in a request."""
+    from replicator.remote import Gateway  # a device's server: above this module
+
+    if isinstance(server, Gateway):
+        found_there = server.tables()
+        with local.connect() as lconn:
+            both = sorted(set(found_there.types) & set(app_table_names(lconn)))
+            found = compare(
+                {t: found_there.types[t] for t in both},
+                declared(local, lconn, both),
+                server_database=found_there.database,
+                local_database=local.dialect.name,
+                server_name=server.name,
+                local_name=local.name,
+            )
+        if found:
+            local.forget_shapes()
+        return found
     with server.connect() as sconn, local.connect() as lconn:
         both = sorted(set(app_table_names(sconn)) & set(app_table_names(lconn)))
         found = compare(

@@ -24,6 +24,7 @@ endpoint                    body             answer
 ``POST /v1/pull``           :class:`Pull`    :class:`Pulled`
 ``POST /v1/wait``           :class:`Wait`    :class:`Head` (long poll)
 ``POST /v1/keys``           :class:`Lease`   :class:`Leased`
+``POST /v1/tables``         :class:`Where`   :class:`Tables`
 ``POST /v1/bootstrap``      :class:`Where`   a stream of :class:`Frame`
 ==========================  ===============  ===========================
 
@@ -170,6 +171,15 @@ class Head(_Message):
     position: int
 
 
+class Tables(_Message):
+    """The server's app tables as the device compares them with its own:
+    each column's declared type (see :mod:`replicator.precision`), and
+    which database declares them."""
+
+    database: str
+    types: dict[str, dict[str, str]]
+
+
 class Lease(_Message):
     """A block of keys of ``table`` for the device, above its largest key
     ``above`` (see :mod:`replicator.keys`); the server's configuration
@@ -217,6 +227,7 @@ __all__ = [
     "Pulled",
     "Push",
     "Pushed",
+    "Tables",
     "Wait",
     "Where",
     "Wire",

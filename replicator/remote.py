@@ -74,6 +74,7 @@ from replicator.protocol import (
     Pulled,
     Push,
     Pushed,
+    Tables,
     Wait,
     Where,
 )
@@ -196,6 +197,10 @@ class Gateway:
             "/wait", Wait(after=after, seconds=seconds), Head, timeout=seconds + self.timeout
         )
         return found.position
+
+    def tables(self) -> Tables:
+        """The server's app tables' declared column types."""
+        return self._call("/tables", Where(channel=DEFAULT_CHANNEL), Tables)
 
     def head(self) -> int:
         """How far the server's log has committed (0 when it cannot tell

@@ -501,7 +501,7 @@ class Runner:
         keeps less precisely than its local), or None; asked again on each
         full round, remembered in between."""
         local = sync_pass.source if sync_pass.source.role == "local" else sync_pass.target
-        if full and self.replicator.gateway is None:
+        if full:
             try:
                 precision.check(self.replicator.server, local)
                 self._imprecise.pop(local.name, None)

@@ -867,3 +867,38 @@ def test_a_transaction_larger_than_the_gateway_takes_is_pushed_in_parts(hub: Hub
     assert not refused.ok and "HTTP 413" in refused.error, refused
     # Its transaction went as far as the event too large: the notebook, not its note.
     assert len(business(hub.server)) == 61 and not business(hub.server, "notes")
+
+
+@pytest.mark.backends("sqlite")
+def test_a_server_behind_the_gateway_that_would_round_a_devices_values_is_refused(
+    tmp_path: Path,
+) -> None:
+    server_url = f"duckdb:///{tmp_path / 'server.duckdb'}"
+    scores = sa.Table(
+        "scores",
+        sa.MetaData(),
+        sa.Column("score_id", sa.String(36), primary_key=True),
+        sa.Column("value", sa.Float()),  # DuckDB: FLOAT, 4 bytes; SQLite: 8
+    )
+    engine = sa.create_engine(server_url)
+    replicator.migrate(engine)
+    scores.metadata.create_all(engine)
+    engine.dispose()
+    with served(from_config(loads(server_config(server_url)), SECRET)) as url:
+        hub = Hub(Site("hub", server_url, None, None, None), url, tmp_path)  # type: ignore[arg-type]
+        path = tmp_path / "phone"
+        path.mkdir()
+        phone_url = f"sqlite:///{path / 'phone.sqlite'}"
+        local = sa.create_engine(phone_url)
+        replicator.migrate(local)
+        scores.metadata.create_all(local)
+        local.dispose()
+        config = path / "replicator.toml"
+        config.write_text(
+            f'[nodes.hub]\nurl = "{url}"\nrole = "server"\ntoken = "{hub.token("phone", None)}"\n'
+            f'[nodes.phone]\nurl = "{phone_url}"\nrole = "local"\n'
+        )
+        with Replicator(load(config)) as r:
+            result = r.sync()
+    assert [p.status for p in result.passes] == ["failed", "failed"]
+    assert "scores.value: the server (duckdb) stores FLOAT, 4-byte floats" in result.passes[0].error

@@ -221,6 +221,7 @@ EXAMPLES: dict[type, list[Any]] = {
         protocol.Bounds(horizon=9, pruned_through=2, log_id="l"),
     ],
     protocol.Head: [protocol.Head(position=0), protocol.Head(position=42)],
+    protocol.Tables: [protocol.Tables(database="mariadb", types={"items": {"id": "int(11)"}})],
     protocol.Pull: [protocol.Pull(channel="default", after=0, upto=9, tables=["items"])],
     protocol.Pulled: [protocol.Pulled(events=[EVENT], reached=7)],
     protocol.Wait: [protocol.Wait(after=7)],

@@ -378,6 +378,7 @@ def create_app(
         "bounds": gateway.endpoint(Where, gateway.bounds),
         "pull": gateway.endpoint(Pull, gateway.pull),
         "keys": gateway.endpoint(Lease, gateway.lease),
+        "tables": gateway.endpoint(Where, lambda device, where: devices.tables(server)),
         "wait": gateway.wait,
         "bootstrap": gateway.bootstrap,
     }

@@ -45,6 +45,7 @@ from replicator.protocol import (
     Pulled,
     Push,
     Pushed,
+    Tables,
     Wait,
     Where,
 )
@@ -154,6 +155,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Leased,
         "Lease a block of keys of a table",
         "The block leased (`first` and `last` null: none for this table).",
+        _CALLED,
+    ),
+    Endpoint(
+        "post",
+        f"/{VERSION}/tables",
+        Where,
+        Tables,
+        "The server's app tables' declared column types",
+        "Each table's columns and their declared types, and the server's database: "
+        "what a device compares with its own before it replicates (precision).",
         _CALLED,
     ),
     Endpoint(
