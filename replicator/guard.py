@@ -121,8 +121,9 @@ def forbidden(
         table = event.table
         shape = _shape(conn, server, table)
         problem = _malformed(entry, device, shape, read_only)
-        if problem is not None and shape is not None and problem.startswith(_NO_COLUMN):
-            # The table may have changed since it was looked at: look again.
+        if problem is not None and (shape is None or problem.startswith(_NO_COLUMN)):
+            # The table may have been made or changed since it was looked at
+            # (a gateway runs for long): look again.
             server.forget_shapes()
             shape = _shape(conn, server, table)
             problem = _malformed(entry, device, shape, read_only)

@@ -151,12 +151,19 @@ class Gateway:
 
     @contextmanager
     def connect(self) -> Iterator[None]:
-        """Check that the gateway answers (its health, once, no retries):
-        :class:`ConnectivityError` saying why when it does not."""
-        try:
-            response = self._client.get("/health")
-        except httpx.TransportError as e:
-            raise self._unreachable(e) from e
+        """Check that the gateway answers (its health; a cut connection is
+        tried again twice, a busy gateway resets some): :class:`ConnectivityError`
+        saying why when it does not."""
+        for attempt in range(3):
+            try:
+                response = self._client.get("/health")
+                break
+            except httpx.ConnectError as e:
+                raise self._unreachable(e) from e  # nobody listens: say so at once
+            except httpx.TransportError as e:
+                if attempt == 2:
+                    raise self._unreachable(e) from e
+                self.sleep(self._backoff(attempt + 1, describe(e)))
         if response.status_code != 200:
             raise ConnectivityError(
                 f"node {self.name} (gateway {self.url}) is not ready: HTTP {response.status_code}"

@@ -382,6 +382,7 @@ def event_ids(site: Site, origin: str) -> list[str]:
         Cut(b"POST /v1/push", 60, "response"),
         Cut(b"POST /v1/pull", 2_000, "response"),
         Cut(b"POST /v1/bootstrap", 4_000, "response"),
+        Cut(b"GET /v1/health", 5, "response"),
     ],
     ids=lambda c: f"{c.request.decode().split()[1]}-{c.direction}-{c.at}",
 )

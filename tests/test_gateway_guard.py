@@ -16,6 +16,7 @@ import httpx
 import msgspec
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from replicator.config import loads
 from replicator.devices import decode
@@ -379,3 +380,33 @@ def test_a_table_with_part_of_the_scope_is_cut_by_that_part(hub: Hub) -> None:
     assert up.parked == 1 and up.applied == 1, up
     bodies = {r[2] for r in hub.server.rows("team_notes")}
     assert "planted" not in bodies and "mine" in bodies
+
+
+class _Later(DeclarativeBase):
+    pass
+
+
+class Extra(_Later):
+    """A table of the app's next version, made on the server later."""
+
+    __tablename__ = "extras"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    owner: Mapped[str] = mapped_column(sa.String(36))
+    body: Mapped[str] = mapped_column(sa.Text)
+
+
+def test_a_table_the_server_makes_while_the_gateway_runs_is_taken(hub: Hub) -> None:
+    phone = hub.device("phone", "u1")
+    _Later.metadata.create_all(phone.engine)  # the app's new version, ahead of the server
+    phone.synced()
+    with phone.sessions.begin() as session:
+        session.add(Extra(id=1, owner="u1", body="early"))
+    (up,) = phone.synced("up").passes
+    assert up.parked == 1 and up.applied == 0, up  # the server has no such table yet
+    _Later.metadata.create_all(hub.server.engine)
+    with phone.sessions.begin() as session:
+        session.add(Extra(id=2, owner="u1", body="later"))
+    (up,) = phone.synced("up").passes
+    assert up.applied == 1 and up.parked == 0, up
+    with hub.server.engine.connect() as conn:
+        assert conn.execute(sa.select(Extra.body)).scalars().all() == ["later"]
