@@ -140,6 +140,8 @@ class Node:
     engine: Engine | None = None
     #: Seconds a connection attempt to a server waits for it to answer.
     connect_timeout: float = 5.0
+    #: More arguments for the engine the node makes itself (its pool's size).
+    engine_options: Mapping[str, Any] = field(default_factory=dict)
     _own_engine: bool = field(default=False, repr=False)
     _shapes: dict[str, TableShape | None] = field(default_factory=dict, repr=False)
 
@@ -184,7 +186,7 @@ class Node:
                     if found is None
                     else found.with_connect_timeout(given, self.connect_timeout)
                 )
-                self.engine = sa.create_engine(url)
+                self.engine = sa.create_engine(url, **self.engine_options)
                 if found is not None:
                     found.after_connect_timeout(self.engine, given)
                     found.enforce_foreign_keys(self.engine)

@@ -399,10 +399,23 @@ def create_app(
     )
 
 
+#: Connections a gateway process keeps to the server database (and as many
+#: more at peaks): its worker threads' share of MariaDB's max_connections.
+POOL_SIZE = 20
+
+
 def from_config(config: Config, secret: str | None) -> Starlette:
     """The gateway for the server of ``config`` (its ``[gateway]``, tables
     and replication settings), signing with ``secret``."""
-    server = Node.from_config(config.server, config.nodes[config.server])
+    settings = config.nodes[config.server]
+    server = Node(
+        config.server,
+        url=settings.url,
+        role="server",
+        connect_timeout=settings.connect_timeout,
+        # Waits hold no connection; pushes, pulls and leases each hold one.
+        engine_options={"pool_size": POOL_SIZE, "max_overflow": POOL_SIZE},
+    )
     tables = config.tables
     rules = Rules(
         read_only=frozenset(config.gateway.read_only),
