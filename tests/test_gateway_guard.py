@@ -105,6 +105,26 @@ def intact(hub: Hub, code: str) -> bool:
     )
 
 
+def test_a_forged_before_image_or_origin_cannot_take_over_another_users_row(hub: Hub) -> None:
+    code, row = theirs(hub)
+    key = {"id": row[0]}
+    forged = [
+        # "It was mine already", says the device: the server's row says not.
+        event("update", key, notebook(row[0], code, title="mine now"), {"title": "u2's"}),
+        event("delete", key, None, {"id": row[0], "owner": "u1"}),
+        # As if another node had made it.
+        event(
+            "update", key, notebook(row[0], code, owner="u2", title="by u2?"), {}, origin="other"
+        ),
+    ]
+    pushed = push(hub, [("notebooks", f"[{row[0]}]", payload) for payload in forged])
+    assert pushed["forbidden"] == 3 and pushed["counts"]["applied"] == 0, pushed
+    assert intact(hub, code)
+    # One item for the row, holding the three events, for a person to see.
+    (item,) = hub.review("forbidden")
+    assert item.event_count == 3 and item.key == f"[{row[0]}]", item
+
+
 @pytest.mark.parametrize(
     "forge",
     [
