@@ -37,7 +37,7 @@ from typing import Any
 from replicator import bootstrap, guard, keys, outbox, precision, retention
 from replicator.apply import Counts, reject
 from replicator.clock import utcnow
-from replicator.errors import ReplicatorError
+from replicator.errors import DatabaseError, ReplicatorError
 from replicator.events import decode_or_none, row_key, wire_values
 from replicator.guard import Claimed, narrowed
 from replicator.node import Node
@@ -196,6 +196,8 @@ class PushedPass(SyncPass):
 
 log = logging.getLogger("replicator.devices")
 
+#: How often the server tries a device's key lease before it answers 500.
+LEASE_ATTEMPTS = 3
 #: How often the server tries a push's pass before it answers that it failed.
 PUSH_ATTEMPTS = 3
 
@@ -319,8 +321,17 @@ def lease_keys(
         if shape is None or shape.integer_key is None:
             return None
         above = min(above, keys.ceiling(conn, server.dialect, table, device.name))
-    keys.prepare_server(server)
-    return keys.leased_block(server, table, device.name, rules.key_block, above)
+    for attempt in range(LEASE_ATTEMPTS):
+        try:
+            keys.prepare_server(server)
+            return keys.leased_block(server, table, device.name, rules.key_block, above)
+        except DatabaseError:
+            # Another device's lease moves the table's AUTO_INCREMENT with
+            # DDL at the same moment (MariaDB 1684, a metadata lock): again.
+            if attempt == LEASE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    return None
 
 
 def snapshot(server: Node, device: Device, rules: Rules, from_table: str = "") -> Iterator[Frame]:

@@ -36,7 +36,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
@@ -208,6 +208,10 @@ class Gateway:
     async def _body(self, request: Request, kind: type[T]) -> T | Response:
         try:
             raw = await read_body(request, self.settings.max_body_bytes)
+        except ClientDisconnect:
+            # The device went away mid-body: nothing of it is used, and
+            # nobody is there to read an answer.
+            return problem(400, "malformed body", "the body was cut short")
         except TooLarge:
             return problem(
                 413,
