@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -35,7 +36,12 @@ class Notebook(Base):
     title: Mapped[str] = mapped_column(sa.String(200))
     kind: Mapped[Kind] = mapped_column(sa.Enum(Kind), default=Kind.PRIVATE)
     meta: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
-    created_at: Mapped[Any] = mapped_column(sa.DateTime, server_default=sa.func.now())
+    # Microseconds on MariaDB too: a server keeping whole seconds would round
+    # the devices' values, and the gateway refuses to replicate then.
+    created_at: Mapped[Any] = mapped_column(
+        sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mariadb", "mysql"),
+        server_default=sa.func.now(),
+    )
     notes: Mapped[list[Note]] = relationship(
         back_populates="notebook", cascade="all, delete-orphan"
     )
