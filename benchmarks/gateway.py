@@ -18,7 +18,10 @@ reach another device of the same user?
   one per device, in ``--procs`` worker processes (default 2; 200 Python
   processes would not fit 2 cores), a pair always in the same process.
   Before the clock starts every device syncs once (it leases its key
-  blocks; nothing is timed).
+  blocks; a first sync that fails is tried again, up to 5 times, and
+  reported; nothing is timed), and each worker freezes what it has set
+  up out of the garbage collector (``gc.freeze``): hundreds of devices
+  in one process are a cost of the simulation, not one a device pays.
 * **Loop** (every device, for ``--seconds``, default 60, starts staggered
   over one think time): write one notebook with one note (one ORM
   transaction: 2 events; the notebook carries the writer, a sequence
