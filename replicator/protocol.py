@@ -46,11 +46,14 @@ device starts the bootstrap again (its local transaction rolls back).
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
 
 from replicator.apply import Counts
+from replicator.events import from_ext
 
 VERSION = "v1"
 MEDIA_TYPE = "application/msgpack"
@@ -212,6 +215,35 @@ class Frame(_Message):
     done: bool = False
 
 
+_LENGTH = struct.Struct(">I")
+_FRAME_ENCODER = msgspec.msgpack.Encoder()
+_FRAME_DECODER = msgspec.msgpack.Decoder(Frame, ext_hook=from_ext)
+
+
+def framed(frame: Frame) -> bytes:
+    """``frame`` as a bootstrap stream carries it: its length, then it."""
+    data = _FRAME_ENCODER.encode(frame)
+    return _LENGTH.pack(len(data)) + data
+
+
+def unframed(chunks: Iterable[bytes]) -> Iterator[Frame]:
+    """The frames in a bootstrap stream arriving as ``chunks`` (cut
+    anywhere), up to and including the last one (``done``); stops early
+    when the chunks end first."""
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(buffer)
+            if len(buffer) < _LENGTH.size + size:
+                break
+            frame = _FRAME_DECODER.decode(buffer[_LENGTH.size : _LENGTH.size + size])
+            buffer = buffer[_LENGTH.size + size :]
+            yield frame
+            if frame.done:
+                return
+
+
 __all__ = [
     "MEDIA_TYPE",
     "VERSION",
@@ -231,4 +263,6 @@ __all__ = [
     "Wait",
     "Where",
     "Wire",
+    "framed",
+    "unframed",
 ]

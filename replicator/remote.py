@@ -30,7 +30,6 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import random
-import struct
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -56,7 +55,6 @@ from replicator.errors import (
     SchemaError,
     describe,
 )
-from replicator.events import from_ext
 from replicator.node import Node
 from replicator.outbox import Entry
 from replicator.protocol import (
@@ -77,6 +75,7 @@ from replicator.protocol import (
     Tables,
     Wait,
     Where,
+    unframed,
 )
 from replicator.sync import PassProgress, PassResult, SyncPass
 from replicator.tables import row_versions
@@ -86,8 +85,6 @@ T = TypeVar("T")
 #: A request body larger than this is sent gzip-compressed.
 COMPRESS_ABOVE = 64 * 1024
 _ENCODER = msgspec.msgpack.Encoder()
-_FRAMES = msgspec.msgpack.Decoder(Frame, ext_hook=from_ext)
-_LENGTH = struct.Struct(">I")
 
 
 class TooLargeError(ReplicatorError):
@@ -238,18 +235,10 @@ class Gateway:
                 if response.status_code != 200:
                     response.read()
                     self._refused("/bootstrap", response)
-                buffer = b""
-                for chunk in response.iter_bytes():
-                    buffer += chunk
-                    while len(buffer) >= _LENGTH.size:
-                        (size,) = _LENGTH.unpack_from(buffer)
-                        if len(buffer) < _LENGTH.size + size:
-                            break
-                        frame = _FRAMES.decode(buffer[_LENGTH.size : _LENGTH.size + size])
-                        buffer = buffer[_LENGTH.size + size :]
-                        yield frame
-                        if frame.done:
-                            return
+                for frame in unframed(response.iter_bytes()):
+                    yield frame
+                    if frame.done:
+                        return
         except httpx.TransportError as e:
             raise ConnectionLostError(
                 f"the bootstrap stream from gateway {self.url} was cut: {describe(e)}"

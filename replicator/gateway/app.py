@@ -25,7 +25,6 @@ import datetime as dt
 import logging
 import os
 import queue
-import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -64,13 +63,13 @@ from replicator.protocol import (
     Push,
     Wait,
     Where,
+    framed,
 )
 
 log = logging.getLogger("replicator.gateway")
 T = TypeVar("T")
 _ENCODER = msgspec.msgpack.Encoder()
 _JSON = msgspec.json.Encoder()
-_LENGTH = struct.Struct(">I")
 #: Answers larger than this are gzip-compressed for devices that take it.
 COMPRESS_ABOVE = 64 * 1024
 
@@ -323,28 +322,23 @@ class _Producer:
     def _produce(self) -> None:
         try:
             for frame in self.frames():
-                data = _ENCODER.encode(frame)
-                chunk = _LENGTH.pack(len(data)) + data
-                while not self.gone.is_set():
-                    try:
-                        self.queue.put(chunk, timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if self.gone.is_set():
+                if not self._put(framed(frame)):
                     return
         except Exception as e:  # the stream ends without its last frame
             log.warning("a bootstrap stream failed: %s", describe(e))
         finally:
-            self._put_end()
+            self._put(None)  # the end
 
-    def _put_end(self) -> None:
+    def _put(self, chunk: bytes | None) -> bool:
+        """Hand ``chunk`` over once there is room; False when the device
+        has gone meanwhile."""
         while not self.gone.is_set():
             try:
-                self.queue.put(None, timeout=0.5)
-                return
+                self.queue.put(chunk, timeout=0.5)
+                return True
             except queue.Full:
                 continue
+        return False
 
     async def chunks(self) -> Any:
         thread = threading.Thread(target=self._produce, name="replicator-bootstrap", daemon=True)
