@@ -292,6 +292,8 @@ class _Batch:
         for table in keys:
             self.shapes.setdefault(table, self.shape_of(table))
         self.current = versions.load_many(self.conn, self.dialect, keys)
+        if not parking.has_open(self.conn):  # the usual case: one cheap query
+            return
         self.open = parking.open_items(self.conn, self.dialect, keys)
         self.held = {
             table: item
@@ -476,7 +478,7 @@ class _Batch:
             table,
             entry.row_key,
             RowVersion(event.version, event.hlc, event.origin, deleted),
-            f"event {event.event_id} from {event.origin}",
+            lambda: f"event {event.event_id} from {event.origin}",
         )
         self._log(table, entry)
         self.counts.applied += 1
@@ -709,11 +711,16 @@ class _Batch:
             else:
                 self.counts.inserted += 1
 
-    def _set_version(self, table: str, key: str, version: RowVersion, cause: str) -> None:
+    def _set_version(
+        self, table: str, key: str, version: RowVersion, cause: str | Callable[[], str]
+    ) -> None:
+        """Record a row's new version; an open review item it supersedes is
+        closed, saying ``cause`` (made only then when it is a function: a
+        pass takes thousands of events per second, nearly all with no item)."""
         self.current[table][key] = self.new_versions[(table, key)] = version
         item = self.open.get((table, key))
         if item is not None and item.superseded_by(version.version):
-            self.obsolete[item.id] = f"superseded by {cause}"
+            self.obsolete[item.id] = f"superseded by {cause if isinstance(cause, str) else cause()}"
             del self.open[(table, key)]
 
     # --- parking -------------------------------------------------------------
@@ -1208,17 +1215,26 @@ def _upsert_rows(
             dialect.write_row(conn, table, dialect.written_row(row, shape), only.get(key))
         return
     groups: dict[tuple[tuple[str, ...], frozenset[str] | None], list[tuple]] = {}
-    kinds: dict[tuple[str, ...], list[Kind]] = {}
-    written = dialect.written
+    # Per column list: the columns' kinds, and whether none is a JSON column
+    # (whose text, numbers and booleans are written as JSON documents).
+    kinds: dict[tuple[str, ...], tuple[list[Kind], bool]] = {}
+    written, as_given = dialect.written, dialect.as_given
     for key, row in upserts.items():
         changed = only.get(key)
         columns = tuple(row)
         if columns not in kinds:
-            kinds[columns] = [shape.kind(c) for c in columns]
+            of = [shape.kind(c) for c in columns]
+            kinds[columns] = (of, not any(map(values.is_json, of)))
+        of, plain = kinds[columns]
         group = (columns, None if changed is None else frozenset(changed))
-        groups.setdefault(group, []).append(tuple(map(written, row.values(), kinds[columns])))
+        given = tuple(row.values())
+        # Most rows hold only values every driver takes as they are: those
+        # are written without a call per value.
+        if not (plain and as_given.issuperset(map(type, given))):
+            given = tuple(map(written, given, of))
+        groups.setdefault(group, []).append(given)
     for (columns, changed), rows in groups.items():
-        dialect.upsert_rows(conn, table, columns, rows, update=changed)
+        dialect.upsert_rows(conn, table, columns, rows, update=changed, unique=True)
 
 
 def parents_first(tables: list[str], shapes: Mapping[str, TableShape | None]) -> list[str]:

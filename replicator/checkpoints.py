@@ -27,11 +27,19 @@ def get(conn: Connection, source: str, channel: str, log_id: str | None = None) 
     """The source position applied up to on this node; 0 if never synced,
     and 0 when it counts positions of another log than ``log_id`` (the
     source was made anew and numbers its outbox from 1 again)."""
+    return stored(conn, source, channel, log_id) or 0
+
+
+def stored(conn: Connection, source: str, channel: str, log_id: str | None = None) -> int | None:
+    """As :func:`get`, but None when there is no checkpoint at all (one
+    statement where :func:`exists` and :func:`get` take two)."""
     c = checkpoints.c
     found = conn.execute(
         sa.select(c.position, c.log_id).where(c.source == source, c.channel == channel)
     ).first()
-    if found is None or (log_id and found.log_id and found.log_id != log_id):
+    if found is None:
+        return None
+    if log_id and found.log_id and found.log_id != log_id:
         return 0
     return found.position
 

@@ -142,6 +142,9 @@ class PushedPass(SyncPass):
     def _bounds(self) -> tuple[int | None, int, str | None]:
         return self.push.reached, self.push.pruned_through, self.push.log_id
 
+    def _reads_ahead(self) -> bool:
+        return False  # its one batch is in the request
+
     def _read(self, after: int, horizon: int) -> tuple[list[Entry], int]:
         if after < self.push.after:
             self.out_of_step = after

