@@ -259,6 +259,8 @@ class _Batch:
         self.only: dict[str, dict[str, set[str] | None]] = {}
         self.deletes: dict[str, dict[str, dict]] = {}
         self.new_versions: dict[tuple[str, str], RowVersion] = {}
+        # The rows looked up that have no stored version (see versions.store).
+        self.absent: set[tuple[str, str]] = set()
         self.outgoing: list[tuple[str, str, str, int, bytes]] = []
         self.parkings: dict[tuple[str, str], Parking] = {}
         self.joined: dict[int, list[Parking]] = {}
@@ -292,6 +294,12 @@ class _Batch:
         for table in keys:
             self.shapes.setdefault(table, self.shape_of(table))
         self.current = versions.load_many(self.conn, self.dialect, keys)
+        self.absent = {
+            (table, key)
+            for table, table_keys in keys.items()
+            for key in table_keys
+            if key not in self.current.get(table, ())
+        }
         if not parking.has_open(self.conn):  # the usual case: one cheap query
             return
         self.open = parking.open_items(self.conn, self.dialect, keys)
@@ -1037,7 +1045,7 @@ class _Batch:
                 careful,
             )
         self._keep_sequences_ahead(tables)
-        versions.store(self.conn, self.dialect, self.new_versions)
+        versions.store(self.conn, self.dialect, self.new_versions, self.absent)
         record_settlements(
             self.conn, self.dialect, {where: self.settled[where] for where in self.new_settled}
         )

@@ -142,21 +142,30 @@ def load_many(
 _COLUMNS = ("table_name", "row_key", "version", "hlc", "origin", "deleted")
 
 
-def store(conn: Connection, dialect: Dialect, rows: Mapping[tuple[str, str], RowVersion]) -> None:
+def store(
+    conn: Connection,
+    dialect: Dialect,
+    rows: Mapping[tuple[str, str], RowVersion],
+    absent: Collection[tuple[str, str]] = (),
+) -> None:
     """Write rows' versions as given (``(table, row key) -> version``),
     replacing what is stored; nothing for none. For a node that decided a
-    row's version itself (applying, settling, resolving a review item)."""
-    dialect.upsert_rows(
-        conn,
-        row_versions,
-        _COLUMNS,
-        [
-            (table, key, _json_encode(v.version).decode(), v.hlc, v.origin, v.deleted)
-            for (table, key), v in rows.items()
-        ],
-        hoist=("table_name", "origin", "deleted"),
-        unique=True,
-    )
+    row's version itself (applying, settling, resolving a review item).
+
+    ``absent``: rows this transaction found without a stored version. On a
+    database with one writer at a time (not :attr:`Dialect.concurrent_writers`)
+    nothing else can have stored one since, so theirs are inserted, which
+    costs DuckDB a third less than an upsert; elsewhere every row is upserted.
+    """
+    new, replaced = [], []
+    inserting = bool(absent) and not dialect.concurrent_writers
+    for (table, key), v in rows.items():
+        row = (table, key, _json_encode(v.version).decode(), v.hlc, v.origin, v.deleted)
+        (new if inserting and (table, key) in absent else replaced).append(row)
+    hoist = ("table_name", "origin", "deleted")
+    if new:
+        dialect.insert_rows(conn, row_versions, _COLUMNS, new, hoist=hoist)
+    dialect.upsert_rows(conn, row_versions, _COLUMNS, replaced, hoist=hoist, unique=True)
 
 
 class Bump(NamedTuple):
