@@ -1,42 +1,58 @@
 """How much does automatic capture slow down ordinary ORM writes?
 
-Runs one ORM write workload twice per repetition on each backend:
+Runs each ORM write workload twice per repetition on each backend:
 
 * **baseline**: a fresh database, the benchmark table only, no capture;
 * **with capture**: a fresh database, ``replicator.migrate(engine)`` and
   ``replicator.capture(sessionmaker, node="local")``, so every flush also
   appends change events to ``replicator_outbox`` in the same transaction.
 
-The workload is plain unit-of-work usage of a 5-column model (client-side
-UUID string key): insert every row with ``session.add_all``, then load and
-modify two attributes of every row, then load and ``session.delete`` every
-row, each phase committing in batches of 500. Each phase is timed with
-``time.perf_counter``; setup (creating the database, migrating, calling
-``capture()``) is not timed. Baseline and captured runs alternate, and the
-tables report the median over the repetitions.
+Two workloads of plain unit-of-work usage of a 5-column model (client-side
+UUID string key), chosen with ``--workload bulk,edit`` (default both):
+
+* **bulk** (``--rows``, default 10,000): insert every row with
+  ``session.add_all``, then load and modify two attributes of every row,
+  then load and ``session.delete`` every row, each phase committing in
+  batches of 500.
+* **load-and-edit** (``edit``; ``--edit-rows``, default 2,000): insert every
+  row with ``session.add_all`` in batches of 500, then edit the rows one by
+  one, the way an app's request handler does: per row a session of its own,
+  the row loaded by primary key with ``session.get`` (with ``--keys
+  integer``: a select by its unique business id), one attribute changed
+  (even rows: the title) or two (odd rows: score and timestamp), commit; one
+  transaction per edit.
+
+Each phase is timed with ``time.perf_counter``; setup (creating the
+database, migrating, calling ``capture()``) is not timed. Baseline and
+captured runs alternate, and the tables report the median over the
+repetitions, per backend and workload, as ratio = with capture / baseline
+against the limit of 1.3x.
 
 Each run happens in a fresh interpreter (``multiprocessing`` "spawn"), after
-an untimed warm-up run of the same mode on a small throwaway database that
-fills SQLAlchemy's statement caches. Capture's SQLAlchemy session hooks are
-process-wide and stay installed once a ``capture()`` call installed them, so
-a separate process keeps every baseline free of them.
+an untimed warm-up run of the same mode and workload on a small throwaway
+database that fills SQLAlchemy's statement caches. Capture's SQLAlchemy
+session hooks are process-wide and stay installed once a ``capture()`` call
+installed them, so a separate process keeps every baseline free of them.
 
-Every captured run must leave exactly ``3 * rows`` events in the outbox (one
-per insert, update and delete); otherwise the script exits with status 1, so
-a passing run also proves that capture happened.
+Every captured run must leave exactly one event per write in the outbox:
+``3 * rows`` for bulk (insert, update, delete), ``2 * rows`` for
+load-and-edit (insert, edit); and load-and-edit must leave every row with
+its edit. Otherwise the script exits with status 1, so a passing run also
+proves that capture happened.
 
 Run from the repository root::
 
     .venv/bin/python benchmarks/capture_overhead.py
-    .venv/bin/python benchmarks/capture_overhead.py --rows 2000 --repeat 1
+    .venv/bin/python benchmarks/capture_overhead.py --rows 1000 --edit-rows 300 --repeat 1
+    .venv/bin/python benchmarks/capture_overhead.py --workload edit --backends sqlite,mariadb
     .venv/bin/python benchmarks/capture_overhead.py --backends sqlite,duckdb --duckdb-repeat 1
 
 MariaDB: the server named by ``REPLICATOR_TEST_MARIADB_URL`` (default
 ``mysql+pymysql://root@127.0.0.1:3306/test``); each run creates a database
 ``bench_<hex>`` and drops it afterwards. An unreachable server is reported
-and skipped. DuckDB executes the ORM's per-row UPDATE and DELETE statements
-at a few thousand rows per second, so its runs take much longer than the
-others.
+and skipped. DuckDB executes the ORM's per-row statements at a few thousand
+rows per second, so its runs take much longer than the others; hence the
+smaller default of the load-and-edit workload.
 """
 
 from __future__ import annotations
@@ -67,9 +83,16 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 import replicator
 
 BACKENDS = ("sqlite", "duckdb", "mariadb")
-PHASES = ("insert", "update", "delete")
+#: The workloads, by --workload: their phases, in order.
+WORKLOADS = {"bulk": ("insert", "update", "delete"), "edit": ("insert", "edit")}
+#: Change events a captured run must leave per row, by workload.
+EVENTS_PER_ROW = {"bulk": 3, "edit": 2}
+#: How the tables name a workload.
+WORKLOAD_NAMES = {"bulk": "bulk", "edit": "load-and-edit"}
 BATCH = 500
-LIMIT = 1.5
+LIMIT = 1.3
+DEFAULT_ROWS = 10_000
+DEFAULT_EDIT_ROWS = 2_000
 WARMUP_ROWS = 200
 MARIADB_ENV = "REPLICATOR_TEST_MARIADB_URL"
 MARIADB_DEFAULT_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
@@ -188,20 +211,50 @@ def delete_phase(factory: sessionmaker, ids: list[str], keys: str) -> None:
             session.commit()
 
 
-def run_workload(factory: sessionmaker, rows: list[RowSpec], keys: str) -> dict[str, float]:
-    """Insert, update and delete every row; seconds per phase (and ``total``)."""
+def get_one(session: Session, key: str, keys: str):
+    """The row ``key``, loaded by its key: ``session.get`` by primary key (UUID
+    keys), a select by the unique business id (integer keys)."""
+    model, _, by = MODELS[keys]
+    if by == "id":
+        return session.get(model, key)
+    return session.scalars(sa.select(model).where(getattr(model, by) == key)).one()
+
+
+def edit_phase(factory: sessionmaker, ids: list[str], keys: str) -> None:
+    """Each row on its own, as an app's request handler edits one: a session
+    and a transaction per row; load the row by key, change one attribute
+    (even rows: the title) or two (odd rows: score and timestamp), commit."""
+    now = dt.datetime(2024, 6, 1, 12, 0, 0)
+    for i, key in enumerate(ids):
+        with factory.begin() as session:
+            obj = get_one(session, key, keys)
+            if i % 2:
+                obj.score += 1
+                obj.updated = now
+            else:
+                obj.title = f"{obj.title} (edited)"
+
+
+def run_workload(
+    factory: sessionmaker, rows: list[RowSpec], keys: str, workload: str = "bulk"
+) -> dict[str, float]:
+    """The workload's phases over every row; seconds per phase (and ``total``).
+
+    bulk: insert, update and delete every row, in batches; edit: insert every
+    row in batches, then edit each row in a transaction of its own."""
     ids = [r.id for r in rows]
-    phases = {
+    every = {
         "insert": lambda: insert_phase(factory, rows, keys),
         "update": lambda: update_phase(factory, ids, keys),
         "delete": lambda: delete_phase(factory, ids, keys),
+        "edit": lambda: edit_phase(factory, ids, keys),
     }
     timings: dict[str, float] = {}
-    for name, phase in phases.items():
+    for name in WORKLOADS[workload]:
         start = time.perf_counter()
-        phase()
+        every[name]()
         timings[name] = time.perf_counter() - start
-    timings["total"] = sum(timings[p] for p in PHASES)
+    timings["total"] = sum(timings[p] for p in WORKLOADS[workload])
     return timings
 
 
@@ -243,7 +296,12 @@ def count(engine: Engine, table: str) -> int:
 
 
 def run_once(
-    backend: str, rows: list[RowSpec], *, captured: bool, keys: str = "uuid"
+    backend: str,
+    rows: list[RowSpec],
+    *,
+    captured: bool,
+    keys: str = "uuid",
+    workload: str = "bulk",
 ) -> dict[str, float]:
     """One timed workload on a fresh database, with or without capture."""
     model, metadata, _ = MODELS[keys]
@@ -264,27 +322,59 @@ def run_once(
                 handle = replicator.capture(factory, node="local")
             gc.collect()
             try:
-                timings = run_workload(factory, rows, keys)
+                timings = run_workload(factory, rows, keys, workload)
             finally:
                 if handle is not None:
                     handle.stop()
-            verify(engine, backend, len(rows), captured=captured, table=model.__tablename__)
+            verify(engine, backend, rows, captured=captured, keys=keys, workload=workload)
             return timings
         finally:
             engine.dispose()
 
 
-def verify(engine: Engine, backend: str, rows: int, *, captured: bool, table: str) -> None:
-    """The workload deleted every row; a captured run logged one event per write."""
+def verify(
+    engine: Engine,
+    backend: str,
+    rows: list[RowSpec],
+    *,
+    captured: bool,
+    keys: str = "uuid",
+    workload: str = "bulk",
+) -> None:
+    """The workload left the rows it should; a captured run logged one event per write.
+
+    bulk deleted every row; edit left every row, each edited once (the odd
+    rows' scores one higher, the even rows' titles marked)."""
+    model, _, _ = MODELS[keys]
+    table = model.__tablename__
     left = count(engine, table)
-    if left:
+    if workload == "bulk" and left:
         raise BenchmarkError(f"{backend}: {left} rows left after the delete phase")
-    if captured:
-        events = count(engine, "replicator_outbox")
-        if events != 3 * rows:
+    if workload == "edit":
+        with engine.connect() as conn:
+            score, titles = conn.execute(
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(model.score), 0),
+                    sa.func.sum(sa.case((model.title.like("% (edited)"), 1), else_=0)),
+                )
+            ).one()
+        odd = len(rows) // 2
+        expected_score = sum(r.score for r in rows) + odd
+        titles = titles or 0
+        if left != len(rows) or score != expected_score or titles != len(rows) - odd:
             raise BenchmarkError(
-                f"{backend}: replicator_outbox holds {events} events after the captured run, "
-                f"expected exactly {3 * rows} (3 x {rows} rows)"
+                f"{backend}: after the edits {left} rows (expected {len(rows)}), score sum "
+                f"{score} (expected {expected_score}), {titles} edited titles "
+                f"(expected {len(rows) - odd})"
+            )
+    if captured:
+        per_row = EVENTS_PER_ROW[workload]
+        events = count(engine, "replicator_outbox")
+        if events != per_row * len(rows):
+            raise BenchmarkError(
+                f"{backend}: replicator_outbox holds {events} events after the captured "
+                f"{WORKLOAD_NAMES[workload]} run, expected exactly {per_row * len(rows)} "
+                f"({per_row} x {len(rows)} rows)"
             )
 
 
@@ -294,6 +384,7 @@ def verify(engine: Engine, backend: str, rows: int, *, captured: bool, table: st
 @dataclass
 class Result:
     backend: str
+    workload: str
     rows: int
     repeat: int
     baseline: list[dict[str, float]]
@@ -307,29 +398,36 @@ class Result:
         return self.median("captured", phase) / self.median("baseline", phase)
 
 
-def warm_then_run(backend: str, count: int, captured: bool, keys: str) -> dict[str, float]:
+def warm_then_run(
+    backend: str, count: int, captured: bool, keys: str, workload: str = "bulk"
+) -> dict[str, float]:
     """A warm-up run and the timed run, in the current (fresh) process."""
     rows = make_rows(count)
-    run_once(backend, rows[:WARMUP_ROWS], captured=captured, keys=keys)
-    return run_once(backend, rows, captured=captured, keys=keys)
+    run_once(backend, rows[:WARMUP_ROWS], captured=captured, keys=keys, workload=workload)
+    return run_once(backend, rows, captured=captured, keys=keys, workload=workload)
 
 
 def run_in_fresh_process(
-    backend: str, count: int, *, captured: bool, keys: str = "uuid"
+    backend: str, count: int, *, captured: bool, keys: str = "uuid", workload: str = "bulk"
 ) -> dict[str, float]:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(warm_then_run, backend, count, captured, keys).result()
+        return pool.submit(warm_then_run, backend, count, captured, keys, workload).result()
 
 
-def measure(backend: str, count: int, repeat: int, keys: str = "uuid") -> Result:
-    result = Result(backend, count, repeat, [], [])
+def measure(
+    backend: str, count: int, repeat: int, keys: str = "uuid", workload: str = "bulk"
+) -> Result:
+    result = Result(backend, workload, count, repeat, [], [])
+    name = WORKLOAD_NAMES[workload]
     for i in range(1, repeat + 1):
         for captured, runs in ((False, result.baseline), (True, result.captured)):
-            timings = run_in_fresh_process(backend, count, captured=captured, keys=keys)
+            timings = run_in_fresh_process(
+                backend, count, captured=captured, keys=keys, workload=workload
+            )
             runs.append(timings)
             mode = "with capture" if captured else "baseline"
-            progress(f"{backend} run {i}/{repeat} {mode}: {format_timings(timings)}")
+            progress(f"{backend} {name} run {i}/{repeat} {mode}: {format_timings(timings)}")
     return result
 
 
@@ -357,6 +455,7 @@ def summary_table(results: Sequence[Result]) -> str:
         rows.append(
             [
                 r.backend,
+                WORKLOAD_NAMES[r.workload],
                 str(r.rows),
                 f"{r.median('baseline', 'total'):.3f}",
                 f"{r.median('captured', 'total'):.3f}",
@@ -365,7 +464,16 @@ def summary_table(results: Sequence[Result]) -> str:
                 "ok" if ratio <= LIMIT else "OVER",
             ]
         )
-    header = ["backend", "rows", "baseline s", "with capture s", "ratio", "limit", "verdict"]
+    header = [
+        "backend",
+        "workload",
+        "rows",
+        "baseline s",
+        "with capture s",
+        "ratio",
+        "limit",
+        "verdict",
+    ]
     return markdown_table(header, rows)
 
 
@@ -373,38 +481,56 @@ def phase_table(results: Sequence[Result]) -> str:
     rows = [
         [
             r.backend,
+            WORKLOAD_NAMES[r.workload],
             phase,
             f"{r.median('baseline', phase):.3f}",
             f"{r.median('captured', phase):.3f}",
             f"{r.ratio(phase):.2f}x",
         ]
         for r in results
-        for phase in PHASES
+        for phase in WORKLOADS[r.workload]
     ]
-    return markdown_table(["backend", "phase", "baseline s", "with capture s", "ratio"], rows)
+    header = ["backend", "workload", "phase", "baseline s", "with capture s", "ratio"]
+    return markdown_table(header, rows)
 
 
 def report(results: Sequence[Result], skipped: dict[str, str], args: argparse.Namespace) -> str:
-    lines = [
-        "## Capture overhead",
-        "",
-        f"Workload: {args.rows} rows of a 5-column model ({args.keys} keys); insert "
-        f"(add_all), update (2 attributes) and delete (session.delete) through the unit of work, "
-        f"committed in batches of {BATCH}. Median of the repetitions per backend; "
-        f"ratio = with capture / baseline.",
+    lines = ["## Capture overhead", ""]
+    if "bulk" in args.workloads:
+        lines.append(
+            f"Workload bulk: {args.rows} rows of a 5-column model ({args.keys} keys); insert "
+            "(add_all), update (2 attributes) and delete (session.delete) through the unit "
+            f"of work, committed in batches of {BATCH}."
+        )
+    if "edit" in args.workloads:
+        get = "session.get by primary key" if args.keys == "uuid" else "a select by uid"
+        lines.append(
+            f"Workload load-and-edit: {args.edit_rows} rows of the same model inserted "
+            f"(add_all, batches of {BATCH}); then each row on its own: a session, {get}, "
+            "one attribute (even rows) or two (odd rows) changed, commit: one transaction "
+            "per edit."
+        )
+    lines += [
+        f"Median of the repetitions per backend and workload; ratio = with capture / "
+        f"baseline; limit {LIMIT}x.",
         f"Python {platform.python_version()}, SQLAlchemy {sa.__version__}, "
         f"{platform.system()} {platform.machine()}.",
         "",
     ]
     if results:
         lines += [summary_table(results), "", "### Per phase", "", phase_table(results), ""]
-    if results:
-        repeats = ", ".join(f"{r.backend} {r.repeat}" for r in results)
+        repeats = ", ".join(f"{r.backend} {WORKLOAD_NAMES[r.workload]} {r.repeat}" for r in results)
         lines.append(f"Repetitions (baseline/captured pairs): {repeats}.")
-        lines.append(
-            f"Outbox check passed: every captured run logged exactly 3 x {args.rows} events."
-        )
-    if args.duckdb_repeat and "duckdb" in args.backends:
+        checks = []
+        if "bulk" in args.workloads:
+            checks.append(f"bulk exactly 3 x {args.rows} events")
+        if "edit" in args.workloads:
+            checks.append(
+                f"load-and-edit exactly 2 x {args.edit_rows} events (one per insert and per "
+                "edit), and every edit landed"
+            )
+        lines.append(f"Outbox check passed: every captured run logged {'; '.join(checks)}.")
+    if args.duckdb_repeat and args.duckdb_repeat != args.repeat and "duckdb" in args.backends:
         lines.append(
             f"Note: DuckDB ran {args.duckdb_repeat} repetition(s) instead of {args.repeat} "
             "(--duckdb-repeat), to bound the run time."
@@ -418,7 +544,25 @@ def report(results: Sequence[Result], skipped: dict[str, str], args: argparse.Na
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=10_000, help="rows written (default 10000)")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=DEFAULT_ROWS,
+        help=f"rows written by the bulk workload (default {DEFAULT_ROWS})",
+    )
+    parser.add_argument(
+        "--edit-rows",
+        type=int,
+        default=DEFAULT_EDIT_ROWS,
+        help=f"rows inserted and then edited one by one by the load-and-edit workload "
+        f"(default {DEFAULT_EDIT_ROWS})",
+    )
+    parser.add_argument(
+        "--workload",
+        dest="workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated, from {','.join(WORKLOADS)} (default: both)",
+    )
     parser.add_argument(
         "--backends",
         default=",".join(BACKENDS),
@@ -445,8 +589,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.backends) - set(BACKENDS))
     if unknown:
         parser.error(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
-    if args.rows < 1 or args.repeat < 1 or (args.duckdb_repeat or 1) < 1:
-        parser.error("--rows, --repeat and --duckdb-repeat must be positive")
+    args.workloads = list(dict.fromkeys(w.strip() for w in args.workloads.split(",") if w.strip()))
+    unknown = sorted(set(args.workloads) - set(WORKLOADS))
+    if unknown or not args.workloads:
+        parser.error(
+            f"unknown workload(s) {', '.join(unknown) or '(none)'}; "
+            f"choose from {', '.join(WORKLOADS)}"
+        )
+    if min(args.rows, args.edit_rows, args.repeat, args.duckdb_repeat or 1) < 1:
+        parser.error("--rows, --edit-rows, --repeat and --duckdb-repeat must be positive")
     return args
 
 
@@ -469,7 +620,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 skipped[backend] = str(e)
                 progress(f"skipped {backend}: {e}")
                 continue
-            results.append(measure(backend, args.rows, repeat_for(backend, args), args.keys))
+            for workload in args.workloads:
+                rows = args.rows if workload == "bulk" else args.edit_rows
+                repeat = repeat_for(backend, args)
+                results.append(measure(backend, rows, repeat, args.keys, workload))
     except BenchmarkError as e:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1

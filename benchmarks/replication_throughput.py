@@ -1,7 +1,8 @@
 """How fast does one replication pass move captured events to another database?
 
 Two directions, each measured against what the target database can take at
-most, and both against a peer library:
+most, and both against a peer library; then the whole ``replicator sync``
+command, as a process, against the same raw limit:
 
 * **SQLite -> MariaDB** and **MariaDB -> DuckDB**: ``--events`` change events
   (default 100,000: about 70% inserts and 30% updates of the reference app's
@@ -34,19 +35,40 @@ most, and both against a peer library:
   calls) and, per event, records a new small aggregate holding the row image
   together with its tracking record, one transaction per event, as the
   library does. events/s = processed events / seconds.
+* **``replicator sync`` as a whole process** (SQLite -> MariaDB):
+  ``--cli-events`` events (default 50,000; the same mix, generated the same
+  way with capture on, on a fresh SQLite file) are moved by the public
+  command: a ``replicator.toml`` in a temporary directory names the SQLite
+  file as the local ``local`` and a fresh MariaDB database (replicator's
+  tables migrated, empty app tables, both untimed) as the ``server``, with
+  ``batch_size = 1000``; then ``.venv/bin/replicator sync --config ...
+  --direction up --json`` runs in a subprocess, timed from its start to its
+  exit (interpreter start-up, imports, configuration, connections, the pass,
+  output). ``--cli-direction bidirectional`` runs it as a plain ``replicator
+  sync`` instead: the pass down to the local as well, which has nothing to
+  apply. events/s = applied events (from its JSON) / those seconds. The
+  server must then hold exactly the source's rows, and the raw limit is
+  measured again for the same ``--cli-events`` row images (or taken from the
+  SQLite -> MariaDB direction when both sizes are equal: the same workload).
 
-Target: each direction reaches at least 0.4 of its target's raw limit.
+Targets, all measured in the same run: each pass reaches at least 0.5 of its
+target's raw limit; the whole ``replicator sync`` process at least 0.4; and
+each is at least 10x as fast as the ``eventsourcing`` peer.
 
 Run from the repository root::
 
     .venv/bin/python benchmarks/replication_throughput.py
     .venv/bin/python benchmarks/replication_throughput.py --events 5000 --skip-peer
+    .venv/bin/python benchmarks/replication_throughput.py --cli-events 0   # no command run
 
 MariaDB: ``--mariadb-url`` (default: ``REPLICATOR_TEST_MARIADB_URL`` or
 ``mysql+pymysql://root@127.0.0.1:3306/test``); the run creates databases
 ``replicator_bench_<hex>_<role>`` and drops them afterwards. SQLite and
-DuckDB files live in a temporary directory. The script exits with status 1
-when MariaDB is unreachable or a check fails (event count, replicated rows).
+DuckDB files (and the command's configuration) live in a temporary
+directory. ``--cli-events 0`` skips the command's measurement. The script
+exits with status 1 when MariaDB is unreachable or a check fails (event
+count, replicated rows, the command's exit status or counts); a ratio below
+its target is reported as BELOW, not as a failure.
 """
 
 from __future__ import annotations
@@ -54,9 +76,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import json
 import os
 import platform
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -79,11 +103,15 @@ import replicator
 from replicator.resources import load_example
 
 DEFAULT_EVENTS = 100_000
+DEFAULT_CLI_EVENTS = 50_000  # events the whole `replicator sync` process moves
 TRANSACTION = 500  # events per source transaction while generating
 UPDATE_SHARE = 0.3
 BATCH = 1000  # replication batch size and raw-limit batch size
 COMMIT_EVERY = (1, 10)  # raw limit: commit after every batch / every 10 batches
-TARGET_RATIO = 0.4
+TARGET_RATIO = 0.5  # a pass, to its target's raw limit
+CLI_TARGET_RATIO = 0.4  # the whole `replicator sync` process, to the raw limit
+PEER_TARGET = 10.0  # events/s, as a multiple of the eventsourcing peer's
+CLI_DIRECTIONS = ("up", "bidirectional")  # --cli-direction: the command's --direction
 SEED = 42
 MARIADB_ENV = "REPLICATOR_TEST_MARIADB_URL"
 MARIADB_DEFAULT_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
@@ -453,6 +481,7 @@ class Pass:
     conflicts: int
     parked: int
     failed: int
+    passes: float | None = None  # the command's own pass seconds (whole-process runs)
 
     @property
     def rate(self) -> float:
@@ -763,6 +792,123 @@ def peer(workload: Workload, events: int, directory: Path) -> PeerResult:
     )
 
 
+# --- 5. the whole command: `replicator sync` ---------------------------------------------
+
+
+def replicator_command() -> Path:
+    """The ``replicator`` console script installed beside this interpreter."""
+    command = Path(sys.executable).with_name("replicator")
+    if not command.exists():
+        raise BenchmarkError(f"no replicator command at {command} (install the project)")
+    return command
+
+
+def toml_string(text: str) -> str:
+    return json.dumps(text)  # a JSON string is a valid TOML basic string
+
+
+def write_config(path: Path, local_url: str, server_url: str) -> None:
+    """A ``replicator.toml`` with the SQLite file as local ``local`` and the MariaDB server."""
+    path.write_text(
+        "[nodes.local]\n"
+        f"url = {toml_string(local_url)}\n"
+        'role = "local"\n\n'
+        "[nodes.server]\n"
+        f"url = {toml_string(server_url)}\n"
+        'role = "server"\n\n'
+        "[replication]\n"
+        f"batch_size = {BATCH}\n"
+    )
+
+
+def cli_sync(config: Path, events: int, direction: str) -> Pass:
+    """``replicator sync --json`` in a subprocess, timed from its start to its exit.
+
+    Its passes up from the local must read and apply every event; a pass
+    down (``bidirectional``) has nothing to apply: the server's events are
+    all the local's own."""
+    command = [
+        str(replicator_command()),
+        "sync",
+        "--config",
+        str(config),
+        "--direction",
+        direction,
+        "--json",
+    ]
+    gc.collect()
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise BenchmarkError(
+            f"`replicator sync` exited with status {done.returncode}: "
+            f"{(done.stderr.strip() or done.stdout.strip())[-2000:]}"
+        )
+    try:
+        passes = json.loads(done.stdout)["passes"]
+    except (ValueError, KeyError) as e:
+        raise BenchmarkError(f"`replicator sync --json` printed no passes: {done.stdout!r}") from e
+    bad = [p for p in passes if p.get("status", "ok") != "ok" or p.get("error")]
+    if bad:
+        raise BenchmarkError(f"`replicator sync` reported failed passes: {bad}")
+
+    def total(key: str) -> int:
+        return sum(p.get(key, 0) for p in passes)
+
+    result = Pass(
+        seconds=seconds,
+        read=total("read"),
+        applied=total("applied"),
+        skipped=total("skipped"),
+        conflicts=total("conflicts"),
+        parked=total("parked"),
+        failed=total("failed"),
+        passes=sum(p.get("seconds", 0.0) for p in passes),
+    )
+    read_up = sum(p.get("read", 0) for p in passes if p.get("source") == "local")
+    if read_up != events or result.applied != events or result.failed:
+        raise BenchmarkError(
+            f"`replicator sync` read {read_up} from the local, applied {result.applied} and "
+            f"failed {result.failed} of {events} events"
+        )
+    return result
+
+
+def run_cli(
+    workload: Workload,
+    local_url: str,
+    server_url: str,
+    directory: Path,
+    raw_url: str,
+    limit: RawLimit | None,
+    direction: str = "up",
+) -> Direction:
+    """Capture ``workload`` on a fresh SQLite local; ``replicator sync`` it to the server."""
+    name = "SQLite -> MariaDB, `replicator sync` (whole process)"
+    if direction != "up":
+        name += f", --direction {direction}"
+    progress(f"replicator sync: generating {len(workload)} events on the SQLite local")
+    generate(local_url, workload, node="local")
+    expected = read_rows(local_url)
+    if expected != final_rows(workload):
+        raise BenchmarkError("replicator sync: the local's rows differ from the workload's")
+    replicator.migrate(server_url)  # what `replicator init` does for the server (untimed)
+    create_app_tables(server_url)
+    config = directory / "replicator.toml"
+    write_config(config, local_url, server_url)
+    progress("replicator sync: running the command")
+    result = cli_sync(config, len(workload), direction)
+    progress(
+        f"replicator sync: applied {result.applied} in {result.seconds:.2f}s (its passes "
+        f"{result.passes:.2f}s), {result.rate:,.0f} events/s"
+    )
+    check_rows("`replicator sync` server", expected, server_url)
+    if limit is None:
+        limit = raw_limit(raw_url, workload, expected)
+    return Direction(name, "server", result, limit, target_ratio=CLI_TARGET_RATIO, whole=True)
+
+
 # --- output ------------------------------------------------------------------------------
 
 
@@ -772,10 +918,24 @@ class Direction:
     target: str
     result: Pass
     limit: RawLimit
+    target_ratio: float = TARGET_RATIO
+    whole: bool = False  # the whole `replicator sync` process, not one in-process pass
 
     @property
     def ratio(self) -> float:
         return self.result.rate / self.limit.rate
+
+    def peer_ratio(self, peer_result: PeerResult | None) -> float | None:
+        return None if peer_result is None else self.result.rate / peer_result.rate
+
+    def verdict(self, peer_result: PeerResult | None) -> str:
+        below = []
+        if self.ratio < self.target_ratio:
+            below.append("BELOW limit target")
+        peer_ratio = self.peer_ratio(peer_result)
+        if peer_ratio is not None and peer_ratio < PEER_TARGET:
+            below.append("BELOW peer target")
+        return ", ".join(below) or "ok"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -789,37 +949,54 @@ def cadence(every: int) -> str:
 
 
 def report(directions: Sequence[Direction], peer_result: PeerResult | None, args) -> str:
+    cli = [d for d in directions if d.whole]
     lines = [
         "## Replication throughput",
         "",
         f"Workload: {args.events} captured events (~{UPDATE_SHARE:.0%} updates, the rest "
         f"inserts) on the reference app's tables, {TRANSACTION} events per source "
         f"transaction; one replication pass, batch_size={BATCH}. Raw limit: the same "
-        f"{args.events} row images upserted in batches of {BATCH} with the target "
+        f"row images upserted in batches of {BATCH} with the target "
         "driver's fastest batched upsert (the faster commit cadence).",
+    ]
+    if cli:
+        lines.append(
+            f"`replicator sync` (whole process): {args.cli_events} events of the same mix "
+            "captured on a SQLite local, moved by `replicator sync --direction "
+            f"{args.cli_direction} --json` (batch_size = {BATCH}) in a subprocess, timed "
+            "from its start to its "
+            f"exit; its raw limit is the same {args.cli_events} row images upserted into MariaDB."
+        )
+    lines += [
         f"Python {platform.python_version()}, SQLAlchemy {sa.__version__}, "
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs.",
         "",
     ]
-    rows = [
-        [
-            d.name,
-            str(d.result.applied),
-            f"{d.result.seconds:.2f}",
-            f"{d.result.rate:,.0f}",
-            f"{d.limit.rate:,.0f}",
-            f"{d.ratio:.2f}",
-            "ok" if d.ratio >= TARGET_RATIO else "BELOW",
-        ]
-        for d in directions
-    ]
+    rows = []
+    for d in directions:
+        peer_ratio = d.peer_ratio(peer_result)
+        rows.append(
+            [
+                d.name,
+                str(d.result.applied),
+                f"{d.result.seconds:.2f}",
+                f"{d.result.rate:,.0f}",
+                f"{d.limit.rate:,.0f}",
+                f"{d.ratio:.2f}",
+                f">= {d.target_ratio}",
+                "skipped" if peer_ratio is None else f"{peer_ratio:.1f}x",
+                d.verdict(peer_result),
+            ]
+        )
     header = [
         "direction",
         "events",
         "seconds",
         "events/s",
         "raw limit rows/s",
-        f"ratio to limit (target >= {TARGET_RATIO})",
+        "ratio to limit",
+        "target",
+        f"ratio to eventsourcing (target >= {PEER_TARGET:g}x)",
         "verdict",
     ]
     lines += [markdown_table(header, rows), ""]
@@ -832,29 +1009,38 @@ def report(directions: Sequence[Direction], peer_result: PeerResult | None, args
             str(d.result.conflicts),
             str(d.result.parked),
             str(d.result.failed),
+            f"{d.result.passes if d.result.passes is not None else d.result.seconds:.2f}",
             *(f"{d.limit.rate_for(every):,.0f}" for every in COMMIT_EVERY),
             cadence(d.limit.best),
         ]
         for d in directions
     ]
     header = ["direction", "read", "applied", "skipped", "conflicts", "parked", "failed"]
+    header += ["seconds in passes"]
     header += [f"raw rows/s, commit {cadence(every)}" for every in COMMIT_EVERY]
     header += ["limit uses"]
     lines += ["### Pass results and raw limits", "", markdown_table(header, detail), ""]
+    if cli:
+        lines.append(
+            "Seconds in passes: for `replicator sync`, the passes' own seconds from its JSON "
+            "output; the rest of the process time is start-up, configuration, connections "
+            "and output."
+        )
     lines.append(
         "Checks passed: every source outbox held exactly one event per write; every target "
         "(and every raw-limit run) held exactly the source's rows"
+        + ("" if not cli else "; `replicator sync` exited 0 and applied every event")
         + ("." if peer_result is None else "; the peer processed and tracked every event.")
     )
     if peer_result is None:
         lines.append("Peer: skipped (--skip-peer).")
     else:
-        ratios = ", ".join(f"{d.name} {d.result.rate / peer_result.rate:.1f}x" for d in directions)
+        ratios = ", ".join(f"{d.name} {d.peer_ratio(peer_result):.1f}x" for d in directions)
         lines.append(
             f"Peer: eventsourcing {peer_result.version} ProcessApplication following a "
             f"notification log on SQLite: {peer_result.events} events in "
             f"{peer_result.seconds:.2f} s = {peer_result.rate:,.0f} events/s; "
-            f"our ratio to it: {ratios}."
+            f"our ratio to it (target >= {PEER_TARGET:g}x): {ratios}."
         )
     return "\n".join(lines)
 
@@ -882,9 +1068,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="events the eventsourcing peer processes (default: --events); it is slow",
     )
     parser.add_argument("--skip-peer", action="store_true", help="do not run the peer")
+    parser.add_argument(
+        "--cli-events",
+        type=int,
+        default=DEFAULT_CLI_EVENTS,
+        help=f"events the whole `replicator sync` process moves from a SQLite local to "
+        f"MariaDB (default {DEFAULT_CLI_EVENTS}; 0 skips it)",
+    )
+    parser.add_argument(
+        "--cli-direction",
+        choices=CLI_DIRECTIONS,
+        default="up",
+        help="the command's --direction: up (default; the local's passes to the server "
+        "only) or bidirectional (also the passes down, as a plain `replicator sync`)",
+    )
     args = parser.parse_args(argv)
     if args.events < 1000:
         parser.error("--events must be at least 1000")
+    if args.cli_events and args.cli_events < 1000:
+        parser.error("--cli-events must be 0 or at least 1000")
     if args.peer_events is None:
         args.peer_events = args.events
     if not 1 <= args.peer_events <= args.events:
@@ -932,9 +1134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         directions = []
         with ExitStack() as stack:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="repl-bench-")))
+            roles = ("target", "raw", "source") + (("cli",) if args.cli_events else ())
             db = {
                 role: stack.enter_context(bench_mariadb.database(server, f"{prefix}_{role}"))
-                for role in ("target", "raw", "source")
+                for role in roles
             }
             directions.append(
                 run_direction(
@@ -954,6 +1157,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"duckdb:///{tmp / 'raw.duckdb'}",
                 )
             )
+            if args.cli_events:
+                same = args.cli_events == args.events  # the same workload: same raw limit
+                directions.append(
+                    run_cli(
+                        workload if same else make_workload(args.cli_events),
+                        f"sqlite:///{tmp / 'cli-local.sqlite'}",
+                        db["cli"],
+                        tmp,
+                        db["raw"],
+                        directions[0].limit if same else None,
+                        args.cli_direction,
+                    )
+                )
             peer_result = None
             if not args.skip_peer:
                 progress(f"peer: eventsourcing, {args.peer_events} events")
