@@ -1346,3 +1346,85 @@ def test_a_lock_has_one_holder_at_a_time(engine):
     finally:
         for lock in (first, second, other):
             lock.release()
+
+
+_SAMPLES = [
+    "text",
+    "",
+    0,
+    2**70,
+    1.5,
+    True,
+    None,
+    b"\x00\xff",
+    decimal.Decimal("1.10"),
+    dt.datetime(2024, 5, 6, 7, 8, 9, 123456),
+    dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC),
+    dt.date(2024, 5, 6),
+    dt.time(7, 8, 9, 5),
+    dt.timedelta(seconds=3),
+    __import__("uuid").UUID(int=5),
+]
+
+
+def test_written_returns_values_of_the_types_as_given_as_they_are(engine):
+    """A batch writes a row without calling ``written`` per value when all its
+    values' types are in ``as_given`` and no column is a JSON column: that
+    holds only if ``written`` returns such values unchanged for any other
+    column kind. A type left out of ``as_given`` is one it converts."""
+    with engine.connect() as conn:
+        dialect = for_connection(conn)
+    for value in _SAMPLES:
+        for kind in (None, str, int, float, type(value)):
+            out = dialect.written(value, kind)
+            if type(value) in dialect.as_given:
+                assert out is value, (dialect.name, value, kind)
+    converted = [v for v in _SAMPLES if dialect.written(v, None) is not v]
+    assert converted == [v for v in converted if type(v) not in dialect.as_given]
+    assert {str, int, float, bool, type(None)} <= dialect.as_given
+
+
+_AWKWARD_TEXTS = [
+    "50% off %s %% %(name)s %d",
+    "it's a \\ back'slash \" \\' ''",
+    "nul \x00 newline \n return \r ctrl-z \x1a tab \t",
+    "'); DROP TABLE items; --",
+    "é ü 😀 ∑",
+    "",
+]
+
+
+def _awkward_rows() -> list[tuple]:
+    return [(f"k{i}", text, i - 3, text[::-1]) for i, text in enumerate(_AWKWARD_TEXTS)]
+
+
+def test_values_that_look_like_sql_or_formatting_are_written_as_given(engine):
+    """Every bulk statement binds its values into one multi-row statement (on
+    pymysql, rendered by the replicator: see ``base.renderers``): quotes,
+    backslashes, percent signs and control characters arrive unchanged."""
+    items = _items(metadata := sa.MetaData())
+    metadata.create_all(engine)
+    rows = _awkward_rows()
+    with engine.begin() as conn:
+        dialect = for_connection(conn)
+        dialect.insert_rows(conn, items, ("id", "name", "price", "note"), rows[:3])
+        dialect.upsert_rows(conn, items, ("id", "name", "price", "note"), rows[2:])
+        stored = _all(conn, items)
+    assert stored == rows, f"expected the rows as given, got {stored}"
+
+
+@pytest.mark.backends("mariadb")
+def test_texts_are_written_as_given_when_the_session_takes_no_backslash_escapes(engine):
+    """NO_BACKSLASH_ESCAPES changes how a text must be quoted; the driver's
+    own binding is used then."""
+    items = _items(metadata := sa.MetaData())
+    metadata.create_all(engine)
+    rows = _awkward_rows()
+    with engine.begin() as conn:
+        conn.exec_driver_sql("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')")
+        for_connection(conn).upsert_rows(conn, items, ("id", "name", "price", "note"), rows)
+        stored = _all(conn, items)
+        conn.exec_driver_sql(
+            "SET SESSION sql_mode = REPLACE(@@sql_mode, 'NO_BACKSLASH_ESCAPES', '')"
+        )
+    assert stored == rows, f"expected the rows as given, got {stored}"

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from replicator import values
-from replicator.dialects.base import Dialect, column_type, last_position
+from replicator.dialects.base import Dialect, column_type, last_position, renderers
 from replicator.errors import SchemaError
 from replicator.locks import Lock
 from replicator.tables import runners
@@ -54,6 +54,8 @@ class MariaDBDialect(Dialect):
     json_set, json_get, greatest = "JSON_SET", "JSON_VALUE", "GREATEST"
     concurrent_writers = True
     embedded = False
+
+    as_given = Dialect.as_given - {uuid.UUID}
 
     def written(self, value: Any, kind: Kind = None) -> Any:
         # pymysql would write a UUID as its 36-character text, which does not
@@ -443,3 +445,34 @@ def _lock_engine(engine: sa.Engine) -> sa.Engine:
             _lift_read_timeout(lock_engine)
         _lock_engines[engine] = lock_engine
     return _lock_engines[engine]
+
+
+def _render_pymysql(conn: Connection, statement: str, params: tuple) -> str | None:
+    """``statement`` with ``params`` bound as pymysql's ``Cursor.execute``
+    binds them (``statement % tuple(map(connection.escape, params))``),
+    with its own escaping, but texts, integers and NULLs without its call
+    chain per value (a fifth of a pass into MariaDB was that chain). None
+    when the session has NO_BACKSLASH_ESCAPES, which changes how texts are
+    escaped: pymysql binds them then."""
+    from pymysql.constants.SERVER_STATUS import SERVER_STATUS_NO_BACKSLASH_ESCAPES
+    from pymysql.converters import escape_string as text
+
+    driver = conn.connection.driver_connection
+    if driver.server_status & SERVER_STATUS_NO_BACKSLASH_ESCAPES:
+        return None
+    escape = driver.escape
+    return statement % tuple(
+        [
+            f"'{text(v)}'"
+            if type(v) is str
+            else str(v)
+            if type(v) is int
+            else "NULL"
+            if v is None
+            else escape(v)
+            for v in params
+        ]
+    )
+
+
+renderers["pymysql"] = _render_pymysql

@@ -25,6 +25,8 @@ from replicator.values import Kind
 class SQLiteDialect(Dialect):
     name = "sqlite"
 
+    as_given = Dialect.as_given - {Decimal, uuid.UUID, dt.datetime, dt.time}
+
     def written(self, value: Any, kind: Kind = None) -> Any:
         # sqlite3 binds neither decimals, UUIDs nor times. A NUMERIC column
         # takes a decimal's text as the number (SQLAlchemy binds a float: the
