@@ -110,7 +110,7 @@ def load(
         )
         for key, version, hlc, origin, deleted in conn.exec_driver_sql(
             head + condition, (table, *params)
-        ):
+        ).all():
             found[key] = RowVersion(_json_decode(version), hlc, origin, bool(deleted))
     return found
 

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import chain
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -656,14 +657,20 @@ def hoisted(
 ) -> tuple[Sequence[str], Sequence[Row], Mapping[str, Any]]:
     """Move the ``candidates`` whose value is the same in every row into the constants."""
     uniform = [
-        i for i, c in enumerate(columns) if c in candidates and len({r[i] for r in rows}) == 1
+        i
+        for i, c in enumerate(columns)
+        if c in candidates and len(set(map(itemgetter(i), rows))) == 1
     ]
     if not uniform or not rows:
         return columns, rows, constants
     keep = [i for i in range(len(columns)) if i not in uniform]
+    if len(keep) > 1:  # the rows rebuilt in C: itemgetter gives a tuple
+        narrowed = list(map(itemgetter(*keep), rows))
+    else:
+        narrowed = [tuple(row[i] for i in keep) for row in rows]
     return (
         [columns[i] for i in keep],
-        [tuple(row[i] for i in keep) for row in rows],
+        narrowed,
         {**constants, **{columns[i]: rows[0][i] for i in uniform}},
     )
 
