@@ -365,7 +365,7 @@ class _Batch:
                 Order.AFTER if seen is None else versions.compare(entry.event.version, seen.version)
             )
             if order is Order.AFTER:
-                self._take(table, entry)
+                self._take(table, entry, seen)
             elif order is Order.CONCURRENT and self.settle is not None:
                 conflicted[key] = [entry]
             elif order is Order.EQUAL and self.restore:
@@ -439,7 +439,7 @@ class _Batch:
                 else versions.compare(entries[i].event.version, seen.version)
             )
             if order is Order.AFTER:
-                self._take(table, entries[i])
+                self._take(table, entries[i], seen)
                 i += 1
             elif order is not Order.CONCURRENT:
                 self.counts.skipped += 1
@@ -459,11 +459,10 @@ class _Batch:
                     self._settle(table, key, run, seen, content)
                 i = j
 
-    def _take(self, table: str, entry: Entry) -> None:
-        """Apply a change that descends from the row's version."""
+    def _take(self, table: str, entry: Entry, seen: RowVersion | None) -> None:
+        """Apply a change that descends from the row's version (``seen``)."""
         event = entry.event
         deleted = event.op is Operation.DELETE
-        seen = self.current[table].get(entry.row_key)
         existed = seen is not None and not seen.deleted
         # Only the columns the change changed, for a row other rows may refer
         # to (DuckDB refuses to rewrite an indexed column of such a row, even

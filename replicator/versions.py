@@ -134,7 +134,7 @@ def load_many(
         "SELECT table_name, row_key, version, hlc, origin, deleted "
         f"FROM replicator_row_versions WHERE {condition}",
         params,
-    ):
+    ).all():
         found[table][key] = RowVersion(_json_decode(version), hlc, origin, bool(deleted))
     return found
 
