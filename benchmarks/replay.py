@@ -13,12 +13,14 @@
   Afterwards the node's table must equal the log's final rows.
 * **Raw rate**: the same row images (the row after every event, in log
   order) loaded into a fresh ``readings`` table on the same kind of
-  database, 1,000 per batch, with its fastest bulk path: SQLite
-  ``executemany`` of ``INSERT ... ON CONFLICT DO UPDATE``; DuckDB one
-  columnar ``INSERT ... SELECT unnest(?) ... ON CONFLICT DO UPDATE`` per
-  batch (compacted to the last image per key); a commit every 10 batches.
+  database, 1,000 per batch, with its fastest bulk path: on SQLite the
+  faster of ``executemany`` of a one-row ``INSERT ... ON CONFLICT DO
+  UPDATE`` and one multi-row ``VALUES`` upsert per batch (both run; the
+  second is about twice as fast); on DuckDB one columnar ``INSERT ... SELECT
+  unnest(?) ... ON CONFLICT DO UPDATE`` per batch (compacted to the last
+  image per key); a commit every 10 batches.
 
-Targets: at least 0.4 of the raw rate; peak RSS under 300 MB, flat from
+Targets: at least 0.5 of the raw rate; peak RSS under 250 MB, flat from
 250k to 1M events.
 
 Run from the repository root::
@@ -49,8 +51,8 @@ from replicator.node import Node
 
 BATCH = 1000
 UPDATE_SHARE = 0.3
-TARGET_RATIO = 0.4
-RSS_LIMIT_MB = 300
+TARGET_RATIO = 0.5
+RSS_LIMIT_MB = 250
 RAW_COMMIT_EVERY = 10
 SEED = 7
 
@@ -148,8 +150,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child_raw(log_path: str, url: str, queue: multiprocessing.Queue) -> None:
-    """Load the row images with the database's fastest bulk upsert."""
+def child_raw(log_path: str, url: str, method: str, queue: multiprocessing.Queue) -> None:
+    """Load the row images with one of the database's bulk upserts: on SQLite
+    ``executemany`` of a one-row statement, or (``method="values"``) one
+    multi-row ``VALUES`` statement per batch, which SQLite takes about twice
+    as fast; on DuckDB the columnar statement."""
     log = sa.create_engine(f"sqlite:///{log_path}")
     with log.connect() as conn:
         images = [tuple(e.row.values()) for _, e in outbox.read(conn)]
@@ -177,6 +182,14 @@ def child_raw(log_path: str, url: str, queue: multiprocessing.Queue) -> None:
                         + upsert,
                         [list(c) for c in zip(*last.values(), strict=True)],
                     )
+                elif method == "values":
+                    cursor.execute(
+                        "INSERT INTO readings VALUES "
+                        + ", ".join(["(?, ?, ?, ?)"] * len(part))
+                        + " "
+                        + upsert,
+                        [v for row in part for v in row],
+                    )
                 else:
                     cursor.executemany("INSERT INTO readings VALUES (?, ?, ?, ?) " + upsert, part)
     seconds = time.perf_counter() - clock
@@ -196,9 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# writing a log of {events} events", file=sys.stderr)
             final = make_log(log_path, events)
             for backend in ("duckdb", "sqlite"):
+                methods = ["columnar"] if backend == "duckdb" else ["executemany", "values"]
                 urls = [
                     f"{backend}:///{Path(tmp) / f'{kind}-{events}.{backend}'}"
-                    for kind in ("replay", "raw")
+                    for kind in ("replay", *methods)
                 ]
                 for url in urls:
                     fresh_node(url)
@@ -206,9 +220,13 @@ def main(argv: list[str] | None = None) -> int:
                 read, seconds, rss, rows = in_child(child_replay, str(log_path), urls[0])
                 if read != events or rows != final:
                     raise SystemExit(f"{backend}: the replayed table differs from the log")
-                loaded, raw_seconds, _, _ = in_child(child_raw, str(log_path), urls[1])
-                rate, raw_rate = events / seconds, loaded / raw_seconds
-                lines.append((backend, events, seconds, rate, raw_rate, rss))
+                raw: dict[str, float] = {}
+                for method, url in zip(methods, urls[1:], strict=True):
+                    loaded, raw_seconds, _, _ = in_child(child_raw, str(log_path), url, method)
+                    raw[method] = loaded / raw_seconds
+                best = max(raw, key=raw.__getitem__)
+                rate, raw_rate = events / seconds, raw[best]
+                lines.append((backend, events, seconds, rate, raw_rate, best, rss))
                 print(
                     f"# {backend} {events}: {rate:,.0f} events/s, raw {raw_rate:,.0f} rows/s, "
                     f"peak RSS {rss:.0f} MB",
@@ -220,14 +238,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{platform.system()} {platform.machine()}.\n"
     )
     print(
-        f"| node | events | seconds | events/s | raw rows/s | ratio (target >= {TARGET_RATIO}) "
-        f"| peak RSS MB (target < {RSS_LIMIT_MB}) |"
+        "| node | events | seconds | events/s | raw rows/s | raw method "
+        f"| ratio (target >= {TARGET_RATIO}) | peak RSS MB (target < {RSS_LIMIT_MB}) |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for backend, events, seconds, rate, raw_rate, rss in lines:
+    print("|---|---|---|---|---|---|---|---|")
+    for backend, events, seconds, rate, raw_rate, method, rss in lines:
         print(
             f"| {backend} | {events:,} | {seconds:.1f} | {rate:,.0f} | {raw_rate:,.0f} "
-            f"| {rate / raw_rate:.3f} | {rss:.0f} |"
+            f"| {method} | {rate / raw_rate:.3f} | {rss:.0f} |"
         )
     return 0
 
