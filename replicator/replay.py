@@ -77,7 +77,8 @@ def first_position_since(conn: Connection, moment: dt.datetime) -> int:
 
 
 #: Batches applied per node transaction (a failure rolls back that many at
-#: most; DuckDB 2.0 fails far larger upsert transactions internally).
+#: most; DuckDB 2.0 fails far larger upsert transactions internally). One
+#: on DuckDB, which checks foreign keys against a transaction's start.
 COMMIT_EVERY = 10
 
 
@@ -185,6 +186,12 @@ def replay(
             finally:
                 transaction.rollback()
     else:
+        # DuckDB cannot delete a parent in the transaction that deleted its
+        # children (see Dialect.deletes_children_first_in_own_transaction):
+        # a batch per transaction there, so that later batches' deletes go.
+        batches_per_transaction = (
+            1 if node.dialect.deletes_children_first_in_own_transaction else COMMIT_EVERY
+        )
         while position < upto:
             # Several batches per transaction: nothing but the checkpoints at
             # the end tells where a replay stands, so committing each batch
@@ -192,7 +199,7 @@ def replay(
             with node.begin() as tconn:
                 node.dialect.exclude_writers(tconn)
                 logs = checkpoints.followed(tconn, node.name)
-                for _ in range(COMMIT_EVERY):
+                for _ in range(batches_per_transaction):
                     position = apply(tconn, position, logs)
                     if position >= upto:
                         break

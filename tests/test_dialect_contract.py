@@ -1398,14 +1398,16 @@ def _awkward_rows() -> list[tuple]:
     return [(f"k{i}", text, i - 3, text[::-1]) for i, text in enumerate(_AWKWARD_TEXTS)]
 
 
-def test_values_that_look_like_sql_or_formatting_are_written_as_given(engine):
+@pytest.mark.parametrize("options", [{}, {"no_parameters": True}], ids=["default", "no_params"])
+def test_values_that_look_like_sql_or_formatting_are_written_as_given(engine, options):
     """Every bulk statement binds its values into one multi-row statement (on
     pymysql, rendered by the replicator: see ``base.renderers``): quotes,
-    backslashes, percent signs and control characters arrive unchanged."""
+    backslashes, percent signs and control characters arrive unchanged, also
+    on an app's engine that sends statements without parameters as they are."""
     items = _items(metadata := sa.MetaData())
     metadata.create_all(engine)
     rows = _awkward_rows()
-    with engine.begin() as conn:
+    with engine.execution_options(**options).begin() as conn:
         dialect = for_connection(conn)
         dialect.insert_rows(conn, items, ("id", "name", "price", "note"), rows[:3])
         dialect.upsert_rows(conn, items, ("id", "name", "price", "note"), rows[2:])
@@ -1428,3 +1430,32 @@ def test_texts_are_written_as_given_when_the_session_takes_no_backslash_escapes(
             "SET SESSION sql_mode = REPLACE(@@sql_mode, 'NO_BACKSLASH_ESCAPES', '')"
         )
     assert stored == rows, f"expected the rows as given, got {stored}"
+
+
+@pytest.mark.backends("mariadb")
+def test_a_value_the_driver_refuses_fails_as_the_databases_refusal(engine):
+    """A value pymysql refuses to bind (NaN) fails through SQLAlchemy, as a
+    DBAPIError naming the statement, although the replicator renders the
+    other values itself: its callers tell a refused row by that error."""
+    items = _items(metadata := sa.MetaData())
+    metadata.create_all(engine)
+    with pytest.raises(DBAPIError), engine.begin() as conn:
+        for_connection(conn).upsert_rows(
+            conn, items, ("id", "name", "price"), [("k1", "n", float("nan"))], unique=True
+        )
+
+
+def test_an_upsert_of_rows_given_as_one_per_key_still_keeps_the_last_of_equal_keys(engine):
+    """``unique``: the caller holds one row per row key; two row keys can
+    still hold keys the database (or Python) takes as one (1 and 1.0): the
+    last row given wins, as for any upsert."""
+    numbers = sa.Table(
+        "numbered", metadata := sa.MetaData(), _key("n", sa.Integer), sa.Column("v", sa.String(8))
+    )
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        for_connection(conn).upsert_rows(
+            conn, numbers, ("n", "v"), [(1, "first"), (1.0, "last")], unique=True
+        )
+        stored = _all(conn, numbers)
+    assert stored == [(1, "last")], f"expected the last row of the key, got {stored}"

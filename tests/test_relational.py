@@ -445,6 +445,34 @@ def test_a_servers_cascade_delete_arrives_on_the_local(cluster):
     assert cluster.review() == []
 
 
+def test_a_replay_deletes_children_then_their_parent_from_later_transactions(cluster):
+    """A replay applies several batches per transaction, but DuckDB refuses to
+    delete a parent in the transaction that deleted its children: the
+    children's delete and the parent's, from two source transactions in two
+    batches, both arrive (one batch per transaction there)."""
+    from replicator.replay import replay
+
+    server, local = cluster.server, cluster.locals[0]
+    add_user(server, "ada@example.org")
+    chat = add_conversation(server, "ada@example.org", "Short", ["one", "two"])
+    cluster.sync()
+    with server.engine.connect() as conn:
+        start = outbox.head(conn) + 1
+    with server.sessions.begin() as session:  # the messages first, on their own
+        for message in list(app.find_conversation(session, chat).messages):
+            session.delete(message)
+    with server.sessions.begin() as session:  # then the conversation
+        session.delete(app.find_conversation(session, chat))
+
+    with cluster.replicator() as r:
+        nodes = {n.name: n for n in (r.node("server"), r.node("phone"))}
+        result = replay(nodes["server"], nodes["phone"], start=start, batch_size=1)
+
+    assert (result.read, result.deleted) == (3, 3), result
+    assert business(local)["conversations"] == {}
+    assert orphans(local) == []
+
+
 # --- d. DuckDB sequences -------------------------------------------------------
 
 

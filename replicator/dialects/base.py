@@ -699,14 +699,14 @@ def execute_values(
         rendered = None if render is None else render(conn, statement, params)
         if rendered is None:
             result = conn.exec_driver_sql(statement, params)
-        else:
-            # SQLAlchemy hands the driver empty parameters, which it still
-            # formats the text with: its percent signs are doubled for that.
-            result = conn.exec_driver_sql(rendered.replace("%", "%%"))
+        else:  # the text as it is, no parameters (else the driver formats it again)
+            result = conn.exec_driver_sql(rendered, execution_options=_AS_IT_IS)
         if returning:
             returned.extend(tuple(r) for r in result)
     return returned
 
+
+_AS_IT_IS = {"no_parameters": True}
 
 #: By DB-API driver name: a function that binds a statement's ``%s``
 #: parameters into its text exactly as the driver would, only faster, or

@@ -267,9 +267,10 @@ class DuckDBDialect(Dialect):
         if not rows:
             return
         # In one statement DuckDB keeps the *first* row of a repeated key; the
-        # replicator needs the last write, so the batch is compacted first.
-        if not unique:
-            rows = last_per_key(table, columns, rows)
+        # replicator needs the last write, so the batch is compacted first,
+        # even when ``unique``: rows under different row keys can still hold
+        # keys Python takes as equal (1, 1.0, True).
+        rows = last_per_key(table, columns, rows)
         conn.exec_driver_sql(
             f"INSERT INTO {quote(conn, table.name)} {_columnar_select(conn, columns)} "
             f"{self._conflict_clause(conn, table, columns, update)}",

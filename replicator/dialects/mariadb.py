@@ -461,6 +461,13 @@ def _render_pymysql(conn: Connection, statement: str, params: tuple) -> str | No
     if driver.server_status & SERVER_STATUS_NO_BACKSLASH_ESCAPES:
         return None
     escape = driver.escape
+    try:
+        return _bound(statement, params, escape, text)
+    except Exception:  # a value pymysql refuses (NaN, a dict): let it refuse it,
+        return None  # through SQLAlchemy, which names the statement
+
+
+def _bound(statement: str, params: tuple, escape: Any, text: Any) -> str:
     return statement % tuple(
         [
             f"'{text(v)}'"
