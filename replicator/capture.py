@@ -31,7 +31,9 @@ again (no echo).
 
 from __future__ import annotations
 
+import functools
 import itertools
+import operator
 import threading
 import weakref
 from collections import defaultdict
@@ -87,21 +89,38 @@ class TablePlan:
                 row[name] = as_stored(value)
         return row
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         return str(self.table.name)
 
+    @functools.cached_property
+    def key_set(self) -> frozenset[str]:
+        """:attr:`key_columns` as a set."""
+        return frozenset(self.key_columns)
+
+    @functools.cached_property
+    def names(self) -> tuple[str, ...]:
+        """The column names of :attr:`columns`."""
+        return tuple(name for name, _ in self.columns)
+
     def key_of(self, row: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple(row[c] for c in self.key_columns)
+        return self._key_getter(row)
+
+    @functools.cached_property
+    def _key_getter(self) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+        if len(self.key_columns) == 1:
+            (column,) = self.key_columns
+            return lambda row: (row[column],)
+        return operator.itemgetter(*self.key_columns)
 
     def rows(self, result: Iterable[Any]) -> list[dict[str, Any]]:
         """Rows of a SELECT of :attr:`selected` as dicts by column name, their
         values as stored (see :meth:`normalize`)."""
-        names = [name for name, _ in self.columns]
+        names = self.names
         return [self.normalize(dict(zip(names, row, strict=True))) for row in result]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Change:
     """A row change seen by capture, before it gets its version."""
 
@@ -139,9 +158,11 @@ class Capture:
         """Stop capturing this engine's writes, and take the wrappers of the
         legacy bulk methods off the session classes no other capture needs
         them on (idempotent)."""
+        global _concurrent_writers
         with _lock:
             if _captures.get(self.engine) is self:
                 del _captures[self.engine]
+            _concurrent_writers = any(c.dialect.concurrent_writers for c in _captures.values())
             _release_legacy_methods(self)
 
     # --- mapping -------------------------------------------------------------
@@ -223,35 +244,42 @@ class Capture:
         """Version the changes and append their events: per table, one version
         upsert and one read; one outbox insert for the lot."""
         batch: list[tuple[str, ChangeEvent]] = []
+        node, dialect, clock = self.node, self.dialect, self.clock
+        delete = Operation.DELETE
         for plan, table_changes in changes:
             if self.scope:
                 self._check_scope(plan, table_changes)
+            table, key_columns = plan.name, plan.key_columns
             for round_ in _distinct_keys(table_changes):
                 keys = [row_key(change.key) for change in round_]
-                first = self.clock.reserve(len(round_))
+                first = clock.reserve(len(round_))
                 bumps = [
-                    versions.Bump(key, first + i, change.op is Operation.DELETE)
-                    for i, (key, change) in enumerate(zip(keys, round_, strict=True))
+                    versions.Bump(key, hlc, change.op is delete)
+                    for hlc, key, change in zip(itertools.count(first), keys, round_)
                 ]
-                advanced = versions.advance(conn, self.dialect, plan.name, self.node, bumps)
-                for key, change, (version, hlc) in zip(keys, round_, advanced, strict=True):
-                    event = ChangeEvent(
-                        event_id=new_id(),
-                        origin=self.node,
-                        table=plan.name,
-                        key=dict(zip(plan.key_columns, change.key, strict=True)),
-                        op=change.op,
-                        row=change.row,
-                        changed=change.changed,
-                        version=version,
-                        hlc=hlc,
-                        txid=txid,
+                advanced = versions.advance(conn, dialect, table, node, bumps)
+                batch += [
+                    (
+                        key,
+                        ChangeEvent(
+                            event_id=new_id(),
+                            origin=node,
+                            table=table,
+                            key=dict(zip(key_columns, change.key, strict=True)),
+                            op=change.op,
+                            row=change.row,
+                            changed=change.changed,
+                            version=version,
+                            hlc=hlc,
+                            txid=txid,
+                        ),
                     )
-                    batch.append((key, event))
+                    for key, change, (version, hlc) in zip(keys, round_, advanced, strict=True)
+                ]
                 # A change made after seeing a row's last version is ordered after it.
-                self.clock.observe(max(hlc for _, hlc in advanced))
+                clock.observe(max(hlc for _, hlc in advanced))
         if batch:
-            outbox.append(conn, self.dialect, batch)
+            outbox.append(conn, dialect, batch)
 
     def _check_scope(self, plan: TablePlan, changes: list[_Change]) -> None:
         """Refuse a row this node's scope excludes: the server would never
@@ -278,6 +306,8 @@ def _distinct_keys(changes: list[_Change]) -> list[list[_Change]]:
     A key repeats within one flush only when primary keys are swapped; the
     second change must then descend from the first, so it is versioned after.
     """
+    if len({change.key for change in changes}) == len(changes):
+        return [changes] if changes else []  # the usual case: no key repeats
     rounds: list[list[_Change]] = [[]]
     seen: set[tuple[Any, ...]] = set()
     for change in changes:
@@ -328,6 +358,9 @@ def _plan(mapper: Mapper, table: sa.Table, dialect: Dialect, bind: sa.Dialect) -
 _lock = threading.Lock()
 _captures: weakref.WeakKeyDictionary[Engine, Capture] = weakref.WeakKeyDictionary()
 _hooks_installed = False
+#: Whether a capture may have a database whose transactions write
+#: concurrently (see _join_writers); set by capture(), recomputed by stop().
+_concurrent_writers = False
 
 
 def capture(
@@ -360,7 +393,7 @@ def capture(
     name, an unbound session factory, or an engine already captured under
     another node name.
     """
-    global _hooks_installed
+    global _hooks_installed, _concurrent_writers
     if not isinstance(node, str) or not NODE_NAME.match(node):
         raise ConfigurationError(
             f"capture() needs a node name of letters, digits and _.:- (at most 64), "
@@ -417,6 +450,7 @@ def capture(
             _hold_legacy_methods(_session_class(target), existing)
             return existing
         _captures[engine] = new
+        _concurrent_writers = _concurrent_writers or dialect.concurrent_writers
         if not _hooks_installed:
             # Session events, public and fired for every session: the
             # handlers return at once for a session whose engine nobody
@@ -529,19 +563,40 @@ def _in_dependency_order(
     The order the unit of work itself uses, so that applying the events in
     outbox order never breaks a foreign key.
     """
-    # Mappers of one table (inheritance) have a plan each: keep them all.
-    by_table: dict[sa.Table, list[TablePlan]] = defaultdict(list)
-    for plan in changes:
-        by_table[plan.table].append(plan)
-    ordered = [plan for table in sort_tables(by_table) for plan in by_table[table]]
+    if len(changes) == 1:
+        ordered = list(changes)  # nothing to sort (the usual flush)
+    else:
+        # Mappers of one table (inheritance) have a plan each: keep them all.
+        by_table: dict[sa.Table, list[TablePlan]] = defaultdict(list)
+        for plan in changes:
+            by_table[plan.table].append(plan)
+        tables = tuple(by_table)
+        order = _table_orders.get(tables)
+        if order is None:
+            if len(_table_orders) >= 1024:
+                _table_orders.clear()
+            order = _table_orders[tables] = tuple(sort_tables(tables))
+        ordered = [plan for table in order for plan in by_table[table]]
+    saves, deletes = [], []
+    for plan in ordered:
+        kept, removed = [], []
+        for change in changes[plan]:
+            # A key change stays a delete followed by its insert, in place.
+            if change.op is Operation.DELETE and not change.key_change:
+                removed.append(change)
+            else:
+                kept.append(change)
+        if kept:
+            saves.append((plan, kept))
+        if removed:
+            deletes.append((plan, removed))
+    deletes.reverse()
+    return saves + deletes
 
-    def removes(change: _Change) -> bool:
-        # A key change stays a delete followed by its insert, in place.
-        return change.op is Operation.DELETE and not change.key_change
 
-    saves = [(p, [c for c in changes[p] if not removes(c)]) for p in ordered]
-    deletes = [(p, [c for c in changes[p] if removes(c)]) for p in reversed(ordered)]
-    return [(plan, part) for plan, part in saves + deletes if part]
+#: The order sort_tables() gives to each set of tables one flush changed
+#: (in the order they came): the same few sets, flush after flush.
+_table_orders: dict[tuple[sa.Table, ...], tuple[sa.Table, ...]] = {}
 
 
 def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
@@ -582,7 +637,7 @@ def _join_writers(session: Session, objects: Iterable[Any]) -> None:
     writers (once per transaction; nothing on SQLite and DuckDB), so that a
     replication pass never decides on a row this transaction is changing;
     see ``dialects/mariadb.py``."""
-    if not any(capture.dialect.concurrent_writers for capture in _captures.values()):
+    if not _concurrent_writers:
         return
     checked: set[Mapper] = set()
     for obj in objects:
@@ -600,13 +655,17 @@ def _give_keys(session: Session) -> None:
     from the node's blocks (see :mod:`replicator.keys`), before the flush
     inserts them."""
     waiting: dict[tuple[Capture, TablePlan], list[Any]] = defaultdict(list)
+    serials: dict[Mapper, tuple[Capture | None, list[TablePlan]]] = {}
     for obj in session.new:
         state = instance_state(obj)
-        capture = _capture_for(session, state.mapper)
-        if capture is None:
-            continue
-        for plan in capture.plans(state.mapper):
-            if plan.serial is not None and state.dict.get(plan.serial[1]) is None:
+        found = serials.get(state.mapper)
+        if found is None:
+            capture = _capture_for(session, state.mapper)
+            plans = capture.plans(state.mapper) if capture is not None else ()
+            found = serials[state.mapper] = (capture, [p for p in plans if p.serial is not None])
+        capture, plans = found
+        for plan in plans:
+            if state.dict.get(plan.serial[1]) is None:
                 waiting[(capture, plan)].append(obj)
     for (capture, plan), objects in waiting.items():
         conn = _connection(session, instance_state(objects[0]).mapper)
@@ -646,10 +705,13 @@ def _after_flush(session: Session, flush_context: Any) -> None:
             old_row = plan.normalize(
                 {name: values[attr] for name, attr in plan.columns if attr in values}
             )
-            identity = plan.normalize(
-                dict(zip(plan.key_columns, _identity_key(plan, state), strict=True))
-            )
-            key = tuple(old_row.get(c, identity[c]) for c in plan.key_columns)
+            if old_row.keys() >= plan.key_set:  # the usual case: the key was loaded
+                key = plan.key_of(old_row)
+            else:
+                identity = plan.normalize(
+                    dict(zip(plan.key_columns, _identity_key(plan, state), strict=True))
+                )
+                key = tuple(old_row.get(c, identity[c]) for c in plan.key_columns)
             flush.add(capture, plan, _Change(Operation.DELETE, key, None, old_row))
 
     for obj in session.new:
@@ -695,9 +757,12 @@ def _after_flush(session: Session, flush_context: Any) -> None:
                 changed[name] = known.get(name)  # set by the flush; previous if read
             row = plan.normalize({name: values.get(attr, _MISSING) for name, attr in plan.columns})
             new_key = plan.key_of(row)
-            old_key = tuple(
-                changed[c] if changed.get(c) is not None else row[c] for c in plan.key_columns
-            )
+            if changed.keys().isdisjoint(plan.key_columns):
+                old_key = new_key  # the usual case: the key did not change
+            else:
+                old_key = tuple(
+                    changed[c] if changed.get(c) is not None else row[c] for c in plan.key_columns
+                )
             if old_key != new_key:
                 # The primary key itself changed: to every other node that is
                 # the old row going away and a new one arriving.

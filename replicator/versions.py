@@ -203,16 +203,46 @@ def advance(
             "origin": node,
             "version": _json_encode({node: 1}).decode(),  # where the row is new
         }
-        returned = dialect.upsert_advancing_version(
-            conn,
-            row_versions,
-            ("row_key", "hlc", "deleted"),
-            [(b.key, b.hlc, b.deleted) for b in bumps],
-            constants,
-            hoist=("deleted",),
-        )
+        deleted = bumps[0].deleted if bumps else False
+        if all(b.deleted is deleted for b in bumps):  # a flush's inserts, updates or deletes
+            constants["deleted"] = deleted
+            columns: tuple[str, ...] = ("row_key", "hlc")
+            rows: list[tuple] = [(b.key, b.hlc) for b in bumps]
+        else:
+            columns, rows = ("row_key", "hlc", "deleted"), list(bumps)  # Bump: key, hlc, deleted
+        returned = dialect.upsert_advancing_version(conn, row_versions, columns, rows, constants)
+        if len(returned) == 1 == len(keys) and returned[0][0] == keys[0]:
+            return [(_json_decode(returned[0][1]), returned[0][2])]
         stored = {key: (_json_decode(version), hlc) for key, version, hlc in returned}
         return [stored[key] for key in keys]
+    if len(bumps) == 1:
+        # One edit a transaction, the usual case of an app: a columnar
+        # statement costs DuckDB about a millisecond more than a plain one
+        # for a single row, and an upsert about twice an update. The row's
+        # version is read by key, then updated, or inserted where it has none.
+        (bump,) = bumps
+        p = placeholders(conn, 1)
+        found = conn.exec_driver_sql(
+            "SELECT version, hlc FROM replicator_row_versions "
+            f"WHERE table_name = {p} AND row_key = {p}",
+            (table, bump.key),
+        ).first()
+        if found is None:
+            version, hlc = {node: 1}, bump.hlc
+            conn.exec_driver_sql(
+                f"INSERT INTO replicator_row_versions ({', '.join(_COLUMNS)}) "
+                f"VALUES ({placeholders(conn, len(_COLUMNS))})",
+                (table, bump.key, _json_encode(version).decode(), hlc, node, bump.deleted),
+            )
+        else:
+            version = increment(_json_decode(found[0]), node)
+            hlc = max(bump.hlc, found[1] + 1)
+            conn.exec_driver_sql(
+                f"UPDATE replicator_row_versions SET version = {p}, hlc = {p}, origin = {p}, "
+                f"deleted = {p} WHERE table_name = {p} AND row_key = {p}",
+                (_json_encode(version).decode(), hlc, node, bump.deleted, table, bump.key),
+            )
+        return [(version, hlc)]
     current = load(conn, table, keys, dialect)
     results: list[tuple[VersionVector, int]] = []
     rows = []

@@ -87,6 +87,9 @@ class TableShape(NamedTuple):
 
 NO_CONSTANTS: Mapping[str, Any] = {}
 
+#: Dialect._insert's statements, by SQLAlchemy dialect and shape.
+_inserts: dict[tuple, tuple[str, str]] = {}
+
 # Rows per multi-row statement: at ~5 values a row, far below SQLite's and
 # MariaDB's limits on bound parameters and statement size.
 CHUNK = 1000
@@ -313,21 +316,56 @@ class Dialect:
         """
         if not self.advances_versions_in_sql:
             raise TypeError(f"{type(self).__name__} does not advance versions in SQL")
+        if not rows:
+            return []
         columns, rows, constants = hoisted(columns, rows, constants, hoist)
-        new = self.incoming.format
-        member = self.json_member(new("origin"))
-        # In the update part a bare column is the stored row. The assignments
-        # read `origin` before it is overwritten (MariaDB evaluates them left
-        # to right; SQLite reads the old row throughout).
-        tail = (
-            f" {self._on_conflict(conn, table)} "
-            f"version = {self.json_set}(version, {member}, "
-            f"COALESCE({self.json_get}(version, {member}), 0) + 1), "
-            f"hlc = {self.greatest}({new('hlc')}, hlc + 1), "
-            f"origin = {new('origin')}, deleted = {new('deleted')} "
-            "RETURNING row_key, version, hlc"
-        )
-        head, group = self._insert(conn, table, columns, constants)
+        # Capture runs this once per flush, mostly with the same table, node
+        # and columns: the statement is built once per engine's SQLAlchemy
+        # dialect (which quotes names and spells the constants' literals,
+        # compiled by SQLAlchemy: far costlier than a one-row upsert) and
+        # shape, and kept (a handful per captured table).
+        try:  # a constant's type too: True and 1 are spelled differently
+            shape = (
+                conn.dialect,
+                table.name,
+                tuple(columns),
+                tuple((k, type(v), v) for k, v in constants.items()),
+            )
+            hash(shape)
+        except TypeError:  # an unhashable constant: built every time
+            shape = None
+        built = self.__dict__.get("_advancing")
+        if built is None:
+            built = self.__dict__.setdefault("_advancing", {})
+        statement = built.get(shape) if shape is not None else None
+        if statement is None:
+            new = self.incoming.format
+            member = self.json_member(new("origin"))
+            # In the update part a bare column is the stored row. The
+            # assignments read `origin` before it is overwritten (MariaDB
+            # evaluates them left to right; SQLite reads the old row throughout).
+            tail = (
+                f" {self._on_conflict(conn, table)} "
+                f"version = {self.json_set}(version, {member}, "
+                f"COALESCE({self.json_get}(version, {member}), 0) + 1), "
+                f"hlc = {self.greatest}({new('hlc')}, hlc + 1), "
+                f"origin = {new('origin')}, deleted = {new('deleted')} "
+                "RETURNING row_key, version, hlc"
+            )
+            head, group = self._insert(conn, table, columns, constants)
+            # One row returns its version and hlc only: its key is known,
+            # and each column returned costs SQLAlchemy a result column.
+            one = head + group + tail.removesuffix("row_key, version, hlc") + "version, hlc"
+            key_at = list(columns).index("row_key") if "row_key" in columns else None
+            statement = (head, group, tail, one, key_at)
+            if shape is not None:
+                if len(built) >= 256:  # shapes that keep changing: start again
+                    built.clear()
+                built[shape] = statement
+        head, group, tail, one, key_at = statement
+        if len(rows) == 1 and key_at is not None:  # one row a flush, the usual case
+            (row,) = rows
+            return [(row[key_at], *r) for r in conn.exec_driver_sql(one, tuple(row))]
         return execute_values(conn, head, group, rows, tail, returning=True)
 
     def delete_rows(
@@ -521,11 +559,30 @@ class Dialect:
         columns: Sequence[str],
         constants: Mapping[str, Any] = NO_CONSTANTS,
     ) -> tuple[str, str]:
-        """The head of an INSERT up to ``VALUES``, and one row's value group."""
-        head = (
-            f"INSERT INTO {quote(conn, table.name)} ({names(conn, [*constants, *columns])}) VALUES "
-        )
-        return head, value_group(conn, len(columns), constants)
+        """The head of an INSERT up to ``VALUES``, and one row's value group.
+
+        Kept per SQLAlchemy dialect, table, columns and constants: capture
+        inserts after every flush, and spelling the constants' literals
+        (through SQLAlchemy's compiler) costs more than a one-row insert."""
+        try:  # a constant's type too: True and 1 are spelled differently
+            shape: tuple | None = (
+                conn.dialect,
+                table.name,
+                tuple(columns),
+                tuple((k, type(v), v) for k, v in constants.items()),
+            )
+            built = _inserts.get(shape)
+        except TypeError:  # an unhashable constant: built every time
+            shape, built = None, None
+        if built is None:
+            head = f"INSERT INTO {quote(conn, table.name)} "
+            head += f"({names(conn, [*constants, *columns])}) VALUES "
+            built = (head, value_group(conn, len(columns), constants))
+            if shape is not None:
+                if len(_inserts) >= 1024:  # shapes that keep changing: start again
+                    _inserts.clear()
+                _inserts[shape] = built
+        return built
 
     def _on_conflict(self, conn: Connection, table: sa.Table) -> str:
         return self.on_conflict.format(key=names(conn, [c.name for c in table.primary_key.columns]))
