@@ -449,8 +449,10 @@ def capture(
                 )
             _hold_legacy_methods(_session_class(target), existing)
             return existing
-        _captures[engine] = new
+        # Before the capture is seen: a flush in another thread then takes
+        # the writers' guard it needs.
         _concurrent_writers = _concurrent_writers or dialect.concurrent_writers
+        _captures[engine] = new
         if not _hooks_installed:
             # Session events, public and fired for every session: the
             # handlers return at once for a session whose engine nobody
@@ -571,11 +573,13 @@ def _in_dependency_order(
         for plan in changes:
             by_table[plan.table].append(plan)
         tables = tuple(by_table)
-        order = _table_orders.get(tables)
+        # With their foreign keys' count: a key added at run time sorts anew.
+        shape = (tables, tuple(len(t.foreign_keys) for t in tables))
+        order = _table_orders.get(shape)
         if order is None:
             if len(_table_orders) >= 1024:
                 _table_orders.clear()
-            order = _table_orders[tables] = tuple(sort_tables(tables))
+            order = _table_orders[shape] = tuple(sort_tables(tables))
         ordered = [plan for table in order for plan in by_table[table]]
     saves, deletes = [], []
     for plan in ordered:
@@ -596,7 +600,7 @@ def _in_dependency_order(
 
 #: The order sort_tables() gives to each set of tables one flush changed
 #: (in the order they came): the same few sets, flush after flush.
-_table_orders: dict[tuple[sa.Table, ...], tuple[sa.Table, ...]] = {}
+_table_orders: dict[tuple[tuple[sa.Table, ...], tuple[int, ...]], tuple[sa.Table, ...]] = {}
 
 
 def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:

@@ -13,6 +13,7 @@ import decimal
 import enum
 import json
 import threading
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -1363,7 +1364,7 @@ _SAMPLES = [
     dt.date(2024, 5, 6),
     dt.time(7, 8, 9, 5),
     dt.timedelta(seconds=3),
-    __import__("uuid").UUID(int=5),
+    uuid.UUID(int=5),
 ]
 
 

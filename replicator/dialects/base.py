@@ -90,6 +90,24 @@ NO_CONSTANTS: Mapping[str, Any] = {}
 #: Dialect._insert's statements, by SQLAlchemy dialect and shape.
 _inserts: dict[tuple, tuple[str, str]] = {}
 
+#: The constants' types whose equal values a statement spells alike (unlike
+#: 0.0 and -0.0, or two Decimals), so that a kept statement may serve them.
+_KEYED_CONSTANTS = frozenset({str, int, bool, type(None)})
+
+
+def _statement_key(
+    conn: Connection, table: sa.Table, columns: Sequence[str], constants: Mapping[str, Any]
+) -> tuple | None:
+    """What a kept statement is kept by: the engine's SQLAlchemy dialect
+    (quoting, literals), the table, the columns and the constants with
+    their types (True and 1 are spelled differently); None (build it anew)
+    when a constant is of another type."""
+    if not _KEYED_CONSTANTS.issuperset(map(type, constants.values())):
+        return None
+    typed = tuple((k, type(v), v) for k, v in constants.items())
+    return (conn.dialect, table.name, tuple(columns), typed)
+
+
 # Rows per multi-row statement: at ~5 values a row, far below SQLite's and
 # MariaDB's limits on bound parameters and statement size.
 CHUNK = 1000
@@ -324,16 +342,7 @@ class Dialect:
         # dialect (which quotes names and spells the constants' literals,
         # compiled by SQLAlchemy: far costlier than a one-row upsert) and
         # shape, and kept (a handful per captured table).
-        try:  # a constant's type too: True and 1 are spelled differently
-            shape = (
-                conn.dialect,
-                table.name,
-                tuple(columns),
-                tuple((k, type(v), v) for k, v in constants.items()),
-            )
-            hash(shape)
-        except TypeError:  # an unhashable constant: built every time
-            shape = None
+        shape = _statement_key(conn, table, columns, constants)
         built = self.__dict__.get("_advancing")
         if built is None:
             built = self.__dict__.setdefault("_advancing", {})
@@ -353,19 +362,14 @@ class Dialect:
                 "RETURNING row_key, version, hlc"
             )
             head, group = self._insert(conn, table, columns, constants)
-            # One row returns its version and hlc only: its key is known,
-            # and each column returned costs SQLAlchemy a result column.
-            one = head + group + tail.removesuffix("row_key, version, hlc") + "version, hlc"
-            key_at = list(columns).index("row_key") if "row_key" in columns else None
-            statement = (head, group, tail, one, key_at)
+            statement = (head, group, tail, head + group + tail)
             if shape is not None:
                 if len(built) >= 256:  # shapes that keep changing: start again
                     built.clear()
                 built[shape] = statement
-        head, group, tail, one, key_at = statement
-        if len(rows) == 1 and key_at is not None:  # one row a flush, the usual case
-            (row,) = rows
-            return [(row[key_at], *r) for r in conn.exec_driver_sql(one, tuple(row))]
+        head, group, tail, one = statement
+        if len(rows) == 1:  # one row a flush, the usual case
+            return [tuple(r) for r in conn.exec_driver_sql(one, tuple(rows[0]))]
         return execute_values(conn, head, group, rows, tail, returning=True)
 
     def delete_rows(
@@ -564,16 +568,8 @@ class Dialect:
         Kept per SQLAlchemy dialect, table, columns and constants: capture
         inserts after every flush, and spelling the constants' literals
         (through SQLAlchemy's compiler) costs more than a one-row insert."""
-        try:  # a constant's type too: True and 1 are spelled differently
-            shape: tuple | None = (
-                conn.dialect,
-                table.name,
-                tuple(columns),
-                tuple((k, type(v), v) for k, v in constants.items()),
-            )
-            built = _inserts.get(shape)
-        except TypeError:  # an unhashable constant: built every time
-            shape, built = None, None
+        shape = _statement_key(conn, table, columns, constants)
+        built = None if shape is None else _inserts.get(shape)
         if built is None:
             head = f"INSERT INTO {quote(conn, table.name)} "
             head += f"({names(conn, [*constants, *columns])}) VALUES "
