@@ -31,8 +31,7 @@ def get(conn: Connection, source: str, channel: str, log_id: str | None = None) 
 
 
 def stored(conn: Connection, source: str, channel: str, log_id: str | None = None) -> int | None:
-    """As :func:`get`, but None when there is no checkpoint at all (one
-    statement where :func:`exists` and :func:`get` take two)."""
+    """As :func:`get`, but None when there is no checkpoint at all."""
     c = checkpoints.c
     found = conn.execute(
         sa.select(c.position, c.log_id).where(c.source == source, c.channel == channel)
@@ -70,14 +69,6 @@ def followed(conn: Connection, node: str) -> bool:
     # DuckDB 6 ms per batch of a pass.
     channels = conn.execute(sa.select(c.channel).where(c.source == node)).scalars()
     return any(channel.startswith(SINK_PREFIX) for channel in channels)
-
-
-def exists(conn: Connection, source: str, channel: str) -> bool:
-    c = checkpoints.c
-    return (
-        conn.execute(sa.select(c.position).where(c.source == source, c.channel == channel)).first()
-        is not None
-    )
 
 
 def advance(

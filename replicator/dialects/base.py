@@ -87,12 +87,36 @@ class TableShape(NamedTuple):
 
 NO_CONSTANTS: Mapping[str, Any] = {}
 
-#: Dialect._insert's statements, by SQLAlchemy dialect and shape.
-_inserts: dict[tuple, tuple[str, str]] = {}
+#: Statements kept by kind and shape (see _kept).
+_statements: dict[tuple, Any] = {}
 
 #: The constants' types whose equal values a statement spells alike (unlike
 #: 0.0 and -0.0, or two Decimals), so that a kept statement may serve them.
 _KEYED_CONSTANTS = frozenset({str, int, bool, type(None)})
+
+
+def _kept(
+    kind: tuple,
+    conn: Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    constants: Mapping[str, Any],
+    build: Callable[[], Any],
+) -> Any:
+    """The statement ``build()`` makes, kept per ``kind`` and shape (see
+    :func:`_statement_key`): capture writes after every flush, and spelling
+    constants' literals (through SQLAlchemy's compiler) costs more than a
+    one-row insert. Built anew where the shape cannot be keyed."""
+    shape = _statement_key(conn, table, columns, constants)
+    if shape is None:
+        return build()
+    key = (*kind, *shape)
+    found = _statements.get(key)
+    if found is None:
+        if len(_statements) >= 1024:  # shapes that keep changing: start again
+            _statements.clear()
+        found = _statements[key] = build()
+    return found
 
 
 def _statement_key(
@@ -337,17 +361,8 @@ class Dialect:
         if not rows:
             return []
         columns, rows, constants = hoisted(columns, rows, constants, hoist)
-        # Capture runs this once per flush, mostly with the same table, node
-        # and columns: the statement is built once per engine's SQLAlchemy
-        # dialect (which quotes names and spells the constants' literals,
-        # compiled by SQLAlchemy: far costlier than a one-row upsert) and
-        # shape, and kept (a handful per captured table).
-        shape = _statement_key(conn, table, columns, constants)
-        built = self.__dict__.get("_advancing")
-        if built is None:
-            built = self.__dict__.setdefault("_advancing", {})
-        statement = built.get(shape) if shape is not None else None
-        if statement is None:
+
+        def build() -> tuple[str, str, str, str]:
             new = self.incoming.format
             member = self.json_member(new("origin"))
             # In the update part a bare column is the stored row. The
@@ -362,11 +377,10 @@ class Dialect:
                 "RETURNING row_key, version, hlc"
             )
             head, group = self._insert(conn, table, columns, constants)
-            statement = (head, group, tail, head + group + tail)
-            if shape is not None:
-                if len(built) >= 256:  # shapes that keep changing: start again
-                    built.clear()
-                built[shape] = statement
+            return head, group, tail, head + group + tail
+
+        kind = (type(self), "advancing")
+        statement = _kept(kind, conn, table, columns, constants, build)
         head, group, tail, one = statement
         if len(rows) == 1:  # one row a flush, the usual case
             return [tuple(r) for r in conn.exec_driver_sql(one, tuple(rows[0]))]
@@ -563,22 +577,15 @@ class Dialect:
         columns: Sequence[str],
         constants: Mapping[str, Any] = NO_CONSTANTS,
     ) -> tuple[str, str]:
-        """The head of an INSERT up to ``VALUES``, and one row's value group.
+        """The head of an INSERT up to ``VALUES``, and one row's value group
+        (kept: see :func:`_kept`)."""
 
-        Kept per SQLAlchemy dialect, table, columns and constants: capture
-        inserts after every flush, and spelling the constants' literals
-        (through SQLAlchemy's compiler) costs more than a one-row insert."""
-        shape = _statement_key(conn, table, columns, constants)
-        built = None if shape is None else _inserts.get(shape)
-        if built is None:
+        def build() -> tuple[str, str]:
             head = f"INSERT INTO {quote(conn, table.name)} "
             head += f"({names(conn, [*constants, *columns])}) VALUES "
-            built = (head, value_group(conn, len(columns), constants))
-            if shape is not None:
-                if len(_inserts) >= 1024:  # shapes that keep changing: start again
-                    _inserts.clear()
-                _inserts[shape] = built
-        return built
+            return head, value_group(conn, len(columns), constants)
+
+        return _kept((type(self), "insert"), conn, table, columns, constants, build)
 
     def _on_conflict(self, conn: Connection, table: sa.Table) -> str:
         return self.on_conflict.format(key=names(conn, [c.name for c in table.primary_key.columns]))
